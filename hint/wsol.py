@@ -1,0 +1,414 @@
+"""Weakly supervised object localisation (WSOL) metrics, as in wsolevaluation (Choe et al., CVPR 2020).
+
+Score maps are (H, W) float arrays in [0, 1] at the pixel size of the ground-truth boxes (min-max
+normalised per image, :func:`score_map`). For every score-map threshold τ in :data:`THRESHOLDS`
+(``np.arange(0, 1, 0.01)``) the map is quantised as wsolevaluation does (``uint8(map * 255)``,
+foreground where the value is > ``int(τ · max)``), boxes are read off its contours (OpenCV
+``RETR_TREE``, the same rule as :func:`hint.localization.boxes_at`; ``x1``/``y1`` clipped to
+``W - 1``/``H - 1``; ``[0, 0, 0, 0]`` when nothing passes) and compared with every GT box of the
+image (IoU with the +1 pixel convention, :func:`hint.localization.iou`).
+
+Per image and τ this keeps two numbers: the best IoU of the *largest* contour's box against any GT
+box (GT-known Loc, Top-1 Loc, MaxBoxAcc) and the best IoU over *all* contours' boxes against any GT
+box (MaxBoxAccV2). The metrics (fractions in [0, 1]):
+
+* ``MaxBoxAcc``: max over τ of the share of images with IoU ≥ 0.5 (largest contour).
+* ``MaxBoxAccV2``: mean over δ ∈ {0.3, 0.5, 0.7} of the max over τ of the share of images whose
+  best box over all contours has IoU ≥ δ.
+* ``GT-known Loc``: the share of images with IoU ≥ 0.5 at one operating τ, chosen as the τ of the
+  highest box accuracy on a separate *selection* split (never the test images).
+* ``Top-1 Loc``: GT-known Loc and the top-1 class is right.
+
+Also the pointing game (the map's maximum falls inside a GT box) and the mean IoU at the operating τ.
+
+The module also rebuilds a bank's concept samples from the cached step-1 region table (as
+:func:`hint.pipeline.build` does), so concept classifiers can be retrained on subsets of neurons.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .bank import ConceptBank
+from .classifiers import train_classifier
+from .concepts import ConceptSamples, RegionTable, concept_samples
+from .faithfulness import select_neurons
+from .hierarchy import Hierarchy
+from .localization import normalise_minmax, resize_map
+
+THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's cam_curve_interval = 0.01
+IOU_THRESHOLDS = (30, 50, 70)  # MaxBoxAccV2's δ, in percent
+IOU_LOC = 0.5  # GT-known Loc / MaxBoxAcc
+
+
+# ------------------------------------------------------------------------------------------ annotations
+
+
+@dataclass
+class Annotation:
+    image_id: str  # the CSV's ``file`` (wsolevaluation's image id; the .npy is named ``image_id + ".npy"``)
+    path: Path
+    wnid: str
+    label: int
+    width: int
+    height: int
+    boxes: np.ndarray  # (K, 4) int x0 y0 x1 y1, stored-image pixels (truncated as wsolevaluation does)
+    boxes_float: np.ndarray  # (K, 4) as given
+
+
+def parse_boxes(text: str) -> np.ndarray:
+    """``"x0 y0 x1 y1;x0 y0 x1 y1"`` → (K, 4) float64."""
+    rows = [r.split() for r in str(text).split(";") if r.strip()]
+    if not rows or any(len(r) != 4 for r in rows):
+        raise ValueError(f"bad boxes_xyxy {text!r}: expected 'x0 y0 x1 y1;...'")
+    b = np.asarray(rows, dtype=np.float64)
+    if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+        raise ValueError(f"bad boxes_xyxy {text!r}: x1 < x0 or y1 < y0")
+    return b
+
+
+def gt_boxes_int(boxes: np.ndarray) -> np.ndarray:
+    """Integer GT boxes: truncation, as wsolevaluation's ``resize_bbox`` does (``int(x)``)."""
+    return np.trunc(np.asarray(boxes, dtype=np.float64)).astype(np.int64).reshape(-1, 4)
+
+
+def load_annotations(csv_path: str | Path, data_dir: str | Path | None = None,
+                     hierarchy: Hierarchy | None = None) -> list[Annotation]:  # fmt: skip
+    """Rows of ``file,wnid,label_index,...,width,height,...,boxes_xyxy``; files relative to ``data_dir``
+    (or its ``images/`` folder, or the CSV's folder). ValueError on a bad row or a label that
+    disagrees with the WNID; FileNotFoundError for a missing image."""
+    h = hierarchy or Hierarchy.load()
+    index = {w: i for i, w in enumerate(h.classes)}
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"file", "wnid", "boxes_xyxy"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise ValueError(f"{csv_path}: needs columns {', '.join(sorted(need))}")
+        rows = list(reader)
+    root = Path(data_dir) if data_dir is not None else csv_path.parent
+    out = []
+    for n, r in enumerate(rows, start=2):
+        wnid = r["wnid"].strip()
+        if wnid not in index:
+            raise ValueError(f"{csv_path}:{n}: unknown WNID {wnid!r}")
+        label = index[wnid]
+        if r.get("label_index") not in (None, "") and int(r["label_index"]) != label:
+            raise ValueError(f"{csv_path}:{n}: label_index {r['label_index']} is not the index of {wnid} ({label})")
+        path = _find_image(root, r["file"])
+        try:
+            boxes = parse_boxes(r["boxes_xyxy"])
+        except ValueError as e:
+            raise ValueError(f"{csv_path}:{n}: {e}") from None
+        w, hh = int(r.get("width") or 0), int(r.get("height") or 0)
+        out.append(Annotation(r["file"], path, wnid, label, w, hh, gt_boxes_int(boxes), boxes))
+    return out
+
+
+def _find_image(root: Path, name: str) -> Path:
+    for base in (root, root / "images"):
+        p = base / name
+        if p.is_file():
+            return p
+    raise FileNotFoundError(2, "no such image", str(root / name))
+
+
+def split_indices(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, test) image indices: a seeded random half for choosing the operating threshold
+    (wsolevaluation's ``train-fullsup`` role) and the rest for reporting. Both sorted."""
+    perm = np.random.default_rng(seed).permutation(n)
+    half = n // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
+
+
+# -------------------------------------------------------------------------------------- maps and boxes
+
+
+def score_map(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A low-resolution map → (height, width) float32 in [0, 1]: bilinear resize, then min-max."""
+    return normalise_minmax(resize_map(raw, width, height))
+
+
+def quantise(scoremap: np.ndarray) -> np.ndarray:
+    """wsolevaluation's ``(scoremap * 255).astype(np.uint8)``."""
+    return (np.asarray(scoremap, dtype=np.float32) * 255).astype(np.uint8)
+
+
+def threshold_mask(q: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels of the quantised map above ``int(threshold · max)`` (``cv2.THRESH_BINARY``), uint8 0/1."""
+    return (q > int(threshold * int(q.max()))).astype(np.uint8)
+
+
+def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(box of the largest contour (4,), boxes of all contours (K, 4)) of a 0/1 mask, int64 x0 y0 x1 y1.
+
+    One ``cv2.findContours`` call (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``, as
+    :func:`hint.localization.boxes_at`); "largest" by ``cv2.contourArea``, first one on ties;
+    ``x1``/``y1`` = ``x + w``/``y + h`` clipped to ``W - 1``/``H - 1`` (wsolevaluation). An empty mask
+    gives the degenerate box ``[0, 0, 0, 0]`` for both.
+    """
+    height, width = mask.shape
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        zero = np.zeros((1, 4), dtype=np.int64)
+        return zero[0], zero
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    boxes = np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], width - 1),
+                      np.minimum(rects[:, 1] + rects[:, 3], height - 1)], 1)  # fmt: skip
+    largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
+    return boxes[largest], boxes
+
+
+def multiple_iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(A, B) IoU of boxes against GT boxes; :func:`hint.localization.iou` vectorised, with
+    wsolevaluation's guard (a non-positive union gives 0)."""
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
+    g = np.asarray(gt, dtype=np.float64).reshape(1, -1, 4)
+    iw = np.clip(np.minimum(a[..., 2], g[..., 2]) - np.maximum(a[..., 0], g[..., 0]) + 1, 0, None)
+    ih = np.clip(np.minimum(a[..., 3], g[..., 3]) - np.maximum(a[..., 1], g[..., 1]) + 1, 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_g = (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1)
+    union = area_a + area_g - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def image_ious(scoremap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = THRESHOLDS):
+    """Per threshold: (best IoU of the largest-contour box vs any GT box, best IoU of any contour box vs
+    any GT box, the largest-contour boxes (T, 4)). ``scoremap`` in [0, 1] at the GT boxes' pixel size."""
+    q = quantise(scoremap)
+    largest, every, counts = [], [], []
+    for t in thresholds:
+        big, boxes = contour_boxes(threshold_mask(q, t))
+        largest.append(big)
+        every.append(boxes)
+        counts.append(len(boxes))
+    largest = np.stack(largest)
+    iou_big = multiple_iou(largest, gt).max(1)
+    iou_all_flat = multiple_iou(np.concatenate(every), gt).max(1)
+    iou_all = np.maximum.reduceat(iou_all_flat, np.r_[0, np.cumsum(counts)[:-1]])
+    return iou_big, iou_all, largest
+
+
+def pointing_hit(scoremap: np.ndarray, gt: np.ndarray) -> bool:
+    """Pointing game: the map's maximum (first pixel on ties) lies inside a GT box (borders included)."""
+    y, x = np.unravel_index(int(np.argmax(scoremap)), scoremap.shape)
+    g = np.asarray(gt).reshape(-1, 4)
+    return bool(((g[:, 0] <= x) & (x <= g[:, 2]) & (g[:, 1] <= y) & (y <= g[:, 3])).any())
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class MethodScores:
+    """Per-image results of one score-map method over a dataset."""
+
+    iou_largest: np.ndarray  # (N, T)
+    iou_all: np.ndarray  # (N, T)
+    pointing: np.ndarray  # (N,) bool
+
+    @classmethod
+    def empty(cls, n: int, t: int = len(THRESHOLDS)) -> MethodScores:
+        return cls(np.zeros((n, t), np.float32), np.zeros((n, t), np.float32), np.zeros(n, bool))
+
+    def add(self, i: int, scoremap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = THRESHOLDS):
+        big, every, largest = image_ious(scoremap, gt, thresholds)
+        self.iou_largest[i], self.iou_all[i], self.pointing[i] = big, every, pointing_hit(scoremap, gt)
+        return largest
+
+
+def box_accuracy(ious: np.ndarray, delta: float = IOU_LOC) -> np.ndarray:
+    """(T,) share of images whose IoU at each threshold is ≥ δ (``ious`` (N, T))."""
+    return (np.asarray(ious) >= delta).mean(0)
+
+
+def max_box_acc(iou_largest: np.ndarray, delta: float = IOU_LOC) -> float:
+    return float(box_accuracy(iou_largest, delta).max())
+
+
+def max_box_acc_v2(iou_all: np.ndarray, deltas=IOU_THRESHOLDS) -> tuple[float, dict[int, float]]:
+    """(MaxBoxAccV2, {δ: max over thresholds of the box accuracy at IoU δ}) from all-contour IoUs."""
+    per = {int(d): float(box_accuracy(iou_all, d / 100).max()) for d in deltas}
+    return float(np.mean(list(per.values()))), per
+
+
+def select_threshold(iou_largest_selection: np.ndarray, delta: float = IOU_LOC) -> int:
+    """Index of the threshold with the highest box accuracy on the selection split (lowest on ties)."""
+    return int(np.argmax(box_accuracy(iou_largest_selection, delta)))
+
+
+def localization_metrics(scores: MethodScores, correct: np.ndarray, selection: np.ndarray, test: np.ndarray,
+                         thresholds: np.ndarray = THRESHOLDS) -> dict:  # fmt: skip
+    """All metrics of one method on the ``test`` indices, the operating threshold chosen on ``selection``."""
+    k = select_threshold(scores.iou_largest[selection])
+    t_big, t_all = scores.iou_largest[test], scores.iou_all[test]
+    hit = t_big[:, k] >= IOU_LOC
+    v2, per = max_box_acc_v2(t_all)
+    return {
+        "gt_known_loc": float(hit.mean()),
+        "top1_loc": float((hit & np.asarray(correct)[test]).mean()),
+        "max_box_acc": max_box_acc(t_big),
+        "max_box_acc_v2": v2,
+        "max_box_acc_v2_per_iou": per,
+        "threshold": round(float(thresholds[k]), 4),
+        "selection_box_acc": float((scores.iou_largest[selection][:, k] >= IOU_LOC).mean()),
+        "mean_iou": float(t_big[:, k].mean()),
+        "pointing_game": float(scores.pointing[test].mean()),
+        "top1_cls": float(np.asarray(correct)[test].mean()),
+        "n_test": int(len(test)),
+        "n_selection": int(len(selection)),
+    }
+
+
+# ------------------------------------------------------------------------------------- export (npy)
+
+
+def export_scoremap(folder: str | Path, image_id: str, scoremap: np.ndarray) -> Path:
+    """wsolevaluation's layout: ``folder / (image_id + ".npy")``, float32 in [0, 1] at the image size."""
+    p = Path(folder) / f"{image_id}.npy"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    np.save(p, np.asarray(scoremap, dtype=np.float32))
+    return p
+
+
+def write_metadata(folder: str | Path, annotations: list[Annotation], indices: np.ndarray) -> Path:
+    """wsolevaluation-style metadata of a split: ``image_ids.txt``, ``class_labels.txt``
+    (``id,label``), ``image_sizes.txt`` (``id,W,H``) and ``localization.txt`` (``id,x0,y0,x1,y1`` per
+    GT box, as given, stored-image pixels)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sel = [annotations[i] for i in indices]
+    (folder / "image_ids.txt").write_text("".join(f"{a.image_id}\n" for a in sel))
+    (folder / "class_labels.txt").write_text("".join(f"{a.image_id},{a.label}\n" for a in sel))
+    (folder / "image_sizes.txt").write_text("".join(f"{a.image_id},{a.width},{a.height}\n" for a in sel))
+    (folder / "localization.txt").write_text(
+        "".join(f"{a.image_id},{','.join(f'{v:g}' for v in b)}\n" for a in sel for b in a.boxes_float)
+    )
+    return folder
+
+
+# ------------------------------------------------------------------- concept samples and retraining
+
+
+def build_config(bank: ConceptBank):
+    """The :class:`hint.pipeline.BuildConfig` a bank was built with (unknown keys ignored)."""
+    from .pipeline import BuildConfig
+
+    b = bank.meta.get("build", {})
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    return BuildConfig(**{k: v for k, v in b.items() if k in names})
+
+
+def find_region_table(bank: ConceptBank, cache_dir: str | Path) -> Path | None:
+    """The cached step-1 table the bank was built from: first by the pipeline's content key (needs the
+    build data at the recorded path), else by matching the recorded step-1 statistics (image count,
+    timing, top-1) against each cached table's metadata. None when neither finds one."""
+    from .pipeline import _key, _load_meta, samples_key
+
+    cache_dir = Path(cache_dir)
+    b = bank.meta.get("build", {})
+    if not cache_dir.is_dir():
+        return None
+    data = b.get("data")
+    if data and Path(data).exists():
+        try:
+            from .datasets import discover
+
+            samples = discover(data).samples
+            n = b.get("n_images")
+            cfg = build_config(bank)
+            for subset in (samples, samples[:n] if n else samples):
+                k1 = _key("regions", bank.meta["backbone"], bank.meta["layer"], bank.meta.get("weights_sha256"),
+                          samples_key(subset), cfg.params("method", "threshold", "quantile"))  # fmt: skip
+                p = cache_dir / f"regions-{k1}.safetensors"
+                if p.is_file():
+                    return p
+        except (ValueError, OSError):
+            pass
+    want = b.get("step1", {})
+    for p in sorted(cache_dir.glob("regions-*.safetensors")):
+        if "-shard" in p.name:
+            continue
+        try:
+            meta = _load_meta(p)
+        except Exception:  # unreadable cache file: not ours
+            continue
+        keys = ("images", "seconds", "top1")
+        if want and all(k in want and meta.get(k) == want[k] for k in keys):
+            return p
+    return None
+
+
+def load_region_table(path: str | Path) -> RegionTable:
+    from .pipeline import load_table
+
+    return load_table(Path(path))[0]
+
+
+def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str] | None = None,
+                 hierarchy: Hierarchy | None = None) -> dict[str, ConceptSamples]:  # fmt: skip
+    """Each concept's training samples, rebuilt exactly as :func:`hint.pipeline.build` does."""
+    h = hierarchy or Hierarchy.load()
+    cfg = build_config(bank)
+    every = bank.wnids
+    return {
+        w: concept_samples(table, w, h.group_parent(w, every), h, cfg.max_positives, cfg.seed)
+        for w in (wnids or every)
+    }
+
+
+@dataclass
+class Variant:
+    """A set of concept classifiers (all bank concepts; retrained rows only for the concepts asked)."""
+
+    name: str
+    rule: str  # "bank", "shapley", "weight", "random"
+    k: int  # neurons used
+    weight: torch.Tensor  # (E, D)
+    bias: torch.Tensor  # (E,)
+    f1: dict[str, float]
+
+
+def retrain_variant(name: str, bank: ConceptBank, sets: dict[str, ConceptSamples], rule: str, k: int,
+                    seed: int = 0) -> Variant:  # fmt: skip
+    """Concept classifiers retrained on k neurons chosen by ``rule`` (:func:`hint.faithfulness.select_neurons`)
+    on the same samples and with the bank's training parameters; rows of concepts not in ``sets`` are 0."""
+    cfg = build_config(bank)
+    weight = torch.zeros_like(bank.weight)
+    bias = torch.zeros_like(bank.bias)
+    f1 = {}
+    for w, s in sets.items():
+        e = bank.index(w)
+        gen = torch.Generator().manual_seed(1_000_003 * seed + e)
+        neurons = select_neurons(rule, k, bank.phi[e], bank.weight[e], gen)
+        fit = train_classifier(s.x, s.y, s.image, neurons=neurons, test_fraction=cfg.test_fraction,
+                               seed=cfg.seed, l2=cfg.l2)  # fmt: skip
+        weight[e], bias[e], f1[w] = fit.weight, fit.bias, fit.f1
+    return Variant(name, rule, k, weight, bias, f1)
+
+
+def bank_variant(bank: ConceptBank) -> Variant:
+    return Variant("bank", "bank", bank.weight.shape[1], bank.weight.clone(), bank.bias.clone(),
+                   {c["wnid"]: c["f1"] for c in bank.concepts})  # fmt: skip
+
+
+def deepest_bank_concept(wnid: str, bank_wnids: list[str], hierarchy: Hierarchy) -> str | None:
+    """The first concept of the bank on ``hierarchy.path(wnid)`` (``wnid`` itself first), or None."""
+    have = set(bank_wnids)
+    return next((w for w in hierarchy.path(wnid) if w in have), None)
+
+
+def save_json(path: str | Path, obj) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=1))
+    return p

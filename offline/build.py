@@ -1,0 +1,109 @@
+"""``python -m offline build``: regions → classifiers → Shapley → concept bank folder.
+
+Multi-process: ``torchrun --nproc_per_node N -m offline build ...`` shards step 1 over the processes
+(gloo on CPU, nccl on GPUs); rank 0 gathers the regions and runs steps 2–3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hint.backbones import get_backbone
+from hint.concepts import DEFAULT_CONCEPTS, resolve
+from hint.datasets import discover
+from hint.hierarchy import Hierarchy
+from hint.pipeline import BuildConfig, build
+from hint.regions import METHODS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build a concept bank from labelled images")
+    p.add_argument("--data", required=True, help="ImageNet-layout folder, flat nXXXXXXXX_* folder, or CSV (file,wnid)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--layer", default=None, help="hooked layer (default: the backbone's)")
+    p.add_argument("--weights", default=None, help="weights file for the backbone")
+    p.add_argument("--random-init", action="store_true", help="random weights (tests)")
+    p.add_argument("--concepts", nargs="+", default=None, help="WNIDs or names (default: the paper's levels)")
+    p.add_argument("--out", required=True, type=Path, help="bank folder to write")
+    p.add_argument("--cache", type=Path, default=None, help="step cache (default: OUT/../.hint-cache)")
+    p.add_argument("--method", choices=sorted(METHODS), default="guided")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--permutations", type=int, default=256, help="Shapley permutations M")
+    p.add_argument("--patience", type=int, default=0, help="stop Shapley when the top-k is stable this many chunks")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--baseline", choices=["auto", "zero", "mean"], default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device available")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    h = Hierarchy.load()
+    try:
+        wnids = resolve(args.concepts or DEFAULT_CONCEPTS, h)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    found = discover(args.data, h)
+    if rank == 0:
+        for reason in found.skipped[:10]:
+            print(f"skipped: {reason}", file=sys.stderr)
+        if len(found.skipped) > 10:
+            print(f"skipped: ... {len(found.skipped) - 10} more", file=sys.stderr)
+    samples = found.samples[: args.limit] if args.limit else found.samples
+    if not samples:
+        raise ValueError(f"no labelled images found in {args.data}")
+    backbone = get_backbone(args.backbone, args.layer, args.weights, args.random_init)
+    cfg = BuildConfig(
+        method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
+        top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
+        seed=args.seed, device=device, amp=device == "cuda",
+    )  # fmt: skip
+    cache = args.cache or args.out.parent / ".hint-cache"
+    t0 = time.perf_counter()
+
+    def say(step: str, cached: bool) -> None:
+        if rank == 0:
+            print(f"{step}: {'reused from cache' if cached else 'done'}", file=sys.stderr)
+
+    bank = build(backbone, samples, wnids, cfg, cache, h, progress=not args.no_progress, on_step=say)
+    if rank != 0:
+        torch.distributed.destroy_process_group()
+        return 0
+    bank.meta["build"]["wall_s"] = round(time.perf_counter() - t0, 2)
+    bank.meta["build"]["data"] = str(args.data)
+    bank.meta["build"]["skipped"] = len(found.skipped)
+    bank.save(args.out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    print(f"wrote {args.out} (bank {bank.id}): {len(wnids)} concepts, {len(samples)} images, "
+          f"{len(found.skipped)} skipped")  # fmt: skip
+    for c in bank.concepts:
+        print(f"  {c['name']:<18} F1 {c['f1']:.3f}  P {c['precision']:.3f}  R {c['recall']:.3f}  n+ {c['n_pos']}")
+    logging.getLogger(__name__).debug("done")
+    return 0

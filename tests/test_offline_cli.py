@@ -1,0 +1,73 @@
+"""The offline CLI: build/report end to end, readable errors, and a 2-process gloo build via torchrun."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hint.bank import ConceptBank
+from offline.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--concepts", "whole", "animal", "artifact", "--permutations", "16", "--workers", "0", "--no-progress",
+        "--batch-size", "8"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_bank(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "bank"
+    assert main(["build", "--data", str(tiny_data), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def test_build_and_report(cli_bank, tmp_path, capsys):
+    bank = ConceptBank.load(cli_bank)
+    assert [c["name"] for c in bank.concepts] == ["whole", "animal", "artifact"]
+    assert bank.meta["faithfulness"]["k"] == 20
+    assert main(["report", str(cli_bank), "--out", str(tmp_path / "r")]) == 0
+    names = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"top_neurons.png", "association.png", "f1.md", "neurons.md", "faithfulness.md", "faithfulness.png"} <= names
+    assert "| animal |" in (tmp_path / "r" / "f1.md").read_text()
+    assert (tmp_path / "r" / "association.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["build", "--data", "/nonexistent", "--out", "x"], "does not exist"),
+        (["build", "--data", "{tiny}", "--out", "x", "--concepts", "nothing-like-this"], "unknown concept"),
+        (["build", "--data", "{tiny}", "--out", "x", "--layer", "no.such.layer"], "unknown layer"),
+        (["report", "/nonexistent"], "not a concept bank"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, tiny_data, capsys):
+    argv = [a.replace("{tiny}", str(tiny_data)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "bank"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "offline", "build", "--data", str(tiny_data),
+           "--out", str(out), "--device", "cpu", *ARGS]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = list((tmp_path / ".hint-cache").glob("regions-*-shard*of2.safetensors"))
+    assert len(shards) == 2
+    dist, single = ConceptBank.load(out), ConceptBank.load(cli_bank)
+    assert dist.meta["build"]["step1"]["world_size"] == 2
+    assert dist.meta["build"]["step1"]["images"] == single.meta["build"]["step1"]["images"] == 16
+    torch.testing.assert_close(dist.phi, single.phi, atol=1e-4, rtol=1e-3)
