@@ -117,6 +117,8 @@ class ConceptBank:
                 "files": {TENSORS: self.sha256},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False))
+            for p in (tmp, tmp / TENSORS, tmp / MANIFEST):  # mkdtemp makes 0700; a bank is shareable
+                p.chmod(0o755 if p.is_dir() else 0o644)
             old = None
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old-{os.getpid()}")

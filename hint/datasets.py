@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .backbones import to_rgb
 from .hierarchy import Hierarchy
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -100,21 +101,6 @@ def load_rgb(path: str | Path) -> Image.Image:
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: unreadable image ({e})") from None
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB copy of any PIL mode (16-bit and float scaled to 8 bits, alpha composited on white)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        import numpy as np
-
-        a = np.asarray(im, dtype=np.float64)
-        hi = a.max() if a.max() > 255 else 255.0
-        im = Image.fromarray((a / max(hi, 1e-9) * 255).clip(0, 255).astype("uint8"))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return im.convert("RGB")
 
 
 class ImageDataset(Dataset):

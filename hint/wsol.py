@@ -144,7 +144,27 @@ def quantise(scoremap: np.ndarray) -> np.ndarray:
 
 def threshold_mask(q: np.ndarray, threshold: float) -> np.ndarray:
     """Pixels of the quantised map above ``int(threshold · max)`` (``cv2.THRESH_BINARY``), uint8 0/1."""
-    return (q > int(threshold * int(q.max()))).astype(np.uint8)
+    return (q > int(threshold * int(q.max()))).view(np.uint8)
+
+
+def _rects(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], int]:
+    """``cv2.boundingRect`` of every contour (``RETR_TREE``) and the index of the largest by
+    ``cv2.contourArea`` (the first on ties); ``[(0, 0, 0, 0)], 0`` for an empty mask."""
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return [(0, 0, 0, 0)], 0
+    rects = [cv2.boundingRect(c) for c in contours]
+    if len(contours) == 1:
+        return rects, 0
+    areas = [cv2.contourArea(c) for c in contours]
+    return rects, areas.index(max(areas))
+
+
+def _clip(rects: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(x, y, w, h) rects → x0 y0 x1 y1 with ``x1 = min(x + w, W - 1)``, ``y1 = min(y + h, H - 1)``."""
+    r = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+    return np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
+                     np.minimum(r[:, 1] + r[:, 3], height - 1)], 1)  # fmt: skip
 
 
 def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,16 +175,9 @@ def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``x1``/``y1`` = ``x + w``/``y + h`` clipped to ``W - 1``/``H - 1`` (wsolevaluation). An empty mask
     gives the degenerate box ``[0, 0, 0, 0]`` for both.
     """
-    height, width = mask.shape
-    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    if not contours:
-        zero = np.zeros((1, 4), dtype=np.int64)
-        return zero[0], zero
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    boxes = np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], width - 1),
-                      np.minimum(rects[:, 1] + rects[:, 3], height - 1)], 1)  # fmt: skip
-    largest = max(range(len(contours)), key=lambda i: cv2.contourArea(contours[i]))
-    return boxes[largest], boxes
+    rects, big = _rects(np.ascontiguousarray(mask, dtype=np.uint8))
+    boxes = _clip(rects, mask.shape[1], mask.shape[0])
+    return boxes[big], boxes
 
 
 def multiple_iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -185,17 +198,17 @@ def image_ious(scoremap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = TH
     """Per threshold: (best IoU of the largest-contour box vs any GT box, best IoU of any contour box vs
     any GT box, the largest-contour boxes (T, 4)). ``scoremap`` in [0, 1] at the GT boxes' pixel size."""
     q = quantise(scoremap)
-    largest, every, counts = [], [], []
+    qmax = int(q.max())
+    rects, counts, big = [], [], []
     for t in thresholds:
-        big, boxes = contour_boxes(threshold_mask(q, t))
-        largest.append(big)
-        every.append(boxes)
-        counts.append(len(boxes))
-    largest = np.stack(largest)
-    iou_big = multiple_iou(largest, gt).max(1)
-    iou_all_flat = multiple_iou(np.concatenate(every), gt).max(1)
-    iou_all = np.maximum.reduceat(iou_all_flat, np.r_[0, np.cumsum(counts)[:-1]])
-    return iou_big, iou_all, largest
+        r, b = _rects((q > int(t * qmax)).view(np.uint8))
+        big.append(len(rects) + b)
+        rects += r
+        counts.append(len(r))
+    boxes = _clip(rects, q.shape[1], q.shape[0])
+    ious = multiple_iou(boxes, gt).max(1)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    return ious[big], np.maximum.reduceat(ious, starts), boxes[big]
 
 
 def pointing_hit(scoremap: np.ndarray, gt: np.ndarray) -> bool:
@@ -309,43 +322,35 @@ def build_config(bank: ConceptBank):
 
 
 def find_region_table(bank: ConceptBank, cache_dir: str | Path) -> Path | None:
-    """The cached step-1 table the bank was built from: first by the pipeline's content key (needs the
-    build data at the recorded path), else by matching the recorded step-1 statistics (image count,
-    timing, top-1) against each cached table's metadata. None when neither finds one."""
-    from .pipeline import _key, _load_meta, samples_key
+    """The cached step-1 region table a bank was built from, or None.
+
+    A table's metadata holds its step-1 statistics, which the bank's manifest copies
+    (``build.step1``: image count, wall-clock seconds, top-1): the table whose statistics match is the
+    bank's, whatever the cache key scheme. ``regions-wsol-<bank id>.safetensors`` (written by
+    ``evaluate-wsol --recompute-regions``) is used when no original is left.
+    """
+    from .pipeline import _load_meta
 
     cache_dir = Path(cache_dir)
-    b = bank.meta.get("build", {})
     if not cache_dir.is_dir():
         return None
-    data = b.get("data")
-    if data and Path(data).exists():
-        try:
-            from .datasets import discover
-
-            samples = discover(data).samples
-            n = b.get("n_images")
-            cfg = build_config(bank)
-            for subset in (samples, samples[:n] if n else samples):
-                k1 = _key("regions", bank.meta["backbone"], bank.meta["layer"], bank.meta.get("weights_sha256"),
-                          samples_key(subset), cfg.params("method", "threshold", "quantile"))  # fmt: skip
-                p = cache_dir / f"regions-{k1}.safetensors"
-                if p.is_file():
-                    return p
-        except (ValueError, OSError):
-            pass
-    want = b.get("step1", {})
+    want = bank.meta.get("build", {}).get("step1", {})
+    keys = ("images", "seconds", "top1")
     for p in sorted(cache_dir.glob("regions-*.safetensors")):
-        if "-shard" in p.name:
+        if "-shard" in p.name or p.name.startswith("regions-wsol-"):
             continue
         try:
             meta = _load_meta(p)
-        except Exception:  # unreadable cache file: not ours
+        except Exception:  # unreadable or foreign file: not the bank's
             continue
-        keys = ("images", "seconds", "top1")
         if want and all(k in want and meta.get(k) == want[k] for k in keys):
             return p
-    return None
+    own = cache_dir / recomputed_table_name(bank)
+    return own if own.is_file() else None
+
+
+def recomputed_table_name(bank: ConceptBank) -> str:
+    return f"regions-wsol-{bank.id}.safetensors"
 
 
 def load_region_table(path: str | Path) -> RegionTable:

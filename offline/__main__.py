@@ -1,7 +1,8 @@
 """``python -m offline COMMAND ...``: the offline HINT tools.
 
 Each subcommand lives in its own module ``offline/<command>.py`` (``-`` -> ``_``) exposing
-``add_parser(subparsers)`` (adds the ``COMMAND`` sub-parser) and ``run(args) -> int``. User errors are
+``add_parser(subparsers)`` (adds the ``COMMAND`` sub-parser) and ``run(args) -> int``; modules are
+found by listing this folder (``COMMANDS`` only fixes the order in ``--help``). User errors are
 reported by raising ValueError, OSError or :class:`hint.backbones.WeightsUnavailable` with a readable
 one-line message: they become ``error: ...`` on stderr and exit code 2, without a traceback.
 """
@@ -10,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
+from pathlib import Path
 
-COMMANDS = ["predict", "build", "report", "evaluate-wsol"]
+COMMANDS = ["predict", "build", "report", "evaluate-wsol", "demo"]
+
+
+def discover() -> list[str]:
+    """Subcommand names: the modules next to this file (not ``_private``), in ``COMMANDS`` order first."""
+    found = sorted(p.stem.replace("_", "-") for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    return [c for c in COMMANDS if c in found] + [c for c in found if c not in COMMANDS]
 
 
 def _module_name(command: str) -> str:
@@ -25,10 +32,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(prog="python -m offline", description="HINT offline tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules: dict[str, object] = {}
-    for command in COMMANDS:
+    for command in discover():
         name = _module_name(command)
-        if importlib.util.find_spec(name) is None:
-            continue
         try:
             module = importlib.import_module(name)
         except ImportError as e:  # present but broken: keep the others usable
@@ -36,6 +41,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
                 "rest", nargs=argparse.REMAINDER
             )
             modules[command] = e
+            continue
+        if not (hasattr(module, "add_parser") and hasattr(module, "run")):
             continue
         module.add_parser(sub)
         modules[command] = module

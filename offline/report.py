@@ -17,10 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.path import Path as MPath  # noqa: E402
 from matplotlib.patches import PathPatch  # noqa: E402
+from matplotlib.path import Path as MPath  # noqa: E402
 
 from hint.bank import ConceptBank  # noqa: E402
+
+#: The association figure's default concepts (those in the bank), as the paper's figure: two branches.
+FIGURE_CONCEPTS = ("whole", "animal", "vertebrate", "mammal", "bird", "carnivore", "dog", "artifact", "vehicle", "car")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +76,10 @@ def plot_top_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
 
 def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: int = 5) -> Path:
     """Concepts (left, ordered by depth) linked to their top-k neurons (right); band width ∝ φ."""
-    concepts = [c for c in bank.concepts if names is None or c["name"] in names or c["wnid"] in names]
+    names = names or FIGURE_CONCEPTS
+    concepts = [c for c in bank.concepts if c["name"] in names or c["wnid"] in names]
+    if len(concepts) < 2:
+        concepts = bank.concepts
     concepts = sorted(concepts, key=lambda c: (c["depth"], c["name"]))[:16]
     links = [(c, n, v) for c in concepts for n, v in bank.top_neurons(c["wnid"], k)]
     neurons = sorted({n for _, n, _ in links}, key=lambda n: -sum(v for _, m, v in links if m == n))
@@ -104,7 +110,7 @@ def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: 
 
 
 def write_f1(bank: ConceptBank, path: Path) -> Path:
-    lines = ["| concept | WNID | path | images+ regions | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| concept | WNID | path | positive regions | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
     for c in bank.concepts:
         lines.append(
             f"| {c['name']} | {c['wnid']} | {' › '.join(reversed(c['path'][:4]))} | {c['n_pos']} | "
