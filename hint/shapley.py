@@ -49,15 +49,22 @@ class NeuronShapley:
         empty = self.bias + (w * base).sum()  # logit of the empty coalition
         return terms, empty.expand(regions.shape[0])
 
+    def _ordered_marginals(self, terms: torch.Tensor, empty: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+        """Marginal contributions (N, P, D) in *permutation order*: entry k of permutation p is neuron
+        perms[p, k]'s contribution when added after perms[p, :k] (one cumulative sum per permutation)."""
+        n, (p, d) = terms.shape[0], perms.shape
+        cum = terms.index_select(1, perms.reshape(-1)).view(n, p, d).cumsum_(-1).add_(empty[:, None, None])
+        prob = cum.sigmoid_()  # probabilities of the growing coalitions
+        delta = torch.empty_like(prob)
+        torch.sub(prob[..., 1:], prob[..., :-1], out=delta[..., 1:])
+        torch.sub(prob[..., 0], torch.sigmoid(empty)[:, None], out=delta[..., 0])
+        return delta
+
     def _marginals(self, terms: torch.Tensor, empty: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
-        """Marginal contributions (P, N, D) of every neuron for each permutation in ``perms`` (P, D)."""
-        ordered = terms[:, perms].permute(1, 0, 2)  # (P, N, D) in permutation order
-        cum = empty[None, :, None] + ordered.cumsum(-1)
-        prob = torch.sigmoid(cum)
-        prev = torch.cat([torch.sigmoid(empty)[None, :, None].expand(len(perms), -1, 1), prob[..., :-1]], -1)
-        delta = prob - prev
-        inverse = perms.argsort(-1)  # back to neuron order
-        return delta.gather(-1, inverse[:, None, :].expand_as(delta))
+        """Marginal contributions (P, N, D) in neuron order."""
+        delta = self._ordered_marginals(terms, empty, perms)
+        out = torch.empty_like(delta).scatter_(-1, perms[None].expand_as(delta), delta)
+        return out.permute(1, 0, 2)
 
     @torch.no_grad()
     def attribute(
@@ -65,7 +72,7 @@ class NeuronShapley:
         regions: torch.Tensor,
         n_permutations: int = 256,
         seed: int = 0,
-        chunk: int = 16,
+        chunk: int = 64,
         top_k: int | None = None,
         patience: int = 0,
         min_permutations: int = 32,
@@ -82,21 +89,24 @@ class NeuronShapley:
             raise ValueError("no regions to attribute")
         terms, empty = self._terms(regions)
         gen = torch.Generator().manual_seed(seed)
-        s1 = torch.zeros(n, d, dtype=torch.float64, device=regions.device)
+        s1 = torch.zeros(n, d, device=regions.device)
         g1 = torch.zeros(d, dtype=torch.float64, device=regions.device)
         g2 = torch.zeros_like(g1)
         done, stable, last = 0, 0, None
         while done < n_permutations:
             p = min(chunk, n_permutations - done)
-            perms = torch.stack([torch.randperm(d, generator=gen) for _ in range(p)]).to(regions.device)
-            delta = self._marginals(terms, empty, perms).double()
-            s1 += delta.sum(0)
-            g = (delta * s1.sign()).mean(1)  # (P, D): each permutation's linearised estimate of φ
+            perms = torch.rand(p, d, generator=gen).argsort(1).to(regions.device)  # p random permutations
+            delta = self._ordered_marginals(terms, empty, perms)  # (N, P, D), permutation order
+            s1.scatter_add_(1, perms.reshape(1, -1).expand(n, -1), delta.reshape(n, -1))
+            # each permutation's linearised estimate of φ: mean_r sign(φ_r) Δ(r), back in neuron order
+            sign = s1.sign().index_select(1, perms.reshape(-1)).view(n, p, d)
+            g_ordered = (delta * sign).mean(0)
+            g = torch.empty_like(g_ordered).scatter_(1, perms, g_ordered).double()
             g1 += g.sum(0)
             g2 += (g * g).sum(0)
             done += p
             if top_k and patience:
-                top = set((s1.abs().sum(0)).topk(min(top_k, d)).indices.tolist())
+                top = set(s1.abs().sum(0).topk(min(top_k, d)).indices.tolist())
                 stable = stable + 1 if top == last else 0
                 last = top
                 if done >= min_permutations and stable >= patience:
@@ -122,7 +132,7 @@ class NeuronShapley:
 def _summarise(s1: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, m: int) -> ShapleyResult:
     """φ = mean_r |mean_i Δ_i(r)|; its standard error from the per-permutation linearised estimates
     g_i = mean_r sign(φ_r) Δ_i(r), which keeps the correlation between regions (same permutations)."""
-    mean = s1 / m  # signed Shapley value of each neuron on each region
+    mean = s1.double() / m  # signed Shapley value of each neuron on each region
     values = mean.abs().mean(0)
     var = (g2 / m - (g1 / m) ** 2).clamp_min(0) * (m / max(m - 1, 1))
     return ShapleyResult(values.float(), (var / m).sqrt().float(), m, mean.float())
