@@ -34,7 +34,7 @@ from .shapley import NeuronShapley
 log = logging.getLogger("hint.pipeline")
 
 #: Bumped when a step's algorithm changes, so that cached outputs of older code are not reused.
-STEP_REVISION = {"regions": 1, "classifiers": 2, "shapley": 2}
+STEP_REVISION = {"regions": 2, "classifiers": 2, "shapley": 2}
 
 
 @dataclass

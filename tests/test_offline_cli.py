@@ -71,3 +71,19 @@ def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path)
     assert dist.meta["build"]["step1"]["world_size"] == 2
     assert dist.meta["build"]["step1"]["images"] == single.meta["build"]["step1"]["images"] == 16
     torch.testing.assert_close(dist.phi, single.phi, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_shared_sample_rebuild_reproduces_committed_bank(shared, tmp_path):
+    """The acceptance check: rebuilding the default bank from an empty cache gives the committed tables."""
+    committed = ConceptBank.load(REPO / "model_store" / "hint-bank")
+    out = tmp_path / "bank"
+    argv = ["build", "--data", str(shared / "imagenet-sample"), "--out", str(out), "--cache", str(tmp_path / "c"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rebuilt = ConceptBank.load(out)
+    assert rebuilt.wnids == committed.wnids
+    torch.testing.assert_close(rebuilt.weight, committed.weight, atol=1e-3, rtol=1e-2)
+    torch.testing.assert_close(rebuilt.phi, committed.phi, atol=1e-3, rtol=1e-2)
+    for a, b in zip(rebuilt.concepts, committed.concepts, strict=True):
+        assert abs(a["f1"] - b["f1"]) < 0.02, (a["name"], a["f1"], b["f1"])

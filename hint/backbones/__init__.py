@@ -139,7 +139,8 @@ def get_backbone(
     module = importlib.import_module(_REGISTRY[name], __name__)
     bb: Backbone = module.build(name, weights=weights, random_init=random_init)
     _disable_inplace(bb.model)
-    bb.model.eval()
+    # NHWC runs the (depthwise) convolutions about twice as fast on CPU (oneDNN); outputs are the same
+    bb.model.to(memory_format=torch.channels_last).eval()
     if layer is not None and layer != bb.layer:
         names = [n for n, _ in bb.model.named_modules() if n]
         if layer not in names:
