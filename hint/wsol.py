@@ -102,7 +102,9 @@ def load_annotations(csv_path: str | Path, data_dir: str | Path | None = None,
             raise ValueError(f"{csv_path}:{n}: unknown WNID {wnid!r}")
         label = index[wnid]
         if r.get("label_index") not in (None, "") and int(r["label_index"]) != label:
-            raise ValueError(f"{csv_path}:{n}: label_index {r['label_index']} is not the index of {wnid} ({label})")
+            raise ValueError(
+                f"{csv_path}:{n}: label_index {r['label_index']} is not the index of {wnid} ({label})"
+            )
         path = _find_image(root, r["file"])
         try:
             boxes = parse_boxes(r["boxes_xyxy"])
@@ -280,6 +282,35 @@ def localization_metrics(scores: MethodScores, correct: np.ndarray, selection: n
         "n_test": int(len(test)),
         "n_selection": int(len(selection)),
     }
+
+
+def bootstrap_weights(n: int, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """(draws, n) multiplicities of the n test images in each bootstrap resample."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+
+def bootstrap_metrics(scores: MethodScores, correct: np.ndarray, test: np.ndarray, threshold_index: int,
+                      weights: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each metric over the bootstrap resamples of the test images (``weights`` from
+    :func:`bootstrap_weights`; the operating threshold stays the one chosen on the selection split).
+    Using the same weights for two methods gives paired differences."""
+    n = len(test)
+    big, every = scores.iou_largest[test], scores.iou_all[test]
+    hit = big[:, threshold_index] >= IOU_LOC
+    out = {
+        "gt_known_loc": weights @ hit / n,
+        "top1_loc": weights @ (hit & np.asarray(correct)[test]) / n,
+        "max_box_acc": (weights @ (big >= IOU_LOC)).max(1) / n,
+        "max_box_acc_v2": np.mean([(weights @ (every >= d / 100)).max(1) / n for d in IOU_THRESHOLDS], 0),
+        "pointing_game": weights @ scores.pointing[test] / n,
+        "mean_iou": weights @ big[:, threshold_index].astype(np.float64) / n,
+    }
+    return out
+
+
+def ci95(samples: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [round(float(lo), 5), round(float(hi), 5)]
 
 
 # ------------------------------------------------------------------------------------- export (npy)

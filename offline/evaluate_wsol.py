@@ -45,27 +45,48 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate-wsol", help="WSOL metrics (wsolevaluation) of HINT maps vs CAM")
     p.add_argument("--bank", type=Path, default=Path("model_store/hint-bank"), help="concept bank folder")
     p.add_argument("--data", type=Path, required=True, help="folder of the images (or of images/)")
-    p.add_argument("--annotations", type=Path, default=None,
-                   help="CSV file,wnid,label_index,width,height,boxes_xyxy (default DATA/annotations.csv)")
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="CSV file,wnid,label_index,width,height,boxes_xyxy (default DATA/annotations.csv)",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/wsol"), help="results folder (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the selection/test halves")
     p.add_argument("--export-npy", type=Path, default=None, metavar="DIR", help="save score maps as .npy")
-    p.add_argument("--export-methods", nargs="+", default=list(MAIN), metavar="METHOD",
-                   help="methods to export (default: %(default)s; 'all' for every one)")
-    p.add_argument("--cache", type=Path, default=None, help="step cache of the bank (default BANK/../.hint-cache)")
-    p.add_argument("--recompute-regions", action="store_true",
-                   help="recompute the bank's step-1 table from its build data when it is not cached")
+    p.add_argument(
+        "--export-methods",
+        nargs="+",
+        default=list(MAIN),
+        metavar="METHOD",
+        help="methods to export (default: %(default)s; 'all' for every one)",
+    )
+    p.add_argument(
+        "--cache", type=Path, default=None, help="step cache of the bank (default BANK/../.hint-cache)"
+    )
+    p.add_argument(
+        "--recompute-regions",
+        action="store_true",
+        help="recompute the bank's step-1 table from its build data when it is not cached",
+    )
     p.add_argument("--percents", type=int, nargs="*", default=[10, 20, 40, 80], help="the (x%%) rows")
-    p.add_argument("--faithfulness-k", type=int, default=None, help="neurons kept (default: the bank's, or 20)")
-    p.add_argument("--draws", type=int, default=5, help="random neuron draws (seeds) in the faithfulness test")
+    p.add_argument(
+        "--faithfulness-k", type=int, default=None, help="neurons kept (default: the bank's, or 20)"
+    )
+    p.add_argument(
+        "--draws", type=int, default=5, help="random neuron draws (seeds) in the faithfulness test"
+    )
     p.add_argument("--no-retrain", action="store_true", help="skip the (x%%) rows and the faithfulness test")
     p.add_argument("--weights", default=None, help="backbone weights file (default: the packaged ones)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--jobs", type=int, default=1, help="processes scoring the maps (default %(default)s)")
     p.add_argument("--overlays", type=int, default=6, help="test images in overlays.png (0: none)")
-    p.add_argument("--overlay-photos", action="store_true",
-                   help="draw the photographs under the heat maps (do not commit such figures of licensed data)")
+    p.add_argument(
+        "--overlay-photos",
+        action="store_true",
+        help="draw the photographs under the heat maps (do not commit such figures of licensed data)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -116,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     retrain_info: dict = {"done": False}
     if not args.no_retrain:
         t = time.perf_counter()
-        variants, retrain_info = retrained_variants(bank, args, sorted({whole, *ancestors}), variants, progress)
+        variants, retrain_info = retrained_variants(
+            bank, args, sorted({whole, *ancestors}), variants, progress
+        )
         timings["retrain"] = time.perf_counter() - t
 
     methods = method_table(variants, args, retrain_info.get("k_faith"))
@@ -124,9 +147,20 @@ def run(args: argparse.Namespace) -> int:
     export = _export_set(args, methods)
 
     t = time.perf_counter()
-    overlay_idx = set(test[np.linspace(0, len(test) - 1, args.overlays).astype(int)].tolist()) if args.overlays else set()
+    overlay_idx = (
+        set(test[np.linspace(0, len(test) - 1, args.overlays).astype(int)].tolist())
+        if args.overlays
+        else set()
+    )
     jobs = [
-        (i, {m: raw[m][i] for m in methods}, fwd["size"][i], anns[i].boxes, anns[i].image_id, i in overlay_idx)
+        (
+            i,
+            {m: raw[m][i] for m in methods},
+            fwd["size"][i],
+            anns[i].boxes,
+            anns[i].image_id,
+            i in overlay_idx,
+        )
         for i in range(n)
     ]
     export_to = (args.export_npy, {m: _slug(m) for m in export}) if args.export_npy else None
@@ -137,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         wsol.write_metadata(args.export_npy / "metadata" / "test", anns, test)
 
     results = {m: wsol.localization_metrics(scores[m], correct, selection, test) for m in methods}
+    uncertainty = bootstrap_report(scores, results, correct, test, args.split_seed)
     timings["total"] = time.perf_counter() - t_start
     report = {
         "command": command_line(args),
@@ -156,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "variants": {v.name: {"rule": v.rule, "k": v.k,
                               "mean_f1_used": _mean_f1(v, sorted({whole, *ancestors}))} for v in variants.values()},
         "methods": {m: {"variant": methods[m][0], "map": methods[m][1], **results[m]} for m in methods},
+        "bootstrap": uncertainty,
         "curves_test": {m: {"box_acc_largest_50": wsol.box_accuracy(scores[m].iou_largest[test]).round(5).tolist(),
                             **{f"box_acc_all_{d}": wsol.box_accuracy(scores[m].iou_all[test], d / 100).round(5).tolist()
                                for d in wsol.IOU_THRESHOLDS}} for m in methods},
@@ -190,7 +226,9 @@ def forward_all(bb, anns: list[wsol.Annotation], batch_size: int, progress: bool
     handles = [bb.layer_module().register_forward_hook(lambda _m, _i, o: keep.__setitem__("z", o.detach()))]
     cam_spec = CAM_LAYERS.get(bb.name)
     if cam_spec:
-        handles.append(mods[cam_spec[0]].register_forward_hook(lambda _m, _i, o: keep.__setitem__("f", o.detach())))
+        handles.append(
+            mods[cam_spec[0]].register_forward_hook(lambda _m, _i, o: keep.__setitem__("f", o.detach()))
+        )
         fc = mods[cam_spec[1]].weight.detach()
     zs, cams, preds, probs, sizes = [], [], [], [], []
     try:
@@ -404,7 +442,9 @@ def _export_set(args, methods: dict) -> set[str]:
 
 
 def _slug(method: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in method.replace("%", "pct").replace("|α|", "abs_alpha"))
+    keep = "".join(
+        c if c.isalnum() or c in "-_" else "_" for c in method.replace("%", "pct").replace("|α|", "abs_alpha")
+    )
     return "_".join(filter(None, keep.split("_")))
 
 
@@ -437,11 +477,57 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
+def bootstrap_report(scores: dict, results: dict, correct, test, seed: int, draws: int = 1000) -> dict:
+    """95% bootstrap intervals over the test images of each main method's metrics, and of the paired
+    differences HINT − CAM (same resamples)."""
+    weights = wsol.bootstrap_weights(len(test), draws, seed)
+    th = np.round(wsol.THRESHOLDS, 4)
+    samples = {
+        m: wsol.bootstrap_metrics(scores[m], correct, test, int(np.argmin(np.abs(th - results[m]["threshold"]))),
+                                  weights)
+        for m in results
+    }  # fmt: skip
+    main = [m for m in samples if "·" not in m]
+    out = {"draws": draws, "ci95": {m: {k: wsol.ci95(samples[m][k]) for k in samples[m]} for m in main}}
+    if "CAM" in samples:
+        out["minus_cam_ci95"] = {
+            m: {k: wsol.ci95(v - samples["CAM"][k]) for k, v in samples[m].items()}
+            for m in main
+            if m != "CAM"
+        }
+    # faithfulness: Shapley top-k minus |α| top-k and minus random top-k (mean over the draws), paired
+    faith = {}
+    for kind in ("whole", "ancestor"):
+        shap = [m for m in samples if m.startswith(f"{kind} · shapley top-")]
+        alpha = [m for m in samples if m.startswith(f"{kind} · |α| top-")]
+        rand = [m for m in samples if m.startswith(f"{kind} · random top-")]
+        if not (shap and alpha and rand):
+            continue
+        s, a = samples[shap[0]], samples[alpha[0]]
+        r = {k: np.mean([samples[m][k] for m in rand], 0) for k in s}
+        faith[f"HINT-{kind}"] = {
+            "shapley_minus_alpha": {k: wsol.ci95(s[k] - a[k]) for k in s},
+            "shapley_minus_random": {k: wsol.ci95(s[k] - r[k]) for k in s},
+        }
+    if faith:
+        out["faithfulness_ci95"] = faith
+    return out
+
+
 # ---------------------------------------------------------------------------------------- reporting
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _ci(lo_hi: list[float]) -> str:
+    return f"[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]"
+
+
+def _md(text: str) -> str:
+    """Text for a markdown table cell (``|`` escaped)."""
+    return text.replace("|", "\\|")
 
 
 def write_markdown(report: dict, path: Path) -> Path:
@@ -460,22 +546,38 @@ def write_markdown(report: dict, path: Path) -> Path:
     main = [m for m in ms if "·" not in m]
     for m in main:
         r = ms[m]
-        per = "/".join(_pct(r["max_box_acc_v2_per_iou"][k]) for k in sorted(r["max_box_acc_v2_per_iou"], key=int))
+        per = "/".join(
+            _pct(r["max_box_acc_v2_per_iou"][k]) for k in sorted(r["max_box_acc_v2_per_iou"], key=int)
+        )
         lines.append(f"| {m} | {_pct(r['gt_known_loc'])} | {_pct(r['top1_loc'])} | {_pct(r['max_box_acc'])} | "
                      f"{_pct(r['max_box_acc_v2'])} ({per}) | {r['threshold']:.2f} | {_pct(r['pointing_game'])} | "
                      f"{_pct(r['mean_iou'])} |")  # fmt: skip
     top1 = ms["HINT-whole"]["top1_cls"]
     lines += ["", f"Top-1 classification accuracy on the test half: {_pct(top1)}."]
+    bs = report.get("bootstrap")
+    if bs:
+        lines += ["", f"95% bootstrap intervals ({bs['draws']} resamples of the test images; the differences to "
+                  "CAM are paired, same resamples):", "",
+                  "| Method | GT-known Loc | MaxBoxAcc | MaxBoxAccV2 | GT-known Loc − CAM | MaxBoxAccV2 − CAM |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for m, ci in bs["ci95"].items():
+            d = bs.get("minus_cam_ci95", {}).get(m)
+            diff = [_ci(d["gt_known_loc"]), _ci(d["max_box_acc_v2"])] if d else ["–", "–"]
+            lines.append(f"| {m} | {_ci(ci['gt_known_loc'])} | {_ci(ci['max_box_acc'])} | "
+                         f"{_ci(ci['max_box_acc_v2'])} | " + " | ".join(diff) + " |")  # fmt: skip
     rt = report["retrain"]
     if rt.get("done"):
         lines += ["", "Classifiers per variant (mean held-out F1 over the concepts used here):", "",
                   "| Variant | rule | neurons | mean F1 |", "|---|---|---|---|"]  # fmt: skip
         for name, v in report["variants"].items():
             f1 = "–" if v["mean_f1_used"] is None else f"{v['mean_f1_used']:.3f}"
-            lines.append(f"| {name} | {v['rule']} | {v['k']} | {f1} |")
+            lines.append(f"| {_md(name)} | {v['rule']} | {v['k']} | {f1} |")
         lines += ["", faithfulness_table(report)]
     else:
-        lines += ["", f"(x%) rows and faithfulness not computed: {rt.get('reason', 'disabled (--no-retrain)')}"]
+        lines += [
+            "",
+            f"(x%) rows and faithfulness not computed: {rt.get('reason', 'disabled (--no-retrain)')}",
+        ]
     a = report["ancestors"]
     lines += ["", "HINT-ancestor used: " + ", ".join(f"{k} ×{v}" for k, v in sorted(a["counts"].items(),
                                                                                   key=lambda kv: -kv[1]))
@@ -505,12 +607,34 @@ def faithfulness_rows(report: dict) -> dict[str, dict[str, dict[str, tuple[float
 
 def faithfulness_table(report: dict) -> str:
     draws = report["retrain"]["draws"]
-    lines = [f"Faithfulness (test half; random: mean ± std over {draws} draws):", "",
-             "| Map | neurons | pointing game | mean IoU | GT-known Loc | MaxBoxAccV2 |", "|---|---|---|---|---|---|"]
+    k = report["retrain"]["k_faith"]
+    lines = [
+        f"Faithfulness (test half; random: mean ± std over {draws} draws):",
+        "",
+        "| Map | neurons | pointing game | mean IoU | GT-known Loc | MaxBoxAccV2 |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, rows in faithfulness_rows(report).items():
         for label, r in rows.items():
             cells = [f"{_pct(m)} ± {_pct(s)}" if s else _pct(m) for m, s in r.values()]
-            lines.append(f"| HINT-{kind} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| HINT-{kind} | {_md(label)} | " + " | ".join(cells) + " |")
+    fc = report.get("bootstrap", {}).get("faithfulness_ci95")
+    if fc:
+        metrics = ("pointing_game", "mean_iou", "gt_known_loc", "max_box_acc_v2")
+        lines += [
+            "",
+            f"Paired differences, 95% bootstrap intervals over the test images (Shapley top-{k} minus "
+            f"\\|α\\| top-{k}, and minus random top-{k} averaged over the draws):",
+            "",
+            "| Map | difference | pointing game | mean IoU | GT-known Loc | MaxBoxAccV2 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind, d in fc.items():
+            for key, label in (
+                ("shapley_minus_alpha", "Shapley − \\|α\\|"),
+                ("shapley_minus_random", "Shapley − random"),
+            ):
+                lines.append(f"| {kind} | {label} | " + " | ".join(_ci(d[key][m]) for m in metrics) + " |")
     return "\n".join(lines)
 
 
@@ -531,7 +655,9 @@ def plot_curves(report: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     colors = {"HINT-whole": "tab:blue", "HINT-ancestor": "tab:orange", "CAM": "tab:green"}
     for m in main:
-        base = "HINT-whole" if m.startswith("HINT-whole") else "HINT-ancestor" if m.startswith("HINT-anc") else m
+        base = (
+            "HINT-whole" if m.startswith("HINT-whole") else "HINT-ancestor" if m.startswith("HINT-anc") else m
+        )
         is_main = m in MAIN
         axes[0].plot(th, curves[m]["box_acc_largest_50"], color=colors.get(base, "gray"),
                      lw=2 if is_main else 1, ls="-" if is_main else ":", alpha=1 if is_main else 0.7,
@@ -543,7 +669,9 @@ def plot_curves(report: dict, path: Path) -> Path:
     axes[0].legend(fontsize=7, ncol=2)
     for m in [m for m in MAIN if m in curves]:
         for d, ls in zip(wsol.IOU_THRESHOLDS, ("-", "--", ":"), strict=True):
-            axes[1].plot(th, curves[m][f"box_acc_all_{d}"], color=colors[m], ls=ls, label=f"{m} IoU≥{d / 100:.1f}")
+            axes[1].plot(
+                th, curves[m][f"box_acc_all_{d}"], color=colors[m], ls=ls, label=f"{m} IoU≥{d / 100:.1f}"
+            )
     axes[1].set(xlabel="score-map threshold τ", ylabel="box accuracy (best box over all contours)",
                 title="MaxBoxAccV2 components (test half)")  # fmt: skip
     axes[1].legend(fontsize=7, ncol=3)
@@ -559,7 +687,11 @@ def plot_curves(report: dict, path: Path) -> Path:
 def plot_faithfulness(report: dict, path: Path) -> Path:
     plt = _plt()
     rows = faithfulness_rows(report)
-    metrics = [("pointing_game", "pointing game"), ("mean_iou", "mean IoU"), ("max_box_acc_v2", "MaxBoxAccV2")]
+    metrics = [
+        ("pointing_game", "pointing game"),
+        ("mean_iou", "mean IoU"),
+        ("max_box_acc_v2", "MaxBoxAccV2"),
+    ]
     fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4), squeeze=False)
     colors = ["0.6", "tab:red", "tab:blue", "tab:olive"]
     for ax, (kind, r) in zip(axes[0], rows.items(), strict=True):
@@ -618,8 +750,12 @@ def plot_overlays(kept: dict, anns, fwd, results: dict, h, path: Path, photos: b
             ax.set_yticks([])
             if c == 0:
                 ok = "✓" if pred == a.label else "✗"
-                ax.set_ylabel(f"{h.class_names[a.label][:22]}\npred {ok} {h.class_names[pred][:18]}", fontsize=7)
-    fig.suptitle("GT boxes green, predicted box (largest contour at the operating threshold τ*) red", fontsize=9)
+                ax.set_ylabel(
+                    f"{h.class_names[a.label][:22]}\npred {ok} {h.class_names[pred][:18]}", fontsize=7
+                )
+    fig.suptitle(
+        "GT boxes green, predicted box (largest contour at the operating threshold τ*) red", fontsize=9
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=90)
     plt.close(fig)

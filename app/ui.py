@@ -1,0 +1,552 @@
+"""The Gradio Blocks page: upload → explain through the endpoint → prediction and WordNet chain,
+concept picker (the hierarchy), overlays with boxes, neurons, neuron look-up and live ablation.
+
+Everything model-side comes from :class:`app.client.HintClient`; this module only draws and lays out.
+The pure helpers (labels, markdown, frames, overlays) are importable without starting a server.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from .client import HintClient, HintError
+from .drawing import fit, neuron_bars, overlay
+
+log = logging.getLogger("app")
+
+MAX_UPLOAD_MB = 10
+MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"
+# TorchServe's default max_request_size is 6,553,500 bytes and base64 adds a third: files above this
+# are re-encoded as JPEG at the same size in pixels (boxes stay in the original image's pixels).
+SEND_AS_IS_BYTES = 4_000_000
+MAX_NEURONS = 20  # neurons asked per concept; the ablation slider's range
+SEP = " › "
+EXAMPLES = {  # skimage.data photo -> file name
+    "chelsea": "chelsea.jpg",
+    "coffee": "coffee.jpg",
+    "astronaut": "astronaut.jpg",
+    "rocket": "rocket.jpg",
+}
+LEGEND = (
+    "Heat: the concept's probability at each place, 0 (blue) → 1 (red). "
+    "Magenta box: the largest region above the threshold (weakly supervised localisation)."
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def example_images(folder: str | Path | None = None) -> list[str]:
+    """The skimage.data photos written once as JPEG files (default: a folder in the temp dir)."""
+    from skimage import data
+
+    folder = Path(folder or Path(tempfile.gettempdir()) / "hint-app-examples")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, file in EXAMPLES.items():
+        p = folder / file
+        if not p.is_file():
+            tmp = p.with_suffix(".tmp")
+            Image.fromarray(getattr(data, name)()).convert("RGB").save(tmp, format="JPEG", quality=92)
+            os.replace(tmp, p)
+        out.append(str(p))
+    return out
+
+
+def upload_bytes(path: str | Path, limit: int = SEND_AS_IS_BYTES) -> bytes:
+    """The file's bytes, or when larger than ``limit`` the same pixels re-encoded as JPEG."""
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise HintError(f"the image is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+    raw = p.read_bytes()
+    if size <= limit:
+        return raw
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any decoder error becomes one readable line
+        raise HintError(f"cannot read the image: {e}") from None
+    for quality in (90, 75, 60):
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=quality)
+        if buf.tell() <= limit:
+            break
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=8)
+def display_image(path: str, width: int, height: int) -> np.ndarray:
+    """The uploaded image as the server saw it ((width, height) from its answer), fit for display."""
+    with Image.open(path) as im:
+        im = im.convert("RGB") if im.size == (width, height) else ImageOps.exif_transpose(im).convert("RGB")
+    if im.size != (width, height):
+        im = im.resize((width, height))
+    a = fit(im)
+    a.setflags(write=False)
+    return a
+
+
+def concept_chains(concepts: list[dict]) -> dict[str, list[str]]:
+    """wnid -> its path through the bank's concepts, most general first (e.g. whole, animal, mammal)."""
+    names = {c["name"] for c in concepts}
+    return {c["wnid"]: [n for n in reversed(c.get("path") or [c["name"]]) if n in names] for c in concepts}
+
+
+def concept_labels(concepts: list[dict]) -> dict[str, str]:
+    """wnid -> 'animal › vertebrate › mammal' (the root shared by every concept is left out)."""
+    chains = concept_chains(concepts)
+    firsts = {ch[0] for ch in chains.values() if ch}
+    root = next(iter(firsts)) if len(firsts) == 1 else None
+    out = {}
+    for w, ch in chains.items():
+        shown = ch[1:] if root and len(ch) > 1 and ch[0] == root else ch
+        out[w] = SEP.join(shown)
+    return out
+
+
+def concept_choices(concepts: list[dict], with_scores: bool = True) -> list[tuple[str, str]]:
+    """(label, wnid) in the hierarchy's depth-first order (siblings alphabetical), labels with scores."""
+    chains, labels = concept_chains(concepts), concept_labels(concepts)
+    out = []
+    for c in sorted(concepts, key=lambda c: (chains[c["wnid"]], c["wnid"])):
+        label = labels[c["wnid"]]
+        if with_scores and c.get("score") is not None:
+            label += f"  ({c['score']:.2f}{'' if c.get('present') else ', absent'})"
+        out.append((label, c["wnid"]))
+    return out
+
+
+def default_selection(result: dict, n: int = 4) -> list[str]:
+    """Up to n concepts: the bank's concepts on the predicted chain, general to specific, spread out;
+    where the chain has none, the root and the highest-scoring concepts."""
+    bank = [c["wnid"] for c in result["concepts"]]
+    on_chain = [lvl["wnid"] for lvl in reversed(result.get("chain", [])) if lvl["wnid"] in bank]
+    if len(on_chain) > n:
+        idx = sorted({int(round(i)) for i in np.linspace(0, len(on_chain) - 1, n)})
+        on_chain = [on_chain[i] for i in idx]
+    if on_chain:
+        return on_chain
+    by_depth = sorted(result["concepts"], key=lambda c: (c.get("depth", 0), c["wnid"]))
+    root = by_depth[0]["wnid"] if by_depth else None
+    rest = sorted((c for c in result["concepts"] if c["wnid"] != root), key=lambda c: -c.get("score", 0))
+    return ([root] if root else []) + [c["wnid"] for c in rest[: n - 1]]
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f} %"
+
+
+def prediction_markdown(result: dict) -> str:
+    """The top-5 prediction and the WordNet chain with each level's probability and concept score."""
+    preds = result.get("prediction") or []
+    if not preds:
+        return "_no prediction_"
+    top = preds[0]
+    lines = [f"### {top['name']} — {_pct(top['probability'])}"]
+    if len(preds) > 1:
+        lines.append("Next: " + " · ".join(f"{p['name']} {_pct(p['probability'])}" for p in preds[1:]))
+    chain = result.get("chain") or []
+    if chain:
+        parts = []
+        for lvl in chain:
+            if lvl.get("score") is not None:
+                parts.append(f"**{lvl['name']}** {lvl['score']:.2f}")
+            else:
+                parts.append(lvl["name"])
+        lines.append("")
+        lines.append("**WordNet chain** (bold: bank concepts with their concept score)  ")
+        lines.append(SEP.join(parts))
+        rows = "".join(
+            f"<tr><td>{lvl['name']}</td><td>{_pct(lvl.get('probability', 0.0))}</td>"
+            f"<td>{'–' if lvl.get('score') is None else format(lvl['score'], '.3f')}</td></tr>"
+            for lvl in chain
+        )
+        lines.append("")
+        lines.append(
+            "<details><summary>each level's probability (sum over its classes) and concept score</summary>"
+            f"<table><thead><tr><th>level</th><th>P(level)</th><th>concept score</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></details>"
+        )
+    return "\n".join(lines)
+
+
+def concept_caption(c: dict) -> str:
+    box = c.get("box")
+    where = (
+        f"box {box[0]},{box[1]}–{box[2]},{box[3]}, {_pct(c.get('area_fraction', 0))} of the image"
+        if box
+        else "no region above the threshold"
+    )
+    return f"{c['name']} · score {c['score']:.3f} · {where}"
+
+
+def concept_overlay(image: np.ndarray, c: dict, size: tuple[int, int]) -> np.ndarray:
+    m = np.asarray(c["map"], dtype=np.float32) if c.get("map") is not None else None
+    return overlay(image, m, c.get("box"), f"{c['name']} {c['score']:.2f}", original_size=size)
+
+
+def neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
+    """The concept's top neurons for the bar chart (removed: how many of the top ones are ablated)."""
+    rows = []
+    for i, n in enumerate(c.get("neurons") or []):
+        rows.append({
+            "neuron": f"#{n['neuron']}", "shapley": float(n["shapley"]), "shapley_se": float(n.get("shapley_se", 0)),
+            "activation": float(n.get("activation", 0)), "contribution": float(n.get("contribution", 0)),
+            "status": "removed" if i < removed else "kept",
+        })  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["neuron", "shapley", "shapley_se", "activation", "contribution", "status"]
+    )
+
+
+def neuron_frame(answer: dict) -> pd.DataFrame:
+    rows = [
+        {"rank": i + 1, "concept": c["name"], "wnid": c["wnid"], "shapley": round(float(c["shapley"]), 6),
+         "rank in concept": c.get("rank_in_concept")}
+        for i, c in enumerate(answer.get("concepts") or [])
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["rank", "concept", "wnid", "shapley", "rank in concept"])
+
+
+def ablation_markdown(focus: dict, removed: list[int], before: dict, after: dict) -> str:
+    """The score drop of the focused concept (and of the other shown concepts) after the ablation."""
+    fb, fa = before[focus["wnid"]], after.get(focus["wnid"])
+    if fa is None:
+        return "_the ablated answer has no such concept_"
+    d = round(fa["score"] - fb["score"], 3) + 0.0  # no "-0.000"
+    rel = f", {100 * d / fb['score']:+.1f} %" if fb["score"] else ""
+    ids = ", ".join(f"#{n}" for n in removed)
+    lines = [
+        f"**{focus['name']}**: score {fb['score']:.3f} → **{fa['score']:.3f}** ({d:+.3f}{rel}); "
+        f"region {_pct(fb.get('area_fraction', 0))} → {_pct(fa.get('area_fraction', 0))} of the image"
+        + ("" if fa.get("present") else " (no longer above the threshold)"),
+        "",
+        f"Removed (set to the bank's baseline): {ids}",
+    ]
+    others = [w for w in after if w != focus["wnid"] and w in before]
+    if others:
+        lines += ["", "| concept | before | after | change |", "|---|---:|---:|---:|"]
+        for w in others:
+            b, a = before[w]["score"], after[w]["score"]
+            lines.append(f"| {after[w]['name']} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
+    return "\n".join(lines)
+
+
+def warn_markdown(message: str) -> str:
+    """An error line for the status area (HTML-escaped; `code` spans kept)."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(message, quote=False))
+    return f"<div class='hint-error'>⚠️ {text}</div>"
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+class HintApp:
+    """The event handlers (each catches :class:`HintError` and shows it) and :meth:`build`."""
+
+    def __init__(self, client: HintClient, examples_dir: str | Path | None = None):
+        self.client = client
+        self.examples = example_images(examples_dir)
+
+    # -- handlers: each returns one value per output; gr.skip() leaves an output as it is
+
+    def _fail(self, message: str, n_outputs: int):
+        import gradio as gr
+
+        gr.Warning(message.replace("`", ""), duration=15)  # the toast shows text as it is
+        return (warn_markdown(message),) + tuple(gr.skip() for _ in range(n_outputs - 1))
+
+    def _guard(self, fn, n_outputs: int, *args):
+        try:
+            return fn(*args)
+        except HintError as e:
+            log.warning("%s", e)
+            return self._fail(str(e), n_outputs)
+        except Exception as e:  # noqa: BLE001 - the page shows one line, the log keeps the traceback
+            log.exception("unexpected error")
+            return self._fail(f"internal error: {type(e).__name__}: {e}", n_outputs)
+
+    def status_line(self, result: dict | None = None, seconds: float | None = None) -> str:
+        if result is None:
+            return f"Endpoint: `{self.client.url}` ({self.client.describe_auth()})"
+        m = result.get("model", {})
+        return (f"Explained in {seconds:.1f} s by `{m.get('backbone')}:{m.get('layer')}`, bank `{m.get('bank_id')}` "
+                f"— endpoint `{self.client.url}`")  # fmt: skip
+
+    def check_service(self):
+        if self.client.ping():
+            return self.status_line()
+        return warn_markdown(f"service unreachable at {self.client.endpoint} — start it with `make serve`")
+
+    N_EXPLAIN = 13
+
+    def explain(self, path, threshold, state):
+        return self._guard(self._explain, self.N_EXPLAIN, path, threshold, state)
+
+    def _explain(self, path, threshold, state):
+        import gradio as gr
+
+        if not path:
+            raise HintError("upload an image (or pick an example) first")
+        t0 = time.perf_counter()
+        result = self.client.explain(
+            upload_bytes(path), top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True
+        )
+        seconds = time.perf_counter() - t0
+        if not result["concepts"]:
+            raise HintError("the service answered with no concepts (empty bank?)")
+        state = {"path": str(path), "threshold": float(threshold), "result": result}
+        choices = concept_choices(result["concepts"])
+        selected = default_selection(result)
+        focus = selected[-1]
+        gallery = self.gallery_items(state, selected)
+        fc = self._concept(state, focus)
+        k = min(MAX_NEURONS, len(fc.get("neurons") or []))
+        before = self._focus_image(state, fc)
+        return (
+            self.status_line(result, seconds),
+            prediction_markdown(result),
+            gr.Dropdown(choices=choices, value=selected, interactive=True),
+            gr.Gallery(value=gallery, columns=max(1, min(4, len(gallery)))),
+            gr.Dropdown(
+                choices=concept_choices(result["concepts"], with_scores=False), value=focus, interactive=True
+            ),
+            *self.bars(fc),
+            gr.Slider(minimum=0, maximum=max(k, 1), value=0, step=1, interactive=k > 0),
+            before,
+            None,
+            "_Move the slider to remove this concept's top neurons and see the map, box and score change._",
+            gr.Column(visible=True),
+            state,
+        )
+
+    @staticmethod
+    def bars(c: dict, removed: int = 0):
+        """The bar chart of the concept's top neurons (the removed ones in red) and the same as a table."""
+        title = f"Top neurons of {c.get('name', '?')}: Shapley value ± s.e."
+        return neuron_bars(c.get("neurons") or [], removed, title), neurons_frame(c, removed)
+
+    def _concept(self, state: dict, wnid: str) -> dict:
+        for c in state["result"]["concepts"]:
+            if c["wnid"] == wnid:
+                return c
+        raise HintError(f"concept {wnid} is not in the last explanation")
+
+    def _image(self, state: dict) -> tuple[np.ndarray, tuple[int, int]]:
+        size = (int(state["result"]["image"]["width"]), int(state["result"]["image"]["height"]))
+        try:
+            return display_image(state["path"], *size), size
+        except OSError as e:
+            raise HintError(f"the uploaded image is gone ({e}); upload it again") from None
+
+    def gallery_items(self, state: dict, wnids: list[str]) -> list[tuple[np.ndarray, str]]:
+        image, size = self._image(state)
+        return [(concept_overlay(image, self._concept(state, w), size), concept_caption(self._concept(state, w)))
+                for w in wnids]  # fmt: skip
+
+    def _focus_image(self, state: dict, c: dict) -> np.ndarray:
+        image, size = self._image(state)
+        return concept_overlay(image, c, size)
+
+    N_SELECT = 2
+
+    def select(self, wnids, state):
+        return self._guard(self._select, self.N_SELECT, wnids, state)
+
+    def _select(self, wnids, state):
+        import gradio as gr
+
+        if not state:
+            return gr.skip(), gr.skip()
+        items = self.gallery_items(state, list(wnids or []))
+        return self.status_line(), gr.Gallery(value=items, columns=max(1, min(4, len(items))))
+
+    N_FOCUS = 7
+
+    def focus(self, wnid, state):
+        return self._guard(self._focus, self.N_FOCUS, wnid, state)
+
+    def _focus(self, wnid, state):
+        import gradio as gr
+
+        if not state or not wnid:
+            return (gr.skip(),) * self.N_FOCUS
+        c = self._concept(state, wnid)
+        k = min(MAX_NEURONS, len(c.get("neurons") or []))
+        return (
+            gr.skip(),
+            *self.bars(c),
+            gr.Slider(minimum=0, maximum=max(k, 1), value=0, step=1, interactive=k > 0),
+            self._focus_image(state, c),
+            None,
+            "_Move the slider to remove this concept's top neurons and see the map, box and score change._",
+        )
+
+    N_ABLATE = 6
+
+    def ablate(self, k, wnid, selected, state):
+        return self._guard(self._ablate, self.N_ABLATE, k, wnid, selected, state)
+
+    def _ablate(self, k, wnid, selected, state):
+        import gradio as gr
+
+        if not state:
+            raise HintError("explain an image first")
+        if not wnid:
+            raise HintError("pick a concept for the neurons first")
+        c = self._concept(state, wnid)
+        k = int(k or 0)
+        before_img = self._focus_image(state, c)
+        if k <= 0:
+            return gr.skip(), *self.bars(c), before_img, None, "_No neuron removed._"
+        ids = [n["neuron"] for n in (c.get("neurons") or [])[:k]]
+        wanted = [wnid] + [w for w in (selected or []) if w != wnid]
+        after = self.client.explain(
+            upload_bytes(state["path"]), concepts=wanted, ablate=ids, top_k=1,
+            threshold=state["threshold"], return_maps=True,
+        )  # fmt: skip
+        after_by = {a["wnid"]: a for a in after["concepts"]}
+        before_by = {x["wnid"]: x for x in state["result"]["concepts"]}
+        image, size = self._image(state)
+        after_img = concept_overlay(image, after_by[wnid], size) if wnid in after_by else None
+        return (
+            self.status_line(),
+            *self.bars(c, removed=k),
+            before_img,
+            after_img,
+            ablation_markdown(c, ids, before_by, after_by),
+        )
+
+    N_NEURON = 2
+
+    def neuron(self, n):
+        return self._guard(self._neuron, self.N_NEURON, n)
+
+    def _neuron(self, n):
+        if n is None:
+            raise HintError("type a neuron number")
+        answer = self.client.neuron(int(n))
+        return self.status_line(), neuron_frame(answer)
+
+    # -- layout
+
+    def build(self):
+        import gradio as gr
+
+        with gr.Blocks(title="HINT — hierarchical neuron concept explainer", analytics_enabled=False) as demo:
+            state = gr.State(None)
+            gr.Markdown(
+                "# HINT — hierarchical neuron concept explainer\n"
+                "Which hidden neurons of the CNN respond to which concepts of the WordNet hierarchy, and where "
+                "(Wang et al., CVPR 2022). Upload an image and press **Explain**."
+            )
+            status = gr.Markdown(self.status_line(), elem_id="status")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2):
+                    image = gr.Image(
+                        type="filepath", image_mode=None, label=f"Image (up to {MAX_UPLOAD_MB} MB)",
+                        sources=["upload", "clipboard"], height=300, elem_id="image",
+                    )  # fmt: skip
+                    gr.Examples(examples=[[p] for p in self.examples], inputs=[image], label="Examples",
+                                example_labels=list(EXAMPLES))  # fmt: skip
+                    with gr.Accordion("Options", open=False):
+                        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Box threshold",
+                                              info="a concept is present where its probability reaches this")  # fmt: skip
+                    explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")
+                with gr.Column(scale=3):
+                    prediction = gr.Markdown(
+                        "_The prediction and its WordNet chain appear here._", elem_id="prediction"
+                    )
+            with gr.Column(visible=False) as results:
+                picker = gr.Dropdown(
+                    choices=[], value=[], multiselect=True, label="Concepts (the hierarchy, with their scores)",
+                    info="pick several to compare them side by side", elem_id="picker",
+                )  # fmt: skip
+                gallery = gr.Gallery(label="Concept maps and boxes", columns=4, height=None, format="png",
+                                     object_fit="contain", elem_id="overlays")  # fmt: skip
+                gr.Markdown(LEGEND)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        focus = gr.Dropdown(choices=[], label="Neurons of the concept", elem_id="focus")
+                        bars = gr.Plot(label="Top neurons", show_label=False, format="png", elem_id="neurons")
+                        with gr.Accordion(
+                            "as a table, with this image's activation and contribution", open=False
+                        ):
+                            bars_table = gr.Dataframe(
+                                headers=list(neurons_frame({}).columns), interactive=False, max_height=300,
+                                elem_id="neurons-table",
+                            )  # fmt: skip
+                    with gr.Column(scale=4):
+                        slider = gr.Slider(0, MAX_NEURONS, value=0, step=1, interactive=False,
+                                           label="Remove the top-k neurons of this concept", elem_id="ablate")  # fmt: skip
+                        with gr.Row():
+                            before = gr.Image(label="before", format="png", interactive=False, height=260,
+                                              elem_id="before")  # fmt: skip
+                            after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
+                                             elem_id="after")  # fmt: skip
+                        ablation = gr.Markdown(elem_id="ablation")
+            with gr.Accordion("Neuron look-up: which concepts does a neuron serve?", open=True):
+                with gr.Row():
+                    neuron_no = gr.Number(
+                        value=0, precision=0, minimum=0, label="Neuron", scale=1, elem_id="neuron-no"
+                    )
+                    neuron_btn = gr.Button("Look up", scale=0)
+                neuron_table = gr.Dataframe(
+                    headers=["rank", "concept", "wnid", "shapley", "rank in concept"], interactive=False,
+                    max_height=320, elem_id="neuron-table",
+                )  # fmt: skip
+
+            explain_btn.click(
+                self.explain, [image, threshold, state],
+                [status, prediction, picker, gallery, focus, bars, bars_table, slider, before, after, ablation, results, state],
+                api_name="explain",
+            )  # fmt: skip
+            picker.input(self.select, [picker, state], [status, gallery], api_name="select")
+            focus.input(
+                self.focus,
+                [focus, state],
+                [status, bars, bars_table, slider, before, after, ablation],
+                api_name="focus",
+            )
+            slider.release(self.ablate, [slider, focus, picker, state], [status, bars, bars_table, before, after, ablation],
+                           api_name="ablate", trigger_mode="always_last")  # fmt: skip
+            neuron_btn.click(self.neuron, [neuron_no], [status, neuron_table], api_name="neuron")
+            neuron_no.submit(self.neuron, [neuron_no], [status, neuron_table], api_visibility="private")
+            demo.load(self.check_service, None, [status], api_visibility="private")
+        return demo
+
+
+CSS = """
+#overlays .grid-wrap { min-height: 0 !important; height: auto !important; max-height: none !important; }
+.hint-error { color: #b00020; font-weight: 600; padding: 0.4em 0.6em; border: 1px solid #b00020;
+              border-radius: 6px; background: #fff0f0; }
+"""
+
+
+def launch(client: HintClient, host: str = "127.0.0.1", port: int = 7860, *, quiet: bool = False,
+           prevent_thread_lock: bool = False, examples_dir: str | Path | None = None):  # fmt: skip
+    """Build and serve the page; returns the Blocks (running in a thread with prevent_thread_lock)."""
+    hint_app = HintApp(client, examples_dir)
+    demo = hint_app.build()
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(
+        server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False, quiet=quiet,
+        prevent_thread_lock=prevent_thread_lock, allowed_paths=[str(Path(hint_app.examples[0]).parent)],
+        ssr_mode=False, css=CSS, footer_links=["api"],
+    )  # fmt: skip
+    return demo

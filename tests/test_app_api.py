@@ -1,0 +1,174 @@
+"""The app's API through gradio_client: the app runs in a thread of this process against a FAKE
+endpoint (tests/e2e/fake_endpoint.py, a subprocess) whose answers come from the real
+``hint.explain.Explainer`` with the committed bank — no TorchServe or Java needed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+from harness import dead_endpoint, fake_endpoint, free_port  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    # gradio's queue vs pandas 3, not ours
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+gradio_client = pytest.importorskip("gradio_client")
+
+from app.client import HintClient  # noqa: E402
+from app.drawing import BOX_COLOR, KEPT_COLOR, REMOVED_COLOR  # noqa: E402
+
+FELINE, WHOLE, PERSON, ANIMAL, BIRD = "n02120997", "n00003553", "n00007846", "n00015388", "n01503061"
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("ts") / "key_file.json"
+    with fake_endpoint(key_file) as url:
+        yield url, key_file
+
+
+def start_app(client: HintClient, examples_dir: Path):
+    from app.ui import launch
+
+    port = free_port()
+    demo = launch(client, "127.0.0.1", port, quiet=True, prevent_thread_lock=True, examples_dir=examples_dir)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def app(endpoint, tmp_path_factory):
+    url, key_file = endpoint
+    examples = tmp_path_factory.mktemp("examples")
+    demo, app_url = start_app(HintClient(url, token_file=key_file), examples)
+    yield gradio_client.Client(app_url, verbose=False), examples
+    demo.close()
+
+
+def magenta(path) -> int:
+    a = np.asarray(Image.open(path).convert("RGB"))
+    return int((a == BOX_COLOR).all(-1).sum())
+
+
+def plot_pixels(plot, rgb_hex: str) -> int:
+    """How many pixels of one colour the matplotlib plot (as gradio_client returns it) has."""
+    raw = base64.b64decode(plot["plot"].split(",", 1)[1])
+    a = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(int)
+    want = [int(rgb_hex[i : i + 2], 16) for i in (1, 3, 5)]
+    return int((np.abs(a - want).sum(-1) <= 6).sum())
+
+
+def gallery_paths(gallery) -> list[tuple[str, str]]:
+    items = gallery["value"] if isinstance(gallery, dict) else gallery
+    return [
+        (it["image"] if isinstance(it["image"], str) else it["image"]["path"], it.get("caption"))
+        for it in items
+    ]
+
+
+@pytest.fixture(scope="module")
+def explained(app):
+    client, examples = app
+    out = client.predict(gradio_client.handle_file(str(examples / "chelsea.jpg")), 0.5, api_name="/explain")
+    return client, out
+
+
+def test_explain(explained):
+    _, out = explained
+    status, prediction, picker, gallery, focus, bars, table, slider, before, after, ablation = out
+    assert status.startswith("Explained in") and "efficientnet_lite0" in status
+    assert re.search(r"^### .*cat — \d+\.\d %", prediction), prediction
+    assert "**feline**" in prediction and "**whole**" in prediction and " › " in prediction
+    labels = {v: lab for lab, v in picker["choices"]}
+    assert labels[FELINE].startswith("animal › vertebrate › mammal › carnivore › feline")
+    assert picker["value"][0] == WHOLE and picker["value"][-1] == FELINE
+    items = gallery_paths(gallery)
+    assert len(items) == len(picker["value"]) == 4
+    assert items[-1][1].startswith("feline · score")
+    assert all(magenta(p) > 50 for p, _ in items), "every present concept has its box drawn"
+    assert focus["value"] == FELINE
+    assert plot_pixels(bars, KEPT_COLOR) > 500 and plot_pixels(bars, REMOVED_COLOR) == 0
+    assert len(table["data"]) == 20 and table["data"][0][0].startswith("#")
+    shap = [row[1] for row in table["data"]]
+    assert shap == sorted(shap, reverse=True)
+    assert slider["maximum"] == 20 and slider["value"] == 0
+    assert Path(before).is_file() and after is None
+
+
+def test_select_paper_columns(explained):
+    client, _ = explained
+    status, gallery = client.predict([WHOLE, PERSON, ANIMAL, BIRD], api_name="/select")
+    captions = [c for _, c in gallery_paths(gallery)]
+    assert [c.split(" · ")[0] for c in captions] == ["whole", "person", "animal", "bird"]
+    assert gallery["columns"] == 4
+
+
+def test_ablation_matches_the_endpoint(explained, app, endpoint):
+    client, _ = explained
+    examples = app[1]
+    status, bars, table, before, after, md = client.predict(10, FELINE, [WHOLE, FELINE], api_name="/ablate")
+    assert Path(before).is_file() and Path(after).is_file()
+    assert [row[-1] for row in table["data"]].count("removed") == 10
+    assert plot_pixels(bars, REMOVED_COLOR) > 200, "the removed neurons' bars are red"
+    m = re.search(r"\*\*feline\*\*: score (\d\.\d{3}) → \*\*(\d\.\d{3})\*\*", md)
+    assert m, md
+    assert "| whole |" in md and "Removed (set to the bank's baseline): #" in md
+    # the same request straight to the endpoint gives the numbers the page shows
+    url, key_file = endpoint
+    direct = HintClient(url, token_file=key_file)
+    from app.ui import upload_bytes
+
+    data = upload_bytes(examples / "chelsea.jpg")
+    base = direct.explain(data, concepts=[FELINE], top_k=10, threshold=0.5)["concepts"][0]
+    ids = [n["neuron"] for n in base["neurons"]]
+    abl = direct.explain(data, concepts=[FELINE], ablate=ids, threshold=0.5)["concepts"][0]
+    assert (m.group(1), m.group(2)) == (f"{base['score']:.3f}", f"{abl['score']:.3f}")
+    status, bars, table, before, after, md = client.predict(0, FELINE, [FELINE], api_name="/ablate")
+    assert after is None and "No neuron removed" in md
+
+
+def test_neuron_lookup(explained):
+    client, _ = explained
+    status, table = client.predict(45, api_name="/neuron")
+    rows = table["data"]
+    assert len(rows) == 26
+    shap = [r[3] for r in rows]
+    assert shap == sorted(shap, reverse=True)
+    status, table = client.predict(100000, api_name="/neuron")
+    assert "hint-error" in status and "HTTP 400" in status and "out of range" in status
+
+
+def test_explain_without_image(app):
+    client, _ = app
+    out = client.predict(None, 0.5, api_name="/explain")
+    assert "upload an image" in out[0]
+
+
+def test_unreachable_and_wrong_token(endpoint, tmp_path):
+    url, _ = endpoint
+    dead = dead_endpoint()
+    for hint_client, expect in [
+        (
+            HintClient(dead),
+            rf"service unreachable at {re.escape(dead)} — start it with <code>make serve</code>",
+        ),
+        (HintClient(url, token="WRONG"), r"HTTP 401.*Token Authorization failed.*token"),
+    ]:
+        demo, app_url = start_app(hint_client, tmp_path)
+        try:
+            c = gradio_client.Client(app_url, verbose=False)
+            out = c.predict(gradio_client.handle_file(str(tmp_path / "coffee.jpg")), 0.5, api_name="/explain")
+            assert re.search(expect, out[0]), out[0]
+            assert "Traceback" not in out[0]
+        finally:
+            demo.close()

@@ -1,0 +1,403 @@
+"""WSOL metrics (hint.wsol) on hand-computed cases, and ``python -m offline evaluate-wsol`` end to end.
+
+The end-to-end tests recompute MaxBoxAccV2 from the exported ``.npy`` score maps with an independent
+implementation (connected components with scikit-image instead of OpenCV contours, IoU by counting
+pixels) and require the same number as the command's report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.measure import label, regionprops
+
+from hint import wsol
+from hint.localization import boxes_at, iou
+from offline.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BOXES = REPO.parent / "shared" / "data" / "imagenet-val-boxes"
+T = len(wsol.THRESHOLDS)
+
+
+def block(h=227, w=227, boxes=((10, 20, 60, 80),), values=None) -> np.ndarray:
+    """A map that is ``value`` on the pixels x0 ≤ x < x1, y0 ≤ y < y1 of each box, 0 elsewhere."""
+    m = np.zeros((h, w), np.float32)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        m[y0:y1, x0:x1] = 1.0 if values is None else values[k]
+    return m
+
+
+def scores_of(maps: list[np.ndarray], gts: list[np.ndarray]) -> wsol.MethodScores:
+    s = wsol.MethodScores.empty(len(maps))
+    for i, (m, g) in enumerate(zip(maps, gts, strict=True)):
+        s.add(i, m, np.asarray(g))
+    return s
+
+
+# ------------------------------------------------------------------------------- hand-computed cases
+
+
+def test_perfect_map_scores_one():
+    # a mask over pixels [10, 60) x [20, 80) gives the box x0=10 y0=20 x1=x+w=60 y1=y+h=80 (wsolevaluation)
+    s = scores_of([block()], [[[10, 20, 60, 80]]])
+    assert np.all(s.iou_largest == 1.0) and np.all(s.iou_all == 1.0) and s.pointing.all()
+    r = wsol.localization_metrics(s, np.array([True]), np.array([0]), np.array([0]))
+    assert r["gt_known_loc"] == r["top1_loc"] == r["max_box_acc"] == r["max_box_acc_v2"] == 1.0
+    assert r["threshold"] == 0.0 and r["mean_iou"] == 1.0
+    # the same mask against the inclusive box [10, 59] x [20, 79]: the +1 convention costs one pixel row/column
+    s = scores_of([block()], [[[10, 20, 59, 79]]])
+    assert s.iou_largest[0, 0] == pytest.approx(50 * 60 / (51 * 61))
+
+
+def test_empty_and_flat_maps_give_the_degenerate_box():
+    for m in (np.zeros((50, 40), np.float32), np.full((50, 40), 0.7, np.float32)):
+        sm = wsol.score_map(m, 40, 50)
+        assert sm.shape == (50, 40) and sm.max() == 0.0  # min-max of a flat map: zeros
+        big, every, largest = wsol.image_ious(sm, np.array([[10, 10, 30, 30]]))
+        assert (largest == 0).all() and (big == 0).all() and (every == 0).all()
+        # the degenerate box [0, 0, 0, 0] is one pixel: IoU 1/100 with a 10x10 GT box at the corner
+        big, _, _ = wsol.image_ious(sm, np.array([[0, 0, 9, 9]]))
+        assert big == pytest.approx(np.full(T, 0.01))
+    s = scores_of([np.zeros((50, 40), np.float32)], [[[10, 10, 30, 30]]])
+    r = wsol.localization_metrics(s, np.array([True]), np.array([0]), np.array([0]))
+    assert r["gt_known_loc"] == r["max_box_acc"] == r["max_box_acc_v2"] == 0.0
+    assert r["pointing_game"] == 0.0  # argmax of a flat map is pixel (0, 0), outside the box
+
+
+def test_shifted_box_known_iou():
+    # predicted [10, 20, 60, 80] vs GT shifted 10 px right: IoU = 41·61 / (2·51·61 − 41·61) = 41/61
+    s = scores_of([block()], [[[20, 20, 70, 80]]])
+    assert s.iou_largest[0] == pytest.approx(np.full(T, 41 / 61))
+    r = wsol.localization_metrics(s, np.array([False]), np.array([0]), np.array([0]))
+    assert r["gt_known_loc"] == 1.0 and r["top1_loc"] == 0.0  # Top-1 Loc also needs the right class
+    assert r["max_box_acc_v2_per_iou"] == {30: 1.0, 50: 1.0, 70: 0.0}
+    assert r["max_box_acc_v2"] == pytest.approx(2 / 3)
+    assert r["mean_iou"] == pytest.approx(41 / 61)
+
+
+def test_iou_matches_localization_iou_and_degenerate_guard():
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.integers(0, 100, (20, 2, 2)), axis=1).transpose(0, 2, 1).reshape(20, 4)[:, [0, 2, 1, 3]]
+    g = np.array([[5, 5, 50, 60], [30, 0, 99, 40]])
+    got = wsol.multiple_iou(a, g)
+    for k in range(len(a)):
+        np.testing.assert_allclose(got[k], iou(a[k], g))
+    assert wsol.multiple_iou([[5, 5, 3, 3]], [[5, 5, 3, 3]])[0, 0] == 0.0  # union ≤ 0 → 0, not a division
+
+
+def test_multiple_gt_boxes_largest_vs_all_contours():
+    m = block(boxes=((10, 10, 90, 90), (150, 150, 200, 200)))  # a big and a small blob
+    big_gt, small_gt = [10, 10, 90, 90], [150, 150, 200, 200]
+    # GT-known counts a match with ANY GT box: the largest contour hits the big one
+    s = scores_of([m], [[small_gt, big_gt]])
+    assert np.all(s.iou_largest == 1.0)
+    # only the small object annotated: the largest contour misses it, MaxBoxAccV2's all-contour boxes find it
+    s = scores_of([m], [[small_gt]])
+    assert np.all(s.iou_largest == 0.0) and np.all(s.iou_all == 1.0)
+    r = wsol.localization_metrics(s, np.array([True]), np.array([0]), np.array([0]))
+    assert r["max_box_acc"] == 0.0 and r["max_box_acc_v2"] == 1.0
+    assert not s.pointing[0]  # the maximum (first pixel of the big blob) is not in the small box
+
+
+def test_thresholds_quantise_like_wsolevaluation():
+    # uint8(map·255) > int(τ·max): a pixel at exactly the cut is background
+    m = np.zeros((20, 20), np.float32)
+    m[2:8, 2:8], m[12:18, 12:18] = 1.0, 0.5  # quantised to 255 and 127
+    q = wsol.quantise(m)
+    assert q.max() == 255 and q[12, 12] == 127
+    assert wsol.threshold_mask(q, 0.498)[12, 12] == 1  # int(0.498·255) = 126 < 127
+    assert wsol.threshold_mask(q, 0.5)[12, 12] == 0  # int(0.5·255) = 127: 127 > 127 is false
+    _, every, _ = wsol.image_ious(m, np.array([[12, 12, 18, 18]]), np.array([0.3, 0.6]))
+    assert every[0] == 1.0 and every[1] < 0.5  # the dim blob counts at τ=0.3, not at τ=0.6
+
+
+def test_contour_boxes_follow_localization_boxes_at():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        m = wsol.score_map(rng.random((5, 5)).astype(np.float32), 60, 45)
+        q = wsol.quantise(m)
+        for t in (0.2, 0.5, 0.8):
+            mask = wsol.threshold_mask(q, t)
+            cut = int(t * int(q.max()))
+            largest, every = wsol.contour_boxes(mask)
+            ref_all = np.minimum(np.array(boxes_at(q, cut + 1, all_contours=True)), [10**9, 10**9, 59, 44])
+            ref_big = np.minimum(np.array(boxes_at(q, cut + 1)[0]), [10**9, 10**9, 59, 44])
+            np.testing.assert_array_equal(every, ref_all)
+            np.testing.assert_array_equal(largest, ref_big)
+
+
+def test_ring_map_keeps_the_hole_contour():
+    m = block(h=60, w=60, boxes=((10, 10, 50, 50),))
+    m[20:40, 20:40] = 0  # a ring: RETR_TREE also returns the hole's border
+    _, every = wsol.contour_boxes(wsol.threshold_mask(wsol.quantise(m), 0.5))
+    assert sorted(map(tuple, every.tolist())) == [(10, 10, 50, 50), (19, 19, 41, 41)]
+
+
+def test_threshold_is_selected_on_the_other_split():
+    # 3 thresholds; selection images localise at τ index 0 only, test images at τ index 2 only
+    s = wsol.MethodScores.empty(4, 3)
+    s.iou_largest[:2] = [0.9, 0.1, 0.1]
+    s.iou_largest[2:] = [0.1, 0.1, 0.9]
+    s.iou_all[:] = s.iou_largest
+    s.pointing[:] = True
+    sel, test = np.array([0, 1]), np.array([2, 3])
+    r = wsol.localization_metrics(s, np.ones(4, bool), sel, test, thresholds=np.array([0.1, 0.5, 0.9]))
+    assert r["threshold"] == 0.1 and r["gt_known_loc"] == 0.0  # chosen on selection, never on test
+    assert r["max_box_acc"] == 1.0  # MaxBoxAcc: max over thresholds by definition
+    assert r["selection_box_acc"] == 1.0
+    assert wsol.select_threshold(np.array([[0.6, 0.6], [0.0, 0.6]])) == 1
+    assert wsol.select_threshold(np.array([[0.6, 0.6], [0.6, 0.6]])) == 0  # ties: the lowest threshold
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b = wsol.split_indices(11, 0)
+    assert len(a) == 5 and len(b) == 6 and not set(a) & set(b) and set(a) | set(b) == set(range(11))
+    assert np.array_equal(wsol.split_indices(11, 0)[0], a) and not np.array_equal(
+        wsol.split_indices(11, 1)[0], a
+    )
+
+
+def test_parse_boxes_and_truncation():
+    b = wsol.parse_boxes("9.1 105.9 50.4 176.8;168.9 114.4 226.5 135.6")
+    np.testing.assert_array_equal(wsol.gt_boxes_int(b), [[9, 105, 50, 176], [168, 114, 226, 135]])
+    for bad in ("", "1 2 3", "5 5 1 1"):
+        with pytest.raises(ValueError):
+            wsol.parse_boxes(bad)
+
+
+# ------------------------------------------------------------------- independent MaxBoxAccV2 from .npy
+
+
+def _independent_boxes(q: np.ndarray, cut: int) -> list[tuple[int, int, int, int]]:
+    """Boxes of all contours of ``q > cut`` without OpenCV: 8-connected components, plus the holes
+    (4-connected background not touching the border; their border box is one pixel larger)."""
+    m = q > cut
+    h, w = m.shape
+    out = []
+    for r in regionprops(label(m, connectivity=2)):
+        y0, x0, y1, x1 = r.bbox  # exclusive ends = cv2's x + w
+        out.append((x0, y0, min(x1, w - 1), min(y1, h - 1)))
+    for r in regionprops(label(~m, connectivity=1)):
+        y0, x0, y1, x1 = r.bbox
+        if y0 > 0 and x0 > 0 and y1 < h and x1 < w:
+            out.append((x0 - 1, y0 - 1, min(x1 + 1, w - 1), min(y1 + 1, h - 1)))
+    return out or [(0, 0, 0, 0)]
+
+
+def _pixel_iou(a, b) -> float:
+    """IoU of two inclusive pixel boxes by counting pixels."""
+    size = max(a[2], a[3], b[2], b[3]) + 2
+    ma, mb = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    ma[a[1] : a[3] + 1, a[0] : a[2] + 1] = True
+    mb[b[1] : b[3] + 1, b[0] : b[2] + 1] = True
+    union = (ma | mb).sum()
+    return (ma & mb).sum() / union if union else 0.0
+
+
+def independent_max_box_acc_v2(npy_dir: Path, metadata: Path) -> tuple[float, dict[int, float]]:
+    ids = metadata.joinpath("image_ids.txt").read_text().split()
+    gt: dict[str, list] = {}
+    for line in metadata.joinpath("localization.txt").read_text().splitlines():
+        name, *v = line.split(",")
+        gt.setdefault(name, []).append([int(float(x)) for x in v])
+    hits = np.zeros((len(ids), 100, 3), bool)
+    for i, name in enumerate(ids):
+        m = np.load(npy_dir / f"{name}.npy")
+        assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
+        q = (m * 255).astype(np.uint8)
+        for k in range(100):
+            cut = int(k / 100 * int(q.max()))
+            best = max(_pixel_iou(b, g) for b in _independent_boxes(q, cut) for g in gt[name])
+            hits[i, k] = [best >= d / 100 for d in (30, 50, 70)]
+    per = {d: float(hits[:, :, j].mean(0).max()) for j, d in enumerate((30, 50, 70))}
+    return float(np.mean(list(per.values()))), per
+
+
+def test_exported_maps_reproduce_max_box_acc_v2_synthetic(tmp_path):
+    rng = np.random.default_rng(3)
+    anns, maps = [], []
+    for i in range(10):
+        raw = rng.random((7, 7)).astype(np.float32) ** 3
+        w, h = int(rng.integers(40, 70)), int(rng.integers(40, 70))
+        boxes = [sorted(rng.uniform(0, w, 2)) + sorted(rng.uniform(0, h, 2)) for _ in range(1 + i % 3)]
+        bf = np.array([[b[0], b[2], b[1], b[3]] for b in boxes])
+        anns.append(
+            wsol.Annotation(f"img{i}.png", tmp_path, "n02123045", 281, w, h, wsol.gt_boxes_int(bf), bf)
+        )
+        maps.append(wsol.score_map(raw, w, h))
+    sel, test = wsol.split_indices(10, 0)
+    s = wsol.MethodScores.empty(10)
+    for i, (a, m) in enumerate(zip(anns, maps, strict=True)):
+        s.add(i, m, a.boxes)
+        wsol.export_scoremap(tmp_path / "npy", a.image_id, m)
+    wsol.write_metadata(tmp_path / "meta", anns, test)
+    r = wsol.localization_metrics(s, np.ones(10, bool), sel, test)
+    v2, per = independent_max_box_acc_v2(tmp_path / "npy", tmp_path / "meta")
+    assert per == r["max_box_acc_v2_per_iou"] and v2 == r["max_box_acc_v2"]
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+# skimage photo -> (WNID, class index, hand-made box(es) in 227x227 pixels)
+TINY = {
+    "chelsea": ("n02123045", 281, "10 6 215 226"),
+    "coffee": ("n07920052", 967, "14 10 215 214"),
+    "rocket": ("n04266014", 812, "95 20 160 200;40 120 90 226"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_boxes(tmp_path_factory) -> Path:
+    """6 images (3 photos and their mirror images) stored at 227x227, with a box CSV."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("wsol-tiny")
+    (root / "images").mkdir()
+    rows = ["file,wnid,label_index,class_name,width,height,original_width,original_height,boxes_xyxy"]
+    for name, (wnid, idx, boxes) in TINY.items():
+        im = Image.fromarray(getattr(data, name)()).convert("RGB")
+        ow, oh = im.size
+        im = im.resize((227, 227), Image.Resampling.BILINEAR)
+        flipped = ";".join(
+            f"{226 - float(b.split()[2]):g} {b.split()[1]} {226 - float(b.split()[0]):g} {b.split()[3]}"
+            for b in boxes.split(";")
+        )
+        for suffix, img, bx in (
+            ("", im, boxes),
+            ("_flip", im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), flipped),
+        ):
+            img.save(root / "images" / f"{name}{suffix}.png")
+            rows.append(f"{name}{suffix}.png,{wnid},{idx},{name},227,227,{ow},{oh},{bx}")
+    (root / "annotations.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _run(tmp: Path, bank: Path, data: Path, *extra: str) -> dict:
+    out = tmp / "out"
+    argv = ["evaluate-wsol", "--bank", str(bank), "--data", str(data), "--out", str(out),
+            "--export-npy", str(tmp / "npy"), "--overlays", "2", "--no-progress", *extra]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def _check_report(rep: dict, tmp: Path) -> None:
+    for m in ("HINT-whole", "HINT-ancestor", "CAM"):
+        r = rep["methods"][m]
+        for k in ("gt_known_loc", "top1_loc", "max_box_acc", "max_box_acc_v2", "pointing_game", "mean_iou"):
+            assert 0.0 <= r[k] <= 1.0
+        assert (
+            r["top1_loc"] <= min(r["gt_known_loc"], r["top1_cls"]) and r["gt_known_loc"] <= r["max_box_acc"]
+        )
+        npy = tmp / "npy" / m
+        v2, per = independent_max_box_acc_v2(npy, tmp / "npy" / "metadata" / "test")
+        assert per == {int(k): v for k, v in r["max_box_acc_v2_per_iou"].items()}
+        assert v2 == r["max_box_acc_v2"], m
+        sm = np.load(npy / "chelsea.png.npy")
+        assert sm.shape == (227, 227) and sm.dtype == np.float32 and sm.max() == 1.0 and sm.min() == 0.0
+    for f in ("results.md", "curves.png", "overlays.png"):
+        assert (tmp / "out" / f).stat().st_size > 1000
+    assert "| HINT-whole |" in (tmp / "out" / "results.md").read_text()
+
+
+def _random_bank(folder: Path) -> Path:
+    from hint.bank import ConceptBank
+    from hint.hierarchy import Hierarchy
+
+    h = Hierarchy.load()
+    names = ["whole", "animal", "carnivore", "artifact"]
+    g = torch.Generator().manual_seed(0)
+    e, d = len(names), 112
+    concepts = [{"wnid": h.find(n).wnid, "name": n, "f1": 0.5} for n in names]
+    bank = ConceptBank(
+        weight=torch.randn(e, d, generator=g) * 0.1, bias=torch.zeros(e), phi=torch.rand(e, d, generator=g),
+        phi_se=torch.zeros(e, d), baseline=torch.zeros(d), n_permutations=torch.full((e,), 8), concepts=concepts,
+        meta={"backbone": "efficientnet_lite0", "layer": "_blocks.10", "channels": d},
+    )  # fmt: skip
+    return bank.save(folder)
+
+
+def test_evaluate_wsol_end_to_end_random_bank(tiny_boxes, tmp_path, capsys):
+    """Always runnable: a random bank (no step-1 cache, so no retraining) on the tiny box dataset."""
+    bank = _random_bank(tmp_path / "bank")
+    rep = _run(tmp_path, bank, tiny_boxes, "--no-retrain")
+    assert rep["data"]["images"] == 6 and rep["data"]["selection"] == 3 and rep["data"]["test"] == 3
+    assert rep["protocol"]["map_size"] == [14, 14] and rep["protocol"]["cam_map_size"] == [7, 7]
+    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM"] and not rep["retrain"]["done"]
+    assert rep["methods"]["CAM"]["top1_cls"] == 0.0  # test half: chelsea (→ Egyptian cat) ×2, rocket (→ rig)
+    _check_report(rep, tmp_path)
+    assert "evaluate-wsol" in rep["command"] and "--no-retrain" in rep["command"]
+
+
+def test_evaluate_wsol_end_to_end_committed_bank(tiny_boxes, tmp_path):
+    bank = REPO / "model_store" / "hint-bank"
+    if not (bank / "manifest.json").is_file():
+        pytest.skip(
+            "model_store/hint-bank is not built (python -m offline build ... --out model_store/hint-bank)"
+        )
+    rep = _run(tmp_path, bank, tiny_boxes, "--percents", "20", "--draws", "1")
+    _check_report(rep, tmp_path)
+    if rep["retrain"]["done"]:  # the bank's step-1 table is in model_store/.hint-cache
+        for m in (
+            "HINT-whole (20%)",
+            "HINT-ancestor (20%)",
+            "whole · shapley top-20",
+            "ancestor · random top-20 s0",
+        ):
+            assert m in rep["methods"]
+        assert (tmp_path / "out" / "faithfulness.png").is_file()
+        assert rep["variants"]["shapley 20%"]["k"] == 22
+    else:
+        assert "no cached step-1 region table" in rep["retrain"]["reason"]
+        assert "HINT-whole (20%)" not in rep["methods"]
+
+
+def test_cli_errors(tiny_boxes, tmp_path, capsys):
+    bank = _random_bank(tmp_path / "bank")
+    assert (
+        main(["evaluate-wsol", "--bank", str(bank), "--data", str(tmp_path / "none"), "--out", str(tmp_path)])
+        == 2
+    )
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,wnid,boxes_xyxy\nchelsea.png,n02123045,1 2 3\n")
+    argv = ["evaluate-wsol", "--bank", str(bank), "--data", str(tiny_boxes), "--annotations", str(bad)]
+    assert main(argv) == 2
+    assert "bad boxes_xyxy" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_shared_annotations_parse():
+    csv = SHARED_BOXES / "annotations.csv"
+    if not csv.is_file():
+        pytest.skip("../shared/data/imagenet-val-boxes is absent")
+    anns = wsol.load_annotations(csv, SHARED_BOXES)
+    assert len(anns) == 1300 and len({a.wnid for a in anns}) == 725
+    for a in anns:
+        assert (a.width, a.height) == (227, 227)
+        assert (
+            (a.boxes >= 0).all() and (a.boxes[:, [0, 2]] <= 227).all() and (a.boxes[:, [1, 3]] <= 227).all()
+        )
+    with Image.open(anns[0].path) as im:
+        assert im.size == (227, 227)
+
+
+def test_bootstrap_intervals():
+    w = wsol.bootstrap_weights(50, draws=200, seed=0)
+    assert w.shape == (200, 50) and (w.sum(1) == 50).all()
+    s = wsol.MethodScores.empty(100, 3)
+    s.iou_largest[:, 1] = s.iou_all[:, 1] = 1.0
+    s.iou_largest[:50, 0] = 1.0  # threshold 0 localises half of the images
+    test = np.arange(50, 100)
+    b = wsol.bootstrap_metrics(s, np.ones(100, bool), test, 1, w)
+    assert wsol.ci95(b["gt_known_loc"]) == [1.0, 1.0] and wsol.ci95(b["max_box_acc_v2"]) == [1.0, 1.0]
+    s.iou_largest[50:75, 1] = 0.0  # half the test images now miss at the operating threshold
+    b = wsol.bootstrap_metrics(s, np.ones(100, bool), test, 1, w)
+    lo, hi = wsol.ci95(b["gt_known_loc"])
+    assert lo < 0.5 < hi and hi - lo < 0.35
