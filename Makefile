@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bank archive serve stop app apt-java apt-wordnet hierarchy clean
+.PHONY: venv demo test e2e-deps lint bank archive bare-archive serve stop app apt-java apt-wordnet hierarchy clean
 
 venv: $(STAMP)
 
@@ -26,12 +26,47 @@ hierarchy: apt-wordnet venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv
+e2e-deps:  ## Debian chromium + npm playwright-core for the browser test (it skips, saying why, if this fails)
+	-scripts/e2e-deps.sh
+
+test: venv apt-java e2e-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
-demo: venv
-	$(BIN)/python -m offline demo
+APP_ARGS ?=
+app: venv  ## the Gradio app on http://127.0.0.1:7860, talking to the TorchServe endpoint (see docs/app.md)
+	$(BIN)/python -m app $(APP_ARGS)
+
+demo: archive apt-java  ## TorchServe + the Gradio app on 127.0.0.1; prints both URLs (`make stop` stops both)
+	scripts/demo.sh start
+
+# ---- TorchServe: model archives and the server (docs/api.md) -----------------------------------------
+BANK        ?= model_store/hint-bank
+MAR_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' hint/__init__.py)
+MAR_SRC     := build/mar-src
+# a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir)
+COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hint $(MAR_SRC)/hint \
+	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
+
+archive: venv  ## model_store/hint.mar: handler + bank files (sha256 checked now) + hint package
+	@test -f $(BANK)/manifest.json || (echo "no concept bank at $(BANK) (build one, or make archive BANK=...)" >&2; exit 1)
+	$(BIN)/python -c "exec('import sys\nfrom hint.bank import BankError, ConceptBank\ntry:\n b = ConceptBank.load(sys.argv[1])\nexcept BankError as e:\n sys.exit(f\"bad bank: {e}\")\nprint(\"bank\", b.id, len(b.concepts), \"concepts\")')" $(BANK)
+	$(COPY_HINT)
+	$(BIN)/torch-model-archiver --force --model-name hint --version $(MAR_VERSION) \
+		--handler handlers/hint_handler.py --config-file handlers/model-config.yaml \
+		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(MAR_SRC) --export-path model_store
+
+bare-archive: venv  ## model_store/bare.mar: the plain top-5 classifier (benchmark baseline)
+	$(COPY_HINT)
+	$(BIN)/torch-model-archiver --force --model-name bare --version $(MAR_VERSION) \
+		--handler handlers/bare_handler.py --config-file handlers/bare-config.yaml \
+		--extra-files handlers/hint_handler.py,$(MAR_SRC) --export-path model_store
+
+serve: archive apt-java  ## TorchServe on 127.0.0.1:8080 (token in key_file.json); `make stop` stops it
+	scripts/serve.sh start
+
+stop:
+	scripts/demo.sh stop
 
 clean:
 	rm -rf $(VENV) build cache *.egg-info

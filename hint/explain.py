@@ -6,6 +6,8 @@ This is what the TorchServe handler and the command line serve; the JSON it buil
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -20,10 +22,30 @@ from .localization import resize_map
 
 
 class Explainer:
-    """Backbone + bank. ``explain`` a batch of PIL images, ``neuron`` for the reverse direction."""
+    """Backbone + bank. ``explain`` a batch of PIL images, ``neuron`` for the reverse direction.
 
-    def __init__(self, backbone: Backbone, bank: ConceptBank, hierarchy: Hierarchy | None = None, device="cpu"):
+    ``fast=True`` (what the TorchServe handler uses) trades the last digits for speed: a concept's box
+    and area fraction come from its map upsampled to at most ``box_grid`` pixels a side (default: the
+    model's ``input_size``, the grid the image is squashed to), the box then scaled to the image's
+    pixels, so it is within about one grid step (width / box_grid pixels) of the full-resolution box,
+    except where two separate regions are almost equally large and the other one is the largest on
+    the grid; region activations come from one matrix product (float32 summation order, so a value
+    may differ in its last printed digit). The default (``fast=False``) resizes every map to the
+    full image, as :func:`hint.localization.box_from_map`, at a cost that grows with the image size.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        bank: ConceptBank,
+        hierarchy: Hierarchy | None = None,
+        device="cpu",
+        fast: bool = False,
+        box_grid: int | None = None,
+    ):
         self.backbone, self.bank = backbone, bank
+        self.fast = bool(fast)
+        self.box_grid = int(box_grid or backbone.input_size)
         self.h = hierarchy or Hierarchy.load()
         self.device = torch.device(device)
         self.model = backbone.model.to(self.device).eval()
@@ -37,7 +59,7 @@ class Explainer:
         # per-request constants, computed once (speed: the handler calls _one for every image)
         self._row = {w: i for i, w in enumerate(bank.wnids)}
         self._phi_se = bank.phi_se.to(self.device)
-        self._tops: dict[tuple[int, int], tuple[list[tuple[int, float]], torch.Tensor]] = {}
+        self._tops: dict[tuple[int, int], tuple] = {}
         self._leaf_idx: dict[str, torch.Tensor] = {}
         self._paths: dict[int, list[str]] = {}
 
@@ -85,24 +107,43 @@ class Explainer:
                 raise ValueError(f"ablate: neuron {n} out of range 0..{self.channels - 1}")
         rows = self.rows(concepts)
         probs, maps, z = self.forward(images, ablate)
-        out = []
-        for i, im in enumerate(images):
-            out.append(self._one(im.size, probs[i], maps[i], z[i], rows, top_k, threshold, return_maps, topk_classes))
-            out[-1]["model"]["ablated"] = sorted(set(ablate or []))
+        return [
+            self.describe(im.size, probs[i], maps[i], z[i], rows, top_k, threshold, return_maps, ablate, topk_classes)
+            for i, im in enumerate(images)
+        ]
+
+    def describe(
+        self, size, probs, maps, z, rows, top_k=5, threshold=0.5, return_maps=False, ablate=None, topk_classes=5
+    ) -> dict:
+        """One image's JSON-ready dict from its ``forward`` / ``concept_maps`` outputs (``size`` = (W, H)
+        of the original image, ``rows`` from :meth:`rows`); what ``explain`` returns per image."""
+        out = self._one(size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes)
+        out["model"]["ablated"] = sorted(set(ablate or []))
         return out
 
     def rows(self, concepts: list[str] | None = None) -> list[int]:
-        """Bank rows of the given WNIDs (all concepts when None); KeyError for one not in the bank."""
-        if concepts is None:
+        """Bank rows of the given WNIDs (all concepts when None or empty); KeyError for one not in the bank."""
+        if not concepts:
             return list(range(len(self.bank.concepts)))
         return [self._row[w] if w in self._row else self.bank.index(w) for w in concepts]
 
-    def _top(self, r: int, k: int) -> tuple[list[tuple[int, float]], torch.Tensor]:
-        """bank.top_neurons of row r (memoised: the bank does not change) and their indices."""
+    def _top(self, r: int, k: int) -> tuple:
+        """Per (row, k) constants, memoised (the bank does not change): bank.top_neurons, their indices,
+        weights, baselines and Shapley standard errors, and the concept's fixed fields."""
         key = (r, k)
         if key not in self._tops:
-            top = self.bank.top_neurons(self.bank.concepts[r]["wnid"], k)
-            self._tops[key] = (top, torch.tensor([n for n, _ in top], dtype=torch.long, device=self.device))
+            c = self.bank.concepts[r]
+            top = self.bank.top_neurons(c["wnid"], k)
+            nidx = torch.tensor([n for n, _ in top], dtype=torch.long)
+            fixed = {"wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": self.h[c["wnid"]].depth}
+            self._tops[key] = (
+                top,
+                nidx.to(self.device),
+                self.weight[r].cpu()[nidx].numpy(),
+                self.baseline.cpu()[nidx].numpy(),
+                self._phi_se[r].cpu()[nidx].tolist(),
+                fixed,
+            )
         return self._tops[key]
 
     def _one(self, size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes) -> dict:
@@ -114,28 +155,32 @@ class Explainer:
         ]
         maps_np = maps.cpu().numpy()
         maxima = maps_np.reshape(maps_np.shape[0], -1).max(1).tolist()
+        if self.fast:
+            boxes = _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, self.box_grid)
+            acts_all = _region_means(maps_np, z, rows, maxima, threshold)
         concepts = []
-        for r in rows:
-            c = self.bank.concepts[r]
+        for j, r in enumerate(rows):
             m = maps_np[r]
             score = maxima[r]
-            box, frac = _box(m, width, height, threshold, score)
-            top, nidx = self._top(r, top_k)
-            if score >= threshold:  # this image's activation of the top neurons over the concept's region
-                act = z[nidx][:, torch.from_numpy(m >= threshold).to(z.device)].mean(1)
+            top, nidx, w, b, se, fixed = self._top(r, top_k)
+            if self.fast:
+                box, frac = boxes[j]
+                a = acts_all[j, nidx.cpu().numpy()]
             else:
-                act = z[nidx].flatten(1).mean(1)
-            acts = act.tolist()
-            contrib = (self.weight[r, nidx] * (act - self.baseline[nidx])).tolist()
-            se = self._phi_se[r, nidx].tolist()
+                box, frac = _box(m, width, height, threshold, score)
+                if score >= threshold:  # this image's activation of the top neurons over the concept's region
+                    act = z[nidx][:, torch.from_numpy(m >= threshold).to(z.device)].mean(1)
+                else:
+                    act = z[nidx].flatten(1).mean(1)
+                a = act.cpu().numpy()
+            acts, contrib = a.tolist(), (w * (a - b)).tolist()  # float32 ops, as torch does them
             neurons = [
-                {"neuron": n, "shapley": round(v, 6), "shapley_se": round(se[j], 6),
-                 "activation": round(acts[j], 4), "contribution": round(contrib[j], 4)}
-                for j, (n, v) in enumerate(top)
+                {"neuron": n, "shapley": round(v, 6), "shapley_se": round(se[i], 6),
+                 "activation": round(acts[i], 4), "contribution": round(contrib[i], 4)}
+                for i, (n, v) in enumerate(top)
             ]  # fmt: skip
             entry = {
-                "wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": self.h[c["wnid"]].depth,
-                "score": round(score, 5), "present": score >= threshold,
+                **fixed, "score": round(score, 5), "present": score >= threshold,
                 "box": box if score >= threshold else None, "area_fraction": round(frac, 5), "neurons": neurons,
             }  # fmt: skip
             if return_maps:
@@ -163,7 +208,8 @@ class Explainer:
         for w in self._paths[cls]:
             if w not in self._leaf_idx:
                 self._leaf_idx[w] = torch.tensor(list(self.h[w].leaves), dtype=torch.long, device=probs.device)
-            level = {"wnid": w, "name": self.h[w].name, "probability": round(float(probs[self._leaf_idx[w]].sum()), 5)}
+            prob = round(float(probs[self._leaf_idx[w]].sum()), 5)
+            level = {"wnid": w, "name": self.h[w].name, "probability": prob}
             if w in self._row:
                 level["score"] = round(float(maps_np[self._row[w]].max()), 5)
             out.append(level)
@@ -188,7 +234,7 @@ class Explainer:
 def _box(m: np.ndarray, width: int, height: int, threshold: float, score: float) -> tuple[list[int] | None, float]:
     """:func:`hint.localization.box_from_map`, same output, faster: a map whose maximum is below the
     threshold has no passing pixel once resized (bilinear values are convex combinations), so it is not
-    resized; the resized map is thresholded once and the pixels counted instead of averaged."""
+    resized; the resized map is thresholded once and the passing pixels counted, not averaged."""
     if score < threshold - 1e-6:
         return None, 0.0
     passing = resize_map(m, width, height) >= threshold
@@ -198,3 +244,31 @@ def _box(m: np.ndarray, width: int, height: int, threshold: float, score: float)
     contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
     return [int(x), int(y), int(x + w), int(y + h)], count / passing.size
+
+
+def _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, grid):
+    """``fast`` boxes: (box in image pixels | None, area fraction) per row, from each map upsampled to
+    at most ``grid`` pixels a side, the box scaled back to the image."""
+    gw, gh = min(width, grid), min(height, grid)
+    out: list[tuple[list[int] | None, float]] = []
+    sx, sy = width / gw, height / gh
+    for r in rows:
+        box, frac = _box(maps_np[r], gw, gh, threshold, maxima[r])
+        if box is not None and (gw, gh) != (width, height):
+            box = [
+                int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),
+                min(width, int(math.ceil(box[2] * sx))), min(height, int(math.ceil(box[3] * sy))),
+            ]  # fmt: skip
+        out.append((box, frac))
+    return out
+
+
+def _region_means(maps_np, z, rows, maxima, threshold) -> np.ndarray:
+    """``fast`` activations: (len(rows), D) mean of z over each concept's region (cells of its map
+    >= threshold; every cell when the concept is absent), as one matrix product (in torch, which keeps
+    to its thread setting; numpy's BLAS would wake its own thread pool for this tiny product)."""
+    zf = z.detach().float().cpu().reshape(z.shape[0], -1)  # (D, h*w)
+    masks = torch.from_numpy((maps_np[rows].reshape(len(rows), -1) >= threshold).astype(np.float32))
+    absent = torch.tensor([maxima[r] < threshold for r in rows], dtype=torch.bool)
+    masks[absent] = 1.0
+    return (masks @ zf.T / masks.sum(1, keepdim=True)).numpy()

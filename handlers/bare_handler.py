@@ -1,0 +1,77 @@
+"""Bare TorchServe classification handler for the HINT backbone: top-5 classes, nothing else.
+
+The baseline of ``benchmarks/serve.py``: it shares :mod:`hint_handler`'s request parsing, image
+decoding, batching and JSON writing, so the latency difference between ``/predictions/hint`` and
+``/predictions/bare`` is what HINT adds (concept maps, chain, boxes, neurons). Accepts raw image bytes,
+multipart, or JSON ``{"image": "<base64>"}``; answers ``{"prediction": [...5], "image": {...},
+"model": {...}}``. The backbone is named in model-config.yaml (``handler: backbone, layer``); no bank.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hint_handler import DEFAULTS, HintHandler, Job
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class BareHandler(HintHandler):
+    OPTIONS = ("image",)
+    DEFAULTS = {**DEFAULTS, "backbone": "efficientnet_lite0", "layer": None}
+
+    def _load(self, model_dir: Path) -> None:
+        from hint.backbones import get_backbone
+        from hint.hierarchy import Hierarchy
+
+        self.backbone = get_backbone(str(self.cfg["backbone"]), self.cfg["layer"])
+        self.model = self.backbone.model.to(self.device).eval()
+        self.hierarchy = Hierarchy.load()
+        with torch.inference_mode():  # warm-up
+            self.model(self.backbone.preprocess([Image.new("RGB", (self.backbone.input_size,) * 2)]))
+        logger.info("bare handler ready: %s, torch threads %d", self.backbone.name, torch.get_num_threads())
+
+    def _options(self, opts: dict) -> dict:
+        return {}
+
+    @torch.inference_mode()
+    def _explain(self, todo: list[Job]) -> None:
+        if not todo:
+            return
+        t = time.perf_counter()
+        x = self.backbone.preprocess([j.image for j in todo]).to(self.device)
+        probs = F.softmax(self.model(x).float(), dim=1)
+        self._forward_s = time.perf_counter() - t
+        p, idx = probs.topk(5, dim=1)
+        h = self.hierarchy
+        for i, job in enumerate(todo):
+            width, height = job.image.size
+            job.result = {
+                "prediction": [
+                    {"index": int(k), "wnid": h.classes[k], "name": h.class_names[k], "probability": float(v)}
+                    for v, k in zip(p[i].tolist(), idx[i].tolist(), strict=True)
+                ],
+                "image": {"width": width, "height": height},
+                "model": {"backbone": self.backbone.name},
+            }
+
+
+_service: BareHandler | None = None
+
+
+def handle(data, context):
+    """TorchServe's entry point: the handler instance is created and initialised on the first call
+    (TorchServe calls ``handle(None, context)`` when the worker loads the model)."""
+    global _service
+    if _service is None:
+        service = BareHandler()
+        service.initialize(context)
+        _service = service
+    if data is None:
+        return None
+    return _service.handle(data, context)
