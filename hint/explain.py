@@ -58,6 +58,8 @@ class Explainer:
         self._top_level = self._chain_top()
         # per-request constants, computed once (speed: the handler calls _one for every image)
         self._row = {w: i for i, w in enumerate(bank.wnids)}
+        self._parent_row = [self._row.get(c.get("parent", "")) for c in bank.concepts]
+        self._by_depth = sorted(range(len(bank.concepts)), key=lambda r: self.h[bank.wnids[r]].depth)
         self._phi_se = bank.phi_se.to(self.device)
         self._tops: dict[tuple[int, int], tuple] = {}
         self._leaf_idx: dict[str, torch.Tensor] = {}
@@ -121,6 +123,16 @@ class Explainer:
         out["model"]["ablated"] = sorted(set(ablate or []))
         return out
 
+    def presence(self, scores: list[float], threshold: float) -> list[bool]:
+        """HINT reads concepts down the hierarchy: a concept is present when its score passes the
+        threshold *and* its group parent in the bank (the concept its classifier was trained under,
+        e.g. mammal for carnivore) is present; a classifier only separates a concept from its siblings."""
+        present = [False] * len(scores)
+        for r in self._by_depth:
+            parent = self._parent_row[r]
+            present[r] = scores[r] >= threshold and (parent is None or present[parent])
+        return present
+
     def rows(self, concepts: list[str] | None = None) -> list[int]:
         """Bank rows of the given WNIDs (all concepts when None or empty); KeyError for one not in the bank."""
         if not concepts:
@@ -155,6 +167,7 @@ class Explainer:
         ]
         maps_np = maps.cpu().numpy()
         maxima = maps_np.reshape(maps_np.shape[0], -1).max(1).tolist()
+        present = self.presence(maxima, threshold)
         if self.fast:
             boxes = _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, self.box_grid)
             acts_all = _region_means(maps_np, z, rows, maxima, threshold)
@@ -180,8 +193,8 @@ class Explainer:
                 for i, (n, v) in enumerate(top)
             ]  # fmt: skip
             entry = {
-                **fixed, "score": round(score, 5), "present": score >= threshold,
-                "box": box if score >= threshold else None, "area_fraction": round(frac, 5), "neurons": neurons,
+                **fixed, "score": round(score, 5), "present": present[r],
+                "box": box if present[r] else None, "area_fraction": round(frac, 5), "neurons": neurons,
             }  # fmt: skip
             if return_maps:
                 entry["map"] = np.round(m, 4).tolist()

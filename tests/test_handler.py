@@ -153,10 +153,14 @@ def check_explanation(doc: dict, width: int, height: int, bank_concepts: list[di
     for level in chain:
         assert ("score" in level) == (level["wnid"] in in_bank)
     assert doc["map_size"] == [14, 14]
+    parents = {c["wnid"]: c.get("parent") for c in bank_concepts}
+    shown = {c["wnid"]: c for c in doc["concepts"]}
     for c in doc["concepts"]:
         assert c["wnid"] in in_bank and c["name"] == h[c["wnid"]].name and c["depth"] == h[c["wnid"]].depth
         assert c["path"][0] == c["name"] and c["path"][-1] == "entity"
-        assert c["present"] == (c["score"] >= doc["threshold"])
+        parent = parents.get(c["wnid"])  # read down the hierarchy: present needs a present group parent
+        parent_present = parent not in shown or shown[parent]["present"]
+        assert c["present"] == (c["score"] >= doc["threshold"] and parent_present)
         if c["box"] is not None:
             x0, y0, x1, y1 = c["box"]
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, (c["name"], c["box"], width, height)
