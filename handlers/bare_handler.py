@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hint_handler import DEFAULTS, HintHandler, Job
+from hint_handler import DEFAULTS, HintHandler, Job, lazy_handle
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -65,13 +65,7 @@ _service: BareHandler | None = None
 
 
 def handle(data, context):
-    """TorchServe's entry point: the handler instance is created and initialised on the first call
-    (TorchServe calls ``handle(None, context)`` when the worker loads the model)."""
+    """TorchServe's entry point (see :func:`hint_handler.lazy_handle`)."""
     global _service
-    if _service is None:
-        service = BareHandler()
-        service.initialize(context)
-        _service = service
-    if data is None:
-        return None
-    return _service.handle(data, context)
+    _service, out = lazy_handle(BareHandler, _service, data, context)
+    return out

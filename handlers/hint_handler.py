@@ -566,17 +566,21 @@ def _text(v, name: str) -> str:
     return v  # already decoded JSON (a part sent as application/json)
 
 
+def lazy_handle(cls, service, data, context):
+    """TorchServe's entry-point idiom for a handler class: create and initialise the instance on the
+    first call (TorchServe calls ``handle(None, context)`` when the worker loads the model), then handle.
+    Returns (the instance, the output)."""
+    if service is None:
+        service = cls()
+        service.initialize(context)
+    return service, (None if data is None else service.handle(data, context))
+
+
 _service: HintHandler | None = None
 
 
 def handle(data, context):
-    """TorchServe's entry point: the handler instance is created and initialised on the first call
-    (TorchServe calls ``handle(None, context)`` when the worker loads the model)."""
+    """TorchServe's entry point (see :func:`lazy_handle`)."""
     global _service
-    if _service is None:
-        service = HintHandler()
-        service.initialize(context)
-        _service = service
-    if data is None:
-        return None
-    return _service.handle(data, context)
+    _service, out = lazy_handle(HintHandler, _service, data, context)
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from . import __version__
 from .backbones import Backbone
 from .bank import ConceptBank
 from .hierarchy import Hierarchy
-from .localization import resize_map
+from .localization import box_from_map
 
 
 class Explainer:
@@ -180,7 +179,7 @@ class Explainer:
                 box, frac = boxes[j]
                 a = acts_all[j, nidx.cpu().numpy()]
             else:
-                box, frac = _box(m, width, height, threshold, score)
+                box, frac = box_from_map(m, width, height, threshold)
                 if score >= threshold:  # this image's activation of the top neurons over the concept's region
                     act = z[nidx][:, torch.from_numpy(m >= threshold).to(z.device)].mean(1)
                 else:
@@ -244,21 +243,6 @@ class Explainer:
         }
 
 
-def _box(m: np.ndarray, width: int, height: int, threshold: float, score: float) -> tuple[list[int] | None, float]:
-    """:func:`hint.localization.box_from_map`, same output, faster: a map whose maximum is below the
-    threshold has no passing pixel once resized (bilinear values are convex combinations), so it is not
-    resized; the resized map is thresholded once and the passing pixels counted, not averaged."""
-    if score < threshold - 1e-6:
-        return None, 0.0
-    passing = resize_map(m, width, height) >= threshold
-    count = int(np.count_nonzero(passing))
-    if not count:
-        return None, 0.0
-    contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
-    return [int(x), int(y), int(x + w), int(y + h)], count / passing.size
-
-
 def _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, grid):
     """``fast`` boxes: (box in image pixels | None, area fraction) per row, from each map upsampled to
     at most ``grid`` pixels a side, the box scaled back to the image."""
@@ -266,7 +250,7 @@ def _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, grid):
     out: list[tuple[list[int] | None, float]] = []
     sx, sy = width / gw, height / gh
     for r in rows:
-        box, frac = _box(maps_np[r], gw, gh, threshold, maxima[r])
+        box, frac = box_from_map(maps_np[r], gw, gh, threshold)
         if box is not None and (gw, gh) != (width, height):
             box = [
                 int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),

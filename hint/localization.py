@@ -45,13 +45,18 @@ def box_from_map(score_map: np.ndarray, width: int, height: int, threshold: floa
     """The largest region where the (h, w) map, resized to the image, is ≥ ``threshold``.
 
     Returns (box in the image's pixels or None when no pixel passes, area fraction of passing pixels).
+    A map whose maximum is below the threshold has no passing pixel once resized (bilinear values are
+    convex combinations), so it is not resized at all.
     """
-    m = resize_map(score_map, width, height)
-    passing = m >= threshold
-    frac = float(passing.mean())
-    if not passing.any():
+    if float(np.max(score_map)) < threshold - 1e-6:
         return None, 0.0
-    return boxes_at(m, threshold)[0], frac
+    passing = resize_map(score_map, width, height) >= threshold
+    count = int(np.count_nonzero(passing))
+    if not count:
+        return None, 0.0
+    contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+    return [int(x), int(y), int(x + w), int(y + h)], count / passing.size
 
 
 def iou(box: list[float] | np.ndarray, boxes: np.ndarray) -> np.ndarray:
