@@ -132,7 +132,9 @@ def test_ablation_matches_the_endpoint(explained, app, endpoint):
     base = direct.explain(data, concepts=[FELINE], top_k=10, threshold=0.5)["concepts"][0]
     ids = [n["neuron"] for n in base["neurons"]]
     abl = direct.explain(data, concepts=[FELINE], ablate=ids, threshold=0.5)["concepts"][0]
-    assert (m.group(1), m.group(2)) == (f"{base['score']:.3f}", f"{abl['score']:.3f}")
+    # the page rounds to 3 decimals; the two runs may differ in the last float32 digits (threads)
+    assert float(m.group(1)) == pytest.approx(base["score"], abs=6e-4)
+    assert float(m.group(2)) == pytest.approx(abl["score"], abs=6e-4)
     status, bars, table, before, after, md = client.predict(0, FELINE, [FELINE], api_name="/ablate")
     assert after is None and "No neuron removed" in md
 
