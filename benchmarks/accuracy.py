@@ -2,6 +2,9 @@
 
     python benchmarks/accuracy.py [--data DIR] [--backbones NAME ...] [--device auto|cpu|cuda]
 
+NAME: a registry name (default: all of them) or any torchvision classification model; backbones
+without real weights on this machine are listed as skipped.
+
 Data: ``../shared/data/imagenet-val-boxes`` (``annotations.csv`` with ``file,label_index``, images in
 ``images/``; 1300 ILSVRC2012 validation images, 725 classes, stored squashed to 227x227). Each image
 goes through ``Backbone.preprocess`` (squash to the input size, no centre crop), so the numbers are a
@@ -79,7 +82,10 @@ def evaluate(bb: Backbone, data: Path, device: torch.device, batch_size: int, wo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--backbones", nargs="+", default=list_backbones(), choices=list_backbones())
+    parser.add_argument(
+        "--backbones", nargs="+", default=list_backbones(), choices=list_backbones(torchvision=True), metavar="NAME",
+        help="registry names or any torchvision classification model (default: the registry)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)

