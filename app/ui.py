@@ -14,12 +14,13 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .client import HintClient, HintError
 from .drawing import fit, neuron_bars, overlay
@@ -27,6 +28,11 @@ from .drawing import fit, neuron_bars, overlay
 log = logging.getLogger("app")
 
 MAX_UPLOAD_MB = 10
+# the service's default pixel limits (handlers/model-config.yaml): width x height of any image, and of
+# images decoded at full size (every format but JPEG)
+MAX_PIXELS = 40_000_000
+MAX_DECODED_PIXELS = 16_000_000
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"
 # TorchServe's default max_request_size is 6,553,500 bytes and base64 adds a third: files above this
 # are re-encoded as JPEG at the same size in pixels (boxes stay in the original image's pixels).
@@ -66,12 +72,40 @@ def example_images(folder: str | Path | None = None) -> list[str]:
     return out
 
 
-def upload_bytes(path: str | Path, limit: int = SEND_AS_IS_BYTES) -> bytes:
-    """The file's bytes, or when larger than ``limit`` the same pixels re-encoded as JPEG."""
+def check_upload(path: str | Path) -> None:
+    """A readable :class:`HintError` for an upload the service would refuse: not a file, too many bytes,
+    not an image it reads, too many pixels (read from the header only, the service's default limits)."""
     p = Path(path)
-    size = p.stat().st_size
+    try:
+        size = p.stat().st_size
+    except OSError:
+        raise HintError("the uploaded file is gone; upload it again") from None
     if size > MAX_UPLOAD_MB * 1024 * 1024:
         raise HintError(f"the image is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+    Image.init()  # every plugin registered (MPO, WebP ...) before naming formats
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p, formats=[f for f in IMAGE_FORMATS if f in Image.OPEN]) as im:
+                fmt, (w, h) = im.format, im.size
+    except Image.DecompressionBombError as e:
+        m = re.search(r"\((\d+) pixels", str(e))
+        pixels = f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "too many pixels"
+        raise HintError(f"the image has {pixels}; the service accepts up to {MAX_PIXELS // 10**6} megapixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise HintError(f"{p.name} is not an image the service reads (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
+    limit = MAX_PIXELS if fmt in ("JPEG", "MPO") else MAX_DECODED_PIXELS
+    if w * h > limit:
+        raise HintError(f"the image is {w}×{h} = {w * h / 1e6:.1f} megapixels; the service accepts up to "
+                        f"{limit // 10**6} megapixels for {fmt} (JPEG: {MAX_PIXELS // 10**6})")  # fmt: skip
+
+
+def upload_bytes(path: str | Path, limit: int = SEND_AS_IS_BYTES) -> bytes:
+    """The file's bytes, or when larger than ``limit`` the same pixels re-encoded as JPEG; a readable
+    HintError for a file the service would refuse (:func:`check_upload`)."""
+    p = Path(path)
+    check_upload(p)
+    size = p.stat().st_size
     raw = p.read_bytes()
     if size <= limit:
         return raw
@@ -458,7 +492,7 @@ class HintApp:
             status = gr.Markdown(self.status_line(), elem_id="status")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2):
-                    image = gr.Image(
+                    image = upload_image(
                         type="filepath", image_mode=None, label=f"Image (up to {MAX_UPLOAD_MB} MB)",
                         sources=["upload", "clipboard"], height=300, elem_id="image",
                     )  # fmt: skip
@@ -529,6 +563,24 @@ class HintApp:
             neuron_no.submit(self.neuron, [neuron_no], [status, neuron_table], api_visibility="private")
             demo.load(self.check_service, None, [status], api_visibility="private")
         return demo
+
+
+def upload_image(**kw):
+    """A ``gr.Image`` whose upload step never fails: a file PIL cannot open there (a text file, a
+    decompression bomb) reaches the event handler as its path, and :func:`check_upload` says what is
+    wrong in the page's status line instead of Gradio's generic error."""
+    import gradio as gr
+
+    class UploadImage(gr.Image):
+        is_template = True  # the browser side is gr.Image's
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except Exception:  # noqa: BLE001 - checked, with a readable message, by the handler
+                return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
+
+    return UploadImage(**kw)
 
 
 CSS = """

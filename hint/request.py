@@ -209,12 +209,11 @@ def content_type(headers: Mapping | None) -> str:
 
 
 def _parse(row: Any, limits: Limits, ctype: str) -> ExplainRequest | NeuronRequest:
-    if not isinstance(row, dict) or not row:
-        raise RequestError(400, "empty request: send an image (raw bytes, multipart or JSON base64)")
+    row = row if isinstance(row, dict) else {} if row is None else {"body": row}
     fields = {k: v for k, v in row.items() if k in OPTIONS and k not in IMAGE_PARTS}
     payloads = {k: v for k, v in row.items() if k not in fields}
     if any(_junk_name(k) for k in payloads) or (
-        ctype == FORM_URLENCODED and payloads.keys() - set(IMAGE_PARTS)
+        ctype == FORM_URLENCODED and (not row or payloads.keys() - set(IMAGE_PARTS))
     ):
         raise RequestError(
             415,
@@ -222,6 +221,8 @@ def _parse(row: Any, limits: Limits, ctype: str) -> ExplainRequest | NeuronReque
             "Content-Type): send the image with Content-Type image/jpeg (or image/png, "
             'application/octet-stream ...), as multipart form data, or as JSON {"image": base64}',
         )
+    if not row:
+        raise RequestError(400, "empty request: send an image (raw bytes, multipart or JSON base64)")
     if len(payloads) > 1:
         names = ", ".join(repr(str(k)[:40]) for k in payloads)
         known = ", ".join(k for k in OPTIONS if limits.accepts(k))
@@ -492,12 +493,12 @@ def _decode(raw: bytes, limits: Limits) -> tuple[Image.Image, tuple[int, int], s
         dw, dh = im.size
         if dw * dh > limits.max_decode_pixels:
             if draft:
-                why = f"even decoded reduced ({dw}x{dh})"
+                why = f"{fmt} is {w}x{h}: even decoded reduced ({dw}x{dh}) it is"
             else:
-                why = f"decoded at full size (only JPEG is decoded reduced, up to {limits.max_pixels} pixels)"
+                why = f"{fmt} is {w}x{h} = {w * h} pixels,"
             raise RequestError(
-                413, f"{fmt} is {w}x{h} = {w * h} pixels; {why} that is over the {limits.max_decode_pixels} "
-                "pixel limit: send a smaller image",
+                413, f"{why} over the {limits.max_decode_pixels} pixel limit for images decoded at full size "
+                f"(JPEG is decoded reduced and may have up to {limits.max_pixels})",
             )  # fmt: skip
         if fmt == "PNG":
             _check_png(raw)
@@ -611,7 +612,7 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 def _check_png(raw: bytes) -> None:
     """PIL accepts a PNG whose compressed data ends (cleanly) before the last row; count the rows."""
     data = memoryview(raw)
-    pos, header, inflater, have, need = 8, None, zlib.decompressobj(), 0, None
+    pos, header, inflater, have, need, palette = 8, None, zlib.decompressobj(), 0, None, False
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = bytes(data[pos + 4 : pos + 8])
@@ -629,7 +630,11 @@ def _check_png(raw: bytes) -> None:
                 cols, rows = -(-(w - x0) // dx) if w > x0 else 0, -(-(h - y0) // dy) if h > y0 else 0
                 if cols and rows:
                     need += rows * (1 + -(-(cols * bits) // 8))
+        elif kind == b"PLTE":
+            palette = True
         elif kind == b"IDAT" and need is not None:
+            if header[3] == 3 and not palette:
+                raise RequestError(400, "broken PNG: a palette image without a palette (PLTE)")
             try:
                 buf = bytes(chunk)
                 while buf and have < need:

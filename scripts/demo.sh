@@ -32,9 +32,9 @@ start)
 
 HINT is running (stop both with: make stop)
   Gradio app          http://127.0.0.1:$APP_PORT/
-  TorchServe          http://127.0.0.1:8080/predictions/hint   (token: key_file.json, ["inference"]["key"])
-  management API      http://127.0.0.1:8081/models/hint        (token: key_file.json, ["management"]["key"])
-  try it:  curl -H 'Content-Type: image/jpeg' -H "Authorization: Bearer \$($PY -c 'import json;print(json.load(open("key_file.json"))["inference"]["key"])')" --data-binary @photo.jpg http://127.0.0.1:8080/predictions/hint
+  TorchServe          http://127.0.0.1:8080/predictions/hint   (token: $ROOT/key_file.json, ["inference"]["key"])
+  management API      http://127.0.0.1:8081/models/hint        (token: $ROOT/key_file.json, ["management"]["key"])
+  try it:  curl -H 'Content-Type: image/jpeg' -H "Authorization: Bearer \$($PY -c 'import json;print(json.load(open("$ROOT/key_file.json"))["inference"]["key"])')" --data-binary @photo.jpg http://127.0.0.1:8080/predictions/hint
 MSG
     ;;
 stop)

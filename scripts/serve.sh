@@ -2,8 +2,12 @@
 # Start, stop or check the HINT TorchServe service (config.properties, model_store/hint.mar).
 #
 #   scripts/serve.sh start    start TorchServe and wait until model "hint" has a READY worker
-#   scripts/serve.sh stop     stop it (torchserve --stop) and wait until the ports are free
-#   scripts/serve.sh status   print the model's workers (management API), exit 1 when not running
+#   scripts/serve.sh stop     stop THIS clone's TorchServe and wait until it has exited
+#   scripts/serve.sh status   this clone's TorchServe: pid and the model's workers; exit 1 when not running
+#
+# Only this clone's server is ever stopped or reported: TorchServe keeps its pid file in $TMPDIR
+# (machine-wide /tmp by default, shared by every clone), so this script runs it with TMPDIR=build/torchserve
+# and trusts a pid only when that process is a TorchServe frontend started from this clone's directory.
 #
 # Token authorization is on: TorchServe writes key_file.json into the directory it starts from (the
 # repo root here). Predictions need its inference key, the management API its management key:
@@ -13,17 +17,19 @@
 # START_TIMEOUT seconds (240).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
 VENV="${VENV:-.venv}"
 export PATH="$ROOT/$VENV/bin:$PATH"
-TS_CONFIG="${TS_CONFIG:-config.properties}"
+TS_CONFIG="$(realpath "${TS_CONFIG:-config.properties}")"
 export LOG_LOCATION="${LOG_LOCATION:-$ROOT/logs}"
 export METRICS_LOCATION="${METRICS_LOCATION:-$LOG_LOCATION}"
 MODEL="${MODEL:-hint}"
 START_TIMEOUT="${START_TIMEOUT:-240}"
 KEY_FILE="$ROOT/key_file.json"
 PY="$ROOT/$VENV/bin/python"
+STATE="$ROOT/build/torchserve"  # this clone's TMPDIR for TorchServe: its pid file .model_server.pid
+PID_FILE="$STATE/.model_server.pid"
 
 prop() {  # prop NAME DEFAULT: a value of config.properties
     local v
@@ -38,19 +44,36 @@ key() {  # key management|inference: from key_file.json ("" when there is none)
     "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["key"])' "$KEY_FILE" "$1" 2>/dev/null || echo ""
 }
 
-workers() {  # the model's worker statuses, e.g. "READY READY"; fails when the API does not answer
-    local auth=()
-    local k
-    k="$(key management)"
-    [ -n "$k" ] && auth=(-H "Authorization: Bearer $k")
-    curl -sf --max-time 5 "${auth[@]}" "$MANAGEMENT/models/$MODEL" |
-        "$PY" -c 'import json, sys; print(" ".join(w["status"] for m in json.load(sys.stdin) for w in m.get("workers", [])))' 2>/dev/null
+ts() {  # the torchserve command with this clone's pid file
+    mkdir -p "$STATE"
+    TMPDIR="$STATE" torchserve "$@"
 }
 
-pid() {  # pid of the running TorchServe frontend, from TorchServe's own pid file
-    local f
-    f="$("$PY" -c 'import os, tempfile; print(os.path.join(tempfile.gettempdir(), ".model_server.pid"))')"
-    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+api() {  # api URL: "BODY STATUS" of a management API GET with the management key (STATUS 000: no answer)
+    local k auth=()
+    k="$(key management)"
+    [ -n "$k" ] && auth=(-H "Authorization: Bearer $k")
+    curl -s --max-time 5 "${auth[@]}" -w ' %{http_code}' "$1" 2>/dev/null || true
+}
+
+workers() {  # the model's worker statuses, e.g. "READY READY"; fails unless the management API answers 200
+    local out
+    out="$(api "$MANAGEMENT/models/$MODEL")"
+    [ "${out##* }" = "200" ] || return 1
+    "$PY" -c 'import json, sys; print(" ".join(w["status"] for m in json.loads(sys.argv[1]) for w in m.get("workers", [])))' \
+        "${out% *}" 2>/dev/null
+}
+
+pid() {  # pid of THIS clone's TorchServe frontend; fails when it is not running
+    local p
+    [ -f "$PID_FILE" ] || return 1
+    p="$(tr -dc 0-9 <"$PID_FILE")"
+    [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
+    if [ -d "/proc/$p" ]; then  # a recycled pid, or another program: not ours
+        tr '\0' ' ' <"/proc/$p/cmdline" | grep -q "org.pytorch.serve.ModelServer" || return 1
+        [ "$(readlink "/proc/$p/cwd")" = "$ROOT" ] || return 1
+    fi
+    echo "$p"
 }
 
 logs_tail() {
@@ -63,15 +86,16 @@ logs_tail() {
 start() {
     [ -f "model_store/$MODEL.mar" ] || { echo "no model_store/$MODEL.mar: run make archive" >&2; exit 1; }
     command -v java >/dev/null || { echo "java not found: TorchServe 0.12 needs Java 17 (make apt-java)" >&2; exit 1; }
-    if [ -n "$(pid)" ]; then
-        echo "TorchServe is already running (pid $(pid)); scripts/serve.sh stop first" >&2
+    local running
+    if running="$(pid)"; then
+        echo "TorchServe of this clone is already running (pid $running); scripts/serve.sh stop first" >&2
         exit 1
     fi
     mkdir -p "$LOG_LOCATION"
     rm -f "$KEY_FILE"
     local model_log="$LOG_LOCATION/model_log.log" seen=0 fatal=""
     [ -f "$model_log" ] && seen="$(wc -l <"$model_log")"
-    torchserve --start --ncs --ts-config "$TS_CONFIG" >"$LOG_LOCATION/torchserve.out" 2>&1 || {
+    ts --start --ncs --ts-config "$TS_CONFIG" --log-config "$ROOT/log4j2.xml" >"$LOG_LOCATION/torchserve.out" 2>&1 || {
         cat "$LOG_LOCATION/torchserve.out" >&2; exit 1; }
     local t0=$SECONDS status=""
     while [ $((SECONDS - t0)) -lt "$START_TIMEOUT" ]; do
@@ -81,10 +105,10 @@ start() {
         fatal="$(tail -n +"$((seen + 1))" "$model_log" 2>/dev/null | grep -m 1 -o "HINT handler cannot start: .*" || true)"
         if [ -n "$fatal" ]; then
             echo "$fatal" >&2
-            torchserve --stop >/dev/null 2>&1 || true
+            stop >/dev/null 2>&1 || true
             exit 1
         fi
-        if [ $((SECONDS - t0)) -gt 10 ] && [ -z "$(pid)" ]; then
+        if [ $((SECONDS - t0)) -gt 10 ] && ! pid >/dev/null; then
             echo "TorchServe exited during start-up" >&2
             logs_tail
             exit 1
@@ -96,27 +120,31 @@ start() {
         *)
             echo "model $MODEL has no READY worker after ${START_TIMEOUT}s (workers: ${status:-none})" >&2
             logs_tail
-            torchserve --stop >/dev/null 2>&1 || true
+            stop >/dev/null 2>&1 || true
             exit 1
             ;;
     esac
-    echo "TorchServe is up after $((SECONDS - t0))s: $INFERENCE/predictions/$MODEL (workers: $status)"
+    echo "TorchServe is up after $((SECONDS - t0))s (pid $(pid)): $INFERENCE/predictions/$MODEL (workers: $status)"
     echo "token: inference key in $KEY_FILE (.inference.key), management key in .management.key"
-    echo "e.g.  curl -H \"Authorization: Bearer \$(python3 -c 'import json;print(json.load(open(\"$KEY_FILE\"))[\"inference\"][\"key\"])')\" \\"
+    echo "e.g.  curl -H \"Authorization: Bearer \$($PY -c 'import json;print(json.load(open(\"$KEY_FILE\"))[\"inference\"][\"key\"])')\" \\"
     echo "        -H 'Content-Type: image/jpeg' --data-binary @img.jpg $INFERENCE/predictions/$MODEL"
     echo "logs in $LOG_LOCATION; stop with: scripts/serve.sh stop (or make stop)"
 }
 
 stop() {
-    if [ -z "$(pid)" ]; then
-        echo "TorchServe is not running"
+    local p
+    if ! p="$(pid)"; then
+        echo "TorchServe of this clone is not running"
+        rm -f "$PID_FILE"
         return 0
     fi
-    local p
-    p="$(pid)"
-    torchserve --stop
+    kill -TERM "$p"  # what torchserve --stop does, for this pid only
     for _ in $(seq 60); do
-        kill -0 "$p" 2>/dev/null || { echo "stopped"; return 0; }
+        if ! kill -0 "$p" 2>/dev/null; then
+            rm -f "$PID_FILE" "$KEY_FILE"
+            echo "stopped"
+            return 0
+        fi
         sleep 1
     done
     echo "TorchServe (pid $p) did not stop within 60 s" >&2
@@ -124,13 +152,28 @@ stop() {
 }
 
 status() {
-    local s
-    if s="$(workers)"; then
-        echo "model $MODEL at $INFERENCE/predictions/$MODEL, workers: ${s:-none}"
-    else
-        echo "TorchServe is not answering on $MANAGEMENT (pid: $(pid || echo none))" >&2
+    local p s code
+    if ! p="$(pid)"; then
+        code="$(curl -s -o /dev/null --max-time 3 -w '%{http_code}' "$INFERENCE/ping" 2>/dev/null || true)"
+        if [ -n "$code" ] && [ "$code" != "000" ]; then
+            echo "TorchServe of this clone is not running; another server answers on $INFERENCE (another clone's?)" >&2
+        else
+            echo "TorchServe of this clone is not running" >&2
+        fi
         exit 1
     fi
+    if s="$(workers)"; then
+        echo "TorchServe is running (pid $p): model $MODEL at $INFERENCE/predictions/$MODEL, workers: ${s:-none}"
+        return 0
+    fi
+    code="$(api "$MANAGEMENT/models/$MODEL")"
+    case "${code##* }" in
+        000) echo "TorchServe is running (pid $p) but $MANAGEMENT does not answer yet (starting?)" >&2 ;;
+        400 | 401) echo "TorchServe is running (pid $p); $MANAGEMENT refuses the management key of $KEY_FILE" >&2 ;;
+        404) echo "TorchServe is running (pid $p) without model $MODEL" >&2 ;;
+        *) echo "TorchServe is running (pid $p); $MANAGEMENT/models/$MODEL answers HTTP ${code##* }" >&2 ;;
+    esac
+    exit 1
 }
 
 case "${1:-}" in

@@ -150,6 +150,24 @@ def test_neuron_lookup(explained):
     assert "hint-error" in status and "HTTP 400" in status and "out of range" in status
 
 
+def test_uploads_that_are_not_images_get_the_apps_own_error(app, tmp_path):
+    """A text file, or a PNG claiming 30000x30000 pixels: Gradio's own upload step cannot open them;
+    the page answers with its readable status line, not Gradio's generic error."""
+    import struct
+    import zlib
+
+    client, _ = app
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not an image")
+    huge = tmp_path / "huge.png"
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                     + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF))  # fmt: skip
+    for path, words in ((text, "notes.txt is not an image the service reads"), (huge, "900 megapixels")):
+        out = client.predict(gradio_client.handle_file(str(path)), 0.5, api_name="/explain")
+        assert "hint-error" in out[0] and words in out[0], out[0]
+
+
 def test_explain_without_image(app):
     client, _ = app
     out = client.predict(None, 0.5, api_name="/explain")

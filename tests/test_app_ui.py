@@ -149,6 +149,40 @@ def test_upload_bytes(tmp_path):
         upload_bytes(big)
 
 
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG that claims width x height pixels (its pixel data is not there)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt", r"notes\.txt is not an image the service reads"),
+        (lambda d: _png_header(d / "huge.png", 30000, 30000), r"900 megapixels; the service accepts up to 40 megapixels"),
+        (lambda d: _png_header(d / "big.png", 8000, 6000), r"8000×6000 = 48\.0 megapixels; the service accepts up to 16 megapixels for PNG"),
+        (lambda d: _png_header(d / "mid.png", 5000, 4000), r"20\.0 megapixels; the service accepts up to 16 megapixels for PNG"),
+        (lambda d: d / "gone.png", r"the uploaded file is gone"),
+    ],
+    ids=["text file", "30000x30000 png", "48 MP png", "20 MP png", "missing file"],
+)
+def test_uploads_the_service_would_refuse_get_readable_errors(tmp_path, make, words):
+    from app.ui import check_upload
+
+    path = make(tmp_path)
+    with pytest.raises(HintError, match=words):
+        check_upload(path)
+    with pytest.raises(HintError, match=words):
+        upload_bytes(path)
+
+
 def test_display_image_follows_the_server_size(tmp_path):
     p = tmp_path / "a.png"
     Image.new("RGB", (80, 40), (5, 6, 7)).save(p)

@@ -11,105 +11,37 @@ import base64
 import importlib
 import io
 import json
-import os
-import shutil
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import yaml
+from handler_kit import (
+    REPO,
+    SCHEMA,
+    FakeContext,
+    archive_dir,
+    assert_same_answer,
+    call,
+    encode,
+    hint_handler,
+    jpeg,
+    one,
+    shared_handler,
+)
 from PIL import Image
 
 from hint.hierarchy import Hierarchy
 
-REPO = Path(__file__).resolve().parents[1]
-BANK = Path(os.environ.get("HINT_BANK") or REPO / "model_store" / "hint-bank")
-SCHEMA = json.loads((REPO / "docs" / "response.schema.json").read_text())
 MAMMAL, ANIMAL, DOMESTIC_CAT = "n01861778", "n00015388", "n02121808"
-
-sys.path.insert(0, str(REPO / "handlers"))
-hint_handler = importlib.import_module("hint_handler")
 bare_handler = importlib.import_module("bare_handler")
 
 
-class FakeContext:
-    """What the handler uses of ts.context.Context: properties, manifest, yaml config, and
-    per-request response status/content type, recorded for the assertions."""
-
-    def __init__(self, model_dir: Path, yaml_config: dict | None = None):
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
-        self.manifest = {"model": {"modelName": "hint", "handler": "hint_handler.py"}}
-        self.model_yaml_config = yaml_config or {}
-        self.metrics = None
-        self.reset()
-
-    def reset(self):
-        self.status: dict[int, tuple[int, str]] = {}
-        self.content_type: dict[int, str] = {}
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0):
-        self.status[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str):
-        self.content_type[idx] = value
-
-
-def _archive_dir(tmp: Path) -> Path:
-    """The model dir TorchServe unpacks hint.mar into: the bank files at the root."""
-    if not (BANK / "manifest.json").is_file():
-        pytest.fail(f"no concept bank at {BANK} (commit model_store/hint-bank or set HINT_BANK)")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "bank.safetensors"):
-        shutil.copy(BANK / name, tmp / name)
-    return tmp
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    model_dir = _archive_dir(tmp_path_factory.mktemp("hint-model"))
-    cfg = yaml.safe_load((REPO / "handlers" / "model-config.yaml").read_text())
-    ctx = FakeContext(model_dir, cfg)
-    h = hint_handler.HintHandler()
-    h.initialize(ctx)
-    return h, ctx
-
-
-def call(served, *rows):
-    """handle() one batch; [(status, body dict)] in request order, checked against the schema."""
-    h, ctx = served
-    ctx.reset()
-    out = h.handle(list(rows), ctx)
-    assert isinstance(out, list) and len(out) == len(rows), "one answer per request"
-    res = []
-    for i, body in enumerate(out):
-        doc = json.loads(body)
-        jsonschema.validate(doc, SCHEMA)
-        code = ctx.status.get(i, (200, ""))[0]
-        assert ctx.content_type.get(i) == "application/json"
-        if code != 200:
-            assert doc["code"] == code and ctx.status[i][1], "an error status comes with a phrase"
-        res.append((code, doc))
-    return res
-
-
-def one(served, row) -> tuple[int, dict]:
-    return call(served, row)[0]
-
-
-def jpeg(im: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, "JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
+def served():
+    return shared_handler()
 
 
 @pytest.fixture(scope="module")
@@ -129,25 +61,6 @@ def tabby_result(served, tabby_jpeg) -> dict:
     code, doc = one(served, {"body": bytearray(tabby_jpeg)})
     assert code == 200, doc
     return doc
-
-
-def assert_same_answer(a, b, tol: float = 1e-4, where: str = "") -> None:
-    """Two answers are the same up to float noise: keys, strings, ints, bools, list lengths and order
-    exactly; floats within ``tol`` (relative or absolute). A batch of another size, or another thread
-    count, changes the last digits of a float32 forward pass, never the structure."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), (where, sorted(a), sorted(b))
-        for k in a:
-            assert_same_answer(a[k], b[k], tol, f"{where}.{k}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), (where, len(a), len(b))
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_answer(x, y, tol, f"{where}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert not isinstance(a, bool) and not isinstance(b, bool), (where, a, b)
-        assert a == pytest.approx(b, rel=tol, abs=tol), (where, a, b)
-    else:
-        assert type(a) is type(b) and a == b, (where, a, b)
 
 
 def check_explanation(doc: dict, width: int, height: int, bank_concepts: list[dict], top_k: int = 5):
@@ -524,7 +437,7 @@ def test_malformed_corpus_gets_4xx_and_the_next_request_succeeds(served, tabby, 
 
 
 def test_pixel_limit_is_configurable(tmp_path, tabby):
-    ctx = FakeContext(_archive_dir(tmp_path / "m"), {"handler": {"max_pixels": 10_000, "torch_threads": 1}})
+    ctx = FakeContext(archive_dir(tmp_path / "m"), {"handler": {"max_pixels": 10_000, "torch_threads": 1}})
     h = hint_handler.HintHandler()
     h.initialize(ctx)
     out = h.handle([{"body": jpeg(tabby)}, {"body": jpeg(tabby.resize((100, 90)))}], ctx)
@@ -554,7 +467,7 @@ def test_handle_none_and_odd_rows(served):
     ],
 )
 def test_bad_bank_fails_the_start_with_one_line(tmp_path, damage, words, caplog):
-    model_dir = _archive_dir(tmp_path / "m")
+    model_dir = archive_dir(tmp_path / "m")
     cfg: dict = {"handler": {"torch_threads": 1}}
     if damage.startswith("flip"):
         data = bytearray((model_dir / "bank.safetensors").read_bytes())
@@ -579,7 +492,7 @@ def test_bad_bank_fails_the_start_with_one_line(tmp_path, damage, words, caplog)
 
 def test_module_entry_point_initialises_once(tmp_path, tabby_jpeg, monkeypatch):
     monkeypatch.setattr(hint_handler, "_service", None)
-    ctx = FakeContext(_archive_dir(tmp_path / "m"), {"handler": {"torch_threads": 1}})
+    ctx = FakeContext(archive_dir(tmp_path / "m"), {"handler": {"torch_threads": 1}})
     assert hint_handler.handle(None, ctx) is None  # TorchServe's load call
     service = hint_handler._service
     assert service is not None and service.initialized

@@ -1,7 +1,9 @@
-"""A real TorchServe with hint.mar: start on free ports (own config, model store, logs, pid and key
-file), wait for READY workers through the management API with the token, post real images as raw
-bytes, multipart and JSON, malformed requests (4xx, then a valid one still works), requests without
-the token, concurrent requests (batched by the server), then stop it. Needs Java 17 (skipped without).
+"""A real TorchServe with hint.mar, started by ``scripts/serve.sh`` in a throwaway clone of the repo
+(free ports, its own model store, logs, pid file and key file; the repo's log4j2.xml): READY workers
+through the management API with the token, real images as raw bytes (also without a Content-Type),
+multipart and JSON, malformed requests (4xx, then a valid one still works), requests without the token,
+concurrent requests (batched by the server), logs at INFO with each line once, and ``serve.sh status`` /
+``stop`` acting on their own clone's server only. Needs Java 17 (skipped without).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import struct
+import subprocess
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,21 +44,78 @@ def _bench_module():
     return mod
 
 
+class Clone:
+    """A throwaway clone for scripts/serve.sh: the script, log4j2.xml, a config.properties on free ports,
+    a model store and the repo's venv (linked)."""
+
+    def __init__(self, root: Path, ports: dict[str, int], worker_port: int):
+        self.root, self.ports = root, ports
+        (root / "scripts").mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "scripts" / "serve.sh", root / "scripts" / "serve.sh")
+        shutil.copy(REPO / "log4j2.xml", root / "log4j2.xml")
+        (root / ".venv").symlink_to(REPO / ".venv")
+        (root / "model_store").mkdir(exist_ok=True)
+        text = (REPO / "config.properties").read_text()
+        for key, port in (("inference", ports["inference"]), ("management", ports["management"]),
+                          ("metrics", ports["metrics"])):  # fmt: skip
+            text = re.sub(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{port}", text)
+        (root / "config.properties").write_text(text + f"\ninitial_worker_port={worker_port}\n")
+
+    def sh(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(self.root / "scripts" / "serve.sh"), *args], cwd=self.root,
+                              env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def pid(self) -> int:
+        return int((self.root / "build" / "torchserve" / ".model_server.pid").read_text())
+
+    def auth(self, kind: str = "inference") -> dict:
+        keys = json.loads((self.root / "key_file.json").read_text())
+        return {"Authorization": f"Bearer {keys[kind]['key']}"}
+
+    def workers(self, model: str = "hint") -> list[str]:
+        r = requests.get(f"{self.management_url}/models/{model}", headers=self.auth("management"), timeout=10)
+        r.raise_for_status()
+        return [w["status"] for m in r.json() for w in m.get("workers", [])]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory):
     if not (BANK / "manifest.json").is_file():
         pytest.fail(f"no concept bank at {BANK} (commit model_store/hint-bank or set HINT_BANK)")
     bench = _bench_module()
-    work = tmp_path_factory.mktemp("torchserve")
-    bench.build_archives(work / "store", BANK, which=("hint",))
-    server = bench.LocalTorchServe(work, work / "store", ["hint"])
-    try:
-        server.start(timeout=240)
-    except Exception:
-        server.stop()
-        raise
-    yield server
-    server.stop()
+    ports = {k: bench.free_port() for k in ("inference", "management", "metrics")}
+    clone = Clone(tmp_path_factory.mktemp("clone-a"), ports, 20000 + bench.free_port() % 20000)
+    bench.build_archives(clone.root / "model_store", BANK, which=("hint",))
+    r = clone.sh("start", timeout=400)
+    if r.returncode != 0:
+        clone.sh("stop")
+        pytest.fail(f"scripts/serve.sh start failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    clone.start_output = r.stdout
+    yield clone
+    r = clone.sh("stop", timeout=120)
+    assert r.returncode == 0 and "stopped" in r.stdout, (r.stdout, r.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +255,140 @@ def test_management_api_is_read_only(ts):
     assert 400 <= r.status_code < 500, r.text
     r = requests.get(f"{ts.management_url}/models/hint", headers=ts.auth("management"), timeout=10)
     assert r.status_code == 200 and r.json()[0]["modelName"] == "hint"
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+def _early_eoi_jpeg() -> bytes:
+    """The issue's case: ~700 bytes whose header says 6000x6000 (an end marker after a few bytes)."""
+    full = _bytes(Image.new("RGB", (6000, 6000), (120, 30, 200)), "JPEG", quality=50)
+    sos = full.index(b"\xff\xda")
+    return full[: sos + 100] + b"\xff\xd9"
+
+
+def _png16(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 70_000)) + chunk(b"IEND", b"")
+
+
+def hostile(photo: Image.Image) -> list[tuple[str, dict, int | None]]:
+    """(name, requests.post keywords, status or None for any 4xx): the issue's reproductions and more."""
+    jpg = _bytes(photo, "JPEG")
+    cut = jpg[: len(jpg) // 2] + b"\xff\xd9"
+    as_json = {"Content-Type": "application/json"}
+    return [
+        ("5000-digit neuron", {"data": b'{"neuron": 1' + b"0" * 5000 + b"}", "headers": as_json}, 400),
+        ("100000 nested lists", {"data": b"[" * 100_000, "headers": as_json}, 400),
+        ("100000 nested objects", {"data": b'{"a":' * 100_000, "headers": as_json}, 400),
+        ("693-byte JPEG claiming 6000x6000", {"data": _early_eoi_jpeg(), "headers": {"Content-Type": "image/jpeg"}}, 400),
+        ("half a JPEG + end marker", {"data": cut, "headers": {"Content-Type": "image/jpeg"}}, 400),
+        ("36 MP 16-bit PNG in 70 KB", {"data": _png16(6000, 6000), "headers": {"Content-Type": "image/png"}}, 413),
+        ("NaN threshold", {"data": b'{"image": "AAAA", "threshold": NaN}', "headers": as_json}, 400),
+        ("JSON list of a 5000-digit number", {"data": b"[" + b"7" * 5000 + b"]", "headers": as_json}, 400),
+        ("option as a JSON part", {"files": {"data": ("a.jpg", jpg), "top_k": ("k.json", b"{}", "application/json")}}, 400),
+        ("text part", {"files": {"data": ("a.txt", b"just text", "text/plain")}}, 400),
+        ("ablate 113 neurons", {"json": {"image": base64.b64encode(jpg).decode(), "ablate": list(range(113))}}, 400),
+        ("concepts of 1001 names", {"json": {"image": base64.b64encode(jpg).decode(), "concepts": ["dog"] * 1001}}, 400),
+        ("image as a number", {"json": {"image": 5}}, 400),
+        ("random bytes, no Content-Type", {"data": os.urandom(3000)}, 400),
+    ]
+
+
+def test_hostile_requests_get_their_4xx(ts, photo):
+    for name, kw, code in hostile(photo):
+        r = post(ts, **kw)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+        if code is not None:
+            assert r.status_code == code, (name, r.status_code, r.text[:300])
+        doc = r.json()
+        jsonschema.validate(doc, {"$ref": "#/$defs/error", "$defs": SCHEMA["$defs"]})
+        assert doc["message"] and "\n" not in doc["message"] and r.reason and "\n" not in r.reason, name
+    check_ok(post(ts, data=_bytes(photo, "JPEG"), headers={"Content-Type": "image/jpeg"}), 451, 300)
+
+
+def test_one_bad_request_never_fails_the_valid_ones(ts, photo):
+    """The issue's run (1 bad + 7 valid requests at once, rounds of every hostile case): every valid
+    request gets 200 and the answer it gets alone (floats within 1e-4)."""
+    from handler_kit import assert_same_answer
+
+    jpg = _bytes(photo.resize((226, 150)), "JPEG")
+    alone = check_ok(post(ts, data=jpg, headers={"Content-Type": "image/jpeg"}), 226, 150)
+
+    def valid(_):
+        return post(ts, data=jpg, headers={"Content-Type": "image/jpeg"})
+
+    with ThreadPoolExecutor(8) as pool:
+        for name, kw, _ in hostile(photo)[:8]:
+            bad = pool.submit(post, ts, **kw)
+            answers = list(pool.map(valid, range(7)))
+            assert 400 <= bad.result().status_code < 500, name
+            for r in answers:
+                assert r.status_code == 200, (name, r.status_code, r.text[:300])
+                assert_same_answer(r.json(), alone, where=name)
+
+
+def test_raw_image_without_content_type_is_sniffed(ts, photo):
+    """No Content-Type header at all: TorchServe hands the handler the bytes; it reads the image."""
+    s = requests.Session()
+    req = requests.Request("POST", f"{ts.inference_url}/predictions/hint", data=_bytes(photo, "PNG"),
+                           headers=ts.auth()).prepare()  # fmt: skip
+    req.headers.pop("Content-Type", None)
+    assert "Content-Type" not in req.headers
+    check_ok(s.send(req, timeout=120), 451, 300)
+
+
+def test_raw_image_sent_as_a_form(ts, photo):
+    """curl --data-binary without -H sends application/x-www-form-urlencoded. TorchServe 0.12 decodes
+    such a body as a form before any handler: bytes that do not decode (a '%' without two hex digits,
+    most images) get TorchServe's own 500; those that do reach the handler split into junk fields and
+    get its 415 with a readable message (docs/api.md: a reverse proxy can fix the Content-Type)."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    decodable = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01" + bytes(range(1, 37)) + b"\xff\xd9"  # no '%', '&', '='
+    r = post(ts, data=decodable, headers=form)
+    assert r.status_code == 415, (r.status_code, r.text[:300])
+    assert "Content-Type" in r.json()["message"]
+    r = post(ts, data=b"%zz" + _bytes(photo, "JPEG"), headers=form)
+    assert r.status_code in (415, 500), (r.status_code, r.text[:200])  # 500: TorchServe's frontend, not the handler
+
+
+def test_start_prints_an_absolute_key_file(ts):
+    key_file = ts.root.resolve() / "key_file.json"
+    assert f'open(\\"{key_file}\\")' in ts.start_output or f'open("{key_file}")' in ts.start_output, ts.start_output
+
+
+def test_serve_sh_status_and_stop_act_on_this_clone_only(ts, tmp_path):
+    """Another clone (no server of its own, same ports, even TorchServe's pid file in reach through
+    TMPDIR and a stale pid file naming this server) neither stops nor claims this clone's server."""
+    r = ts.sh("status")
+    assert r.returncode == 0 and f"running (pid {ts.pid()})" in r.stdout and "READY" in r.stdout, (r.stdout, r.stderr)
+    other = Clone(tmp_path / "clone-b", ts.ports, 20000)
+    (other.root / "build" / "torchserve").mkdir(parents=True)
+    (other.root / "build" / "torchserve" / ".model_server.pid").write_text(str(ts.pid()))
+    env = {"TMPDIR": str(ts.root / "build" / "torchserve")}  # where the other server's TorchServe pid file is
+    r = other.sh("stop", env=env)
+    assert r.returncode == 0 and "not running" in r.stdout, (r.stdout, r.stderr)
+    r = other.sh("status", env=env)
+    assert r.returncode == 1 and "another server answers" in r.stderr, (r.stdout, r.stderr)
+    assert _alive(ts.pid()) and "READY" in ts.workers(), "the first clone's server survived"
+    r = ts.sh("status")
+    assert r.returncode == 0 and "READY" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_logs_are_info_and_each_line_once(ts, photo):
+    """After the requests above: no DEBUG lines in ts_log.log, no line written twice, and each request
+    adds little (TorchServe's built-in log4j2.xml: DEBUG, every line twice)."""
+    log = ts.logs / "ts_log.log"
+    before = log.stat().st_size
+    for _ in range(20):
+        post(ts, json={"neuron": 3})
+    per_request = (log.stat().st_size - before) / 20
+    lines = [x for x in log.read_text(errors="replace").splitlines() if re.match(r"\d{4}-\d\d-\d\dT", x)]
+    assert lines and not [x for x in lines if "[DEBUG]" in x]
+    twice = [a for a, b in zip(lines, lines[1:], strict=False) if a == b]
+    assert not twice, twice[:3]
+    assert per_request < 50, f"{per_request:.0f} bytes of ts_log.log per request"
+    assert (ts.logs / "access_log.log").stat().st_size > 0, "one line per request there"
