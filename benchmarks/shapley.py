@@ -1,7 +1,11 @@
 """Shapley estimator speed and agreement: HINT's vectorised estimator vs Captum's ShapleyValueSampling.
 
-Same classifier, same regions, same number of permutations. Uses a real concept classifier of a
-bank and real regions from the build cache when present, synthetic ones otherwise::
+Same classifier, same regions, same number of permutations M. Captum runs at its default
+``perturbations_per_eval=1`` and at every value of ``--ppe`` (up to D, one model call per
+permutation); the table shows the default and the fastest. Every timing is the median of ``--repeats``
+runs (at least 5); every run is appended to ``--log`` (docs/benchmarks-shapley.log), the file the
+figures in docs/benchmarks.md come from. Uses a real concept classifier of a bank and real regions from
+the build cache when present, synthetic ones otherwise::
 
     python benchmarks/shapley.py --bank model_store/hint-bank --concept dog --regions 256 --perms 16 64 256
 """
@@ -9,7 +13,11 @@ bank and real regions from the build cache when present, synthetic ones otherwis
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import os
+import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -44,14 +52,29 @@ def load_case(bank_dir: Path, concept: str, n: int, seed: int):
     return bank.weight[e], float(bank.bias[e]), bank.baseline, regions, f"{bank_dir.name}:{concept}"
 
 
+def timed(fn, repeats: int) -> tuple[float, list[float], object]:
+    """(median seconds, every run's seconds, the last result) of ``repeats`` calls of ``fn``."""
+    runs, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs), runs, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", type=Path, default=Path("model_store/hint-bank"))
     ap.add_argument("--concept", default="dog")
     ap.add_argument("--regions", type=int, default=256)
     ap.add_argument("--perms", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--repeats", type=int, default=5, help="timings are the median of this many runs (>= 5)")
+    ap.add_argument("--ppe", type=int, nargs="+", default=[4, 16, 0], help="Captum perturbations_per_eval (0: D)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log", type=Path, default=Path("docs/benchmarks-shapley.log"), help="append every run here")
     args = ap.parse_args()
+    if args.repeats < 5:
+        ap.error("--repeats must be at least 5")
     from captum.attr import ShapleyValueSampling
 
     case = load_case(args.bank, args.concept, args.regions, args.seed) if args.bank.exists() else None
@@ -62,25 +85,45 @@ def main() -> None:
                 "synthetic")  # fmt: skip
     w, b, base, regions, name = case
     est = NeuronShapley(w, b, base)
+    d = len(w)
 
     def forward(x):
         return torch.sigmoid(x @ w + b)
 
     svs = ShapleyValueSampling(forward)
-    print(f"case {name}: N={len(regions)} regions, D={len(w)} neurons, torch threads {torch.get_num_threads()}\n")
-    print("| permutations M | HINT estimator (s) | Captum ShapleyValueSampling (s) | speed-up | Spearman ρ (HINT vs Captum) | Spearman ρ (HINT M vs HINT 4096) |")
-    print("|---|---|---|---|---|---|")
+    head = (f"{datetime.datetime.now().isoformat(timespec='seconds')} case {name}: N={len(regions)} regions, "
+            f"D={d} neurons, {args.repeats} runs per timing, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads, {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+            f"{platform.processor() or platform.machine()}")  # fmt: skip
+    log = [head]
+    print(head + "\n")
+    print("| M | HINT (s) | Captum, perturbations_per_eval=1 (s) | Captum, fastest (s) | speed-up vs Captum "
+          "(default / fastest) | Spearman ρ HINT vs Captum | Spearman ρ HINT M vs HINT 4096 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     ref = est.attribute(regions, n_permutations=4096, seed=args.seed + 1).values
     for m in args.perms:
-        t = time.perf_counter()
-        ours = est.attribute(regions, n_permutations=m, seed=args.seed).values
-        t_ours = time.perf_counter() - t
-        t = time.perf_counter()
-        attr = svs.attribute(regions, baselines=base[None], n_samples=m, perturbations_per_eval=1)
-        t_cap = time.perf_counter() - t
-        theirs = attr.abs().mean(0).float()
-        print(f"| {m} | {t_ours:.3f} | {t_cap:.2f} | {t_cap / t_ours:.0f}× | {spearman(ours, theirs):.4f} | "
-              f"{spearman(ours, ref):.4f} |")  # fmt: skip
+        t_ours, r_ours, res = timed(lambda m=m: est.attribute(regions, n_permutations=m, seed=args.seed), args.repeats)
+        ours = res.values
+        captum = {}  # perturbations_per_eval -> (median, runs, attributions)
+        for ppe in dict.fromkeys([1, *(k or d for k in args.ppe)]):
+            captum[ppe] = timed(lambda m=m, ppe=ppe: svs.attribute(regions, baselines=base[None], n_samples=m,
+                                                                     perturbations_per_eval=ppe), args.repeats)  # fmt: skip
+        fastest = min(captum, key=lambda k: captum[k][0])
+        t_one, t_fast = captum[1][0], captum[fastest][0]
+        theirs = captum[1][2].abs().mean(0).float()
+        row = (f"| {m} | {t_ours:.3f} | {t_one:.2f} | {t_fast:.2f} (ppe={fastest}) | {t_one / t_ours:.0f}× / "
+               f"{t_fast / t_ours:.0f}× | {spearman(ours, theirs):.4f} | {spearman(ours, ref):.4f} |")  # fmt: skip
+        print(row, flush=True)
+        log.append(f"  M={m} hint: " + " ".join(f"{x:.4f}" for x in r_ours) + " s")
+        for ppe, (med, runs, _) in captum.items():
+            log.append(f"  M={m} captum perturbations_per_eval={ppe}: " + " ".join(f"{x:.4f}" for x in runs)
+                       + f" s (median {med:.4f})")  # fmt: skip
+        log.append("  " + row)
+    if args.log:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.log, "a") as fh:
+            fh.write("\n".join(log) + "\n\n")
+        print(f"\nruns appended to {args.log}")
 
 
 if __name__ == "__main__":

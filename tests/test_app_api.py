@@ -159,10 +159,12 @@ def test_uploads_that_are_not_images_get_the_apps_own_error(app, tmp_path):
     client, _ = app
     text = tmp_path / "notes.txt"
     text.write_text("hello, not an image")
-    huge = tmp_path / "huge.png"
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    huge = tmp_path / "huge.png"  # claims 30000 x 30000 pixels in a few bytes
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
-                     + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF))  # fmt: skip
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     for path, words in ((text, "notes.txt is not an image the service reads"), (huge, "900 megapixels")):
         out = client.predict(gradio_client.handle_file(str(path)), 0.5, api_name="/explain")
         assert "hint-error" in out[0] and words in out[0], out[0]

@@ -11,6 +11,7 @@ import base64
 import importlib
 import io
 import json
+import re
 import struct
 import zlib
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from handler_kit import (
+    BANK,
     REPO,
     SCHEMA,
     FakeContext,
@@ -514,3 +516,20 @@ def test_bare_handler(tmp_path, tabby_jpeg, tabby_result):
     assert set(doc) == {"prediction", "image", "model"} and len(doc["prediction"]) == 5
     assert doc["prediction"][0]["wnid"] == tabby_result["prediction"][0]["wnid"]
     assert doc["image"] == {"width": 451, "height": 300}
+
+
+# ------------------------------------------------------------------------------------------ docs
+
+
+def test_api_docs_list_every_status_and_no_stale_bank_id():
+    """docs/api.md's error table has every status the service sends (the handler's, and TorchServe's
+    507 Worker died, 503, 404), and any bank id it shows is the committed bank's."""
+    from hint.request import RequestError
+
+    text = (REPO / "docs" / "api.md").read_text()
+    table = text[text.index("## Errors") : text.index("## curl")]
+    listed = {int(code) for code in re.findall(r"^\| (\d{3}) \|", table, re.M)}
+    assert set(RequestError.TYPES) | {200, 404, 503, 507} <= listed, listed
+    assert "Worker died." in table
+    bank_id = json.loads((BANK / "manifest.json").read_text())["bank_id"]
+    assert all(found == bank_id for found in re.findall(r'"bank_id": "([0-9a-f]{12})"', text))

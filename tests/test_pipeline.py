@@ -68,8 +68,13 @@ def test_build_outputs(built, lite):
     assert names == CONCEPTS
     animal = bank.concepts[1]
     assert animal["path"][:2] == ["animal", "organism"] and animal["n_pos"] > 0
-    # the tabby images are the only animals: classifier must separate them from artifacts on held-out data
-    assert 0.0 <= animal["f1"] <= 1.0
+    # the tabby images are the only animals: the classifiers must separate their regions from the others
+    # on held-out data, clearly better than a trivial classifier calling every region positive (its F1
+    # is 2p / (1 + p) for a positive share p; about 0.4 for animal here, whose held-out F1 is about 0.9)
+    for c in bank.concepts:
+        n = c["n_pos"] + c["n_sibling"] + c["n_background"] + c.get("n_other", 0)
+        trivial = 2 * (c["n_pos"] / n) / (1 + c["n_pos"] / n)
+        assert c["f1"] >= max(0.75, trivial + 0.2, c.get("trivial_f1", 0) + 0.2), (c["name"], c["f1"], trivial)
     assert bank.meta["build"]["step1"]["images"] == 16
     assert bank.meta["build"]["step1"]["top1"] >= 0.5  # real weights recognise most of these photos
 
