@@ -568,19 +568,21 @@ class HintApp:
 def upload_image(**kw):
     """A ``gr.Image`` whose upload step never fails: a file PIL cannot open there (a text file, a
     decompression bomb) reaches the event handler as its path, and :func:`check_upload` says what is
-    wrong in the page's status line instead of Gradio's generic error."""
+    wrong in the page's status line instead of Gradio's generic error. (The instance's ``preprocess`` is
+    wrapped: a subclass of a Gradio component would make Gradio write a ``.pyi`` stub next to this file.)"""
     import gradio as gr
 
-    class UploadImage(gr.Image):
-        is_template = True  # the browser side is gr.Image's
+    image = gr.Image(**kw)
+    preprocess = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:  # noqa: BLE001 - checked, with a readable message, by the handler
-                return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except Exception:  # noqa: BLE001 - checked, with a readable message, by the event handler
+            return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
 
-    return UploadImage(**kw)
+    image.preprocess = tolerant
+    return image
 
 
 CSS = """
