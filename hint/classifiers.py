@@ -43,6 +43,33 @@ def prf(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor, l2: float = 1e-3, max_iter: int = 100
+) -> tuple[torch.Tensor, float]:
+    """Weighted L2 logistic regression on standardised inputs: minimises
+    Σ w_i BCE(σ(xα + b), y_i) / Σ w_i + l2 |α_std|² by L-BFGS (strong Wolfe line search; the problem is
+    convex, so the optimum does not depend on the solver). Returns (α, b) for the raw inputs."""
+    x = x.float()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = (x - mu) / sd
+    y = y.float()
+    sw = (sample_weight.float() / sample_weight.sum()).to(x.device)
+    w = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
+    b = torch.zeros((), device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure():
+        opt.zero_grad()
+        z = xs @ w + b
+        loss = (sw * (torch.nn.functional.softplus(z) - y * z)).sum() + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (w / sd).cpu(), float((b - (w * mu / sd).sum()).cpu())
+
+
 def train_classifier(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -51,40 +78,33 @@ def train_classifier(
     test_fraction: float = 0.2,
     seed: int = 0,
     l2: float = 1e-3,
-    max_iter: int = 200,
+    max_iter: int = 50,
     device: str | torch.device = "cpu",
+    sample_weight: torch.Tensor | None = None,
+    test: torch.Tensor | None = None,
 ) -> ClassifierFit:
-    """Class-balanced L2 logistic regression (L-BFGS on standardised inputs), held-out metrics.
+    """L2 logistic regression (:func:`fit_logistic`), held-out region precision / recall / F1 at 0.5.
 
-    ``neurons`` restricts the classifier to those input dimensions (the faithfulness test and the
-    "(x%)" variants); the returned weight is still (D,), zero elsewhere.
+    ``sample_weight`` (n,) weighs the loss (the sample shares of :func:`hint.concepts.concept_samples`);
+    without it positives and negatives weigh the same in total. ``test`` (n,) bool marks the held-out
+    regions (default: a seeded ``test_fraction`` of the images, :func:`split_by_image`); ``test_fraction``
+    0 trains on everything. ``neurons`` restricts the classifier to those input dimensions (the
+    faithfulness test and the "(x%)" variants); the returned weight is still (D,), zero elsewhere.
     """
     d = x.shape[1]
     cols = torch.arange(d) if neurons is None else torch.as_tensor(neurons).long()
-    test = split_by_image(image, y, test_fraction, seed)
-    xt, yt = x[~test][:, cols].to(device).float(), y[~test].to(device).float()
+    if test is None:
+        test = split_by_image(image, y, test_fraction, seed) if test_fraction > 0 else torch.zeros(len(y), dtype=torch.bool)
+    train = ~test
+    yt = y[train]
     if yt.numel() == 0 or yt.min() == yt.max():
         raise ValueError("training data needs both positive and negative regions")
-    mu, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
-    xs = (xt - mu) / sd
-    n_pos = yt.sum()
-    pos_weight = (len(yt) - n_pos) / n_pos
-    torch.manual_seed(seed)
-    w = torch.zeros(len(cols), device=device, requires_grad=True)
-    b = torch.zeros((), device=device, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(xs @ w + b, yt) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        w_raw = (w / sd).cpu()
-        b_raw = float((b - (w * mu / sd).sum()).cpu())
+    if sample_weight is None:
+        pos = yt > 0.5
+        sw = torch.where(pos, 1.0 / pos.sum(), 1.0 / (~pos).sum())
+    else:
+        sw = sample_weight[train]
+    w_raw, b_raw = fit_logistic(x[train][:, cols].to(device), yt.to(device), sw.to(device), l2=l2, max_iter=max_iter)
     weight = torch.zeros(d)
     weight[cols] = w_raw
     if test.any():
@@ -92,4 +112,4 @@ def train_classifier(
         p, r, f1 = prf(pred, y[test])
     else:
         p = r = f1 = float("nan")
-    return ClassifierFit(weight, b_raw, p, r, f1, int((~test).sum()), int(test.sum()))
+    return ClassifierFit(weight, b_raw, p, r, f1, int(train.sum()), int(test.sum()))

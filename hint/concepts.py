@@ -44,17 +44,46 @@ class RegionTable:
     def dim(self) -> int:
         return self.features.shape[1]
 
+    def rows_of(self, images: torch.Tensor) -> torch.Tensor:
+        """Row indices (sorted) of the given image indices (sorted); rows of one image are contiguous
+        and images appear in increasing order, as step 1 writes them."""
+        if getattr(self, "_start", None) is None:
+            counts = torch.bincount(self.image, minlength=len(self.label))
+            self._start = torch.cumsum(counts, 0) - counts
+            self._count = counts
+        if len(images) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        start, count = self._start[images], self._count[images]
+        offsets = torch.arange(int(count.sum())) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        return torch.repeat_interleave(start, count) + offsets
+
+
+#: Loss-weight shares of the negatives, each relative to the positives' total weight 1 (documented in
+#: docs/concepts.md): WordNet siblings (foreground regions of images under the group parent but not
+#: under the concept), background b* (positions outside the responsible regions), and "others"
+#: (foreground regions of images outside the group parent), which keeps a probe quiet on images of
+#: unrelated branches (a goldfinch for ``ungulate``). A share with no regions is given to the others.
+SHARES = {"sibling": 0.5, "background": 0.25, "other": 0.25}
+#: ``ConceptSamples.kind`` codes
+KIND = {"positive": 0, "sibling": 1, "background": 2, "other": 3}
+#: Data-sufficiency rule: a candidate is built when this many images and responsible regions lie under it.
+MIN_IMAGES = 3
+MIN_REGIONS = 24
+
 
 @dataclass
 class ConceptSamples:
     wnid: str
     parent: str  # nearest selected ancestor (the sibling group)
     x: torch.Tensor  # (n, D) float32
-    y: torch.Tensor  # (n,) 1 = concept region, 0 = sibling region or background
+    y: torch.Tensor  # (n,) 1 = concept region, 0 = sibling, background or other region
     image: torch.Tensor  # (n,) image index (for image-level splits)
     n_pos: int
     n_sibling: int
     n_background: int
+    n_other: int = 0
+    weight: torch.Tensor | None = None  # (n,) loss weights: positives sum to 1, each negative share to SHARES
+    kind: torch.Tensor | None = None  # (n,) KIND codes
 
 
 def concept_samples(
@@ -64,26 +93,111 @@ def concept_samples(
     hierarchy: Hierarchy,
     max_positives: int = 4000,
     seed: int = 0,
+    shares: dict[str, float] | None = None,
+    images: torch.Tensor | None = None,
 ) -> ConceptSamples:
-    """Positives: regions of images whose class lies under ``wnid``. Negatives: regions of images under
-    the group ``parent`` but not under ``wnid`` (the siblings), plus as many sampled background positions."""
+    """Positives: responsible regions of images whose class lies under ``wnid``. Negatives, each drawn up
+    to the number of positives and weighted to its share of ``shares`` (default :data:`SHARES`): sibling
+    regions (images under ``parent`` but not ``wnid``), background b* (non-responsible positions of images
+    under ``parent``) and other regions (images outside ``parent``). ``images`` (bool, per image) limits
+    the draw to those images (cross-validation folds)."""
+    shares = dict(SHARES if shares is None else shares)
     gen = torch.Generator().manual_seed(seed)
     leaves = torch.tensor(hierarchy[wnid].leaves)
     scope = torch.tensor(hierarchy[parent].leaves)
     img_in = torch.isin(table.label, leaves)
-    img_scope = torch.isin(table.label, scope) & ~img_in
+    img_scope = torch.isin(table.label, scope)
+    img_known = table.label >= 0
+    if images is not None:
+        img_known = img_known & images
     fg = table.foreground
-    pos = torch.nonzero(fg & img_in[table.image]).flatten()
-    sib = torch.nonzero(fg & img_scope[table.image]).flatten()
-    bg = torch.nonzero(~fg).flatten()
-    pos = _take(pos, max_positives, gen)
-    sib = _take(sib, len(pos), gen)
-    bg = _take(bg, len(pos), gen)
-    idx = torch.cat([pos, sib, bg])
-    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(sib) + len(bg))])
+    ids_in = torch.nonzero(img_known & img_in).flatten()
+    ids_sib = torch.nonzero(img_known & img_scope & ~img_in).flatten()
+    ids_other = torch.nonzero(img_known & ~img_scope).flatten()
+    rows_in, rows_sib = table.rows_of(ids_in), table.rows_of(ids_sib)
+    rows_other = table.rows_of(ids_other)
+    rows_scope = torch.cat([rows_in, rows_sib]).sort().values
+    pos = _take(rows_in[fg[rows_in]], max_positives, gen)
+    n = len(pos)
+    groups = {
+        "sibling": rows_sib[fg[rows_sib]],
+        "background": rows_scope[~fg[rows_scope]],
+        "other": rows_other[fg[rows_other]],
+    }
+    groups = {k: _take(v, n, gen) for k, v in groups.items()}
+    empty = [k for k, v in groups.items() if len(v) == 0 or shares.get(k, 0) <= 0]
+    spare = sum(shares.get(k, 0.0) for k in empty)
+    live = [k for k in groups if k not in empty]
+    total_live = sum(shares[k] for k in live)
+    idx, y, wt, kind = [pos], [torch.ones(n)], [torch.full((n,), 1.0 / max(n, 1))], [torch.zeros(n, dtype=torch.long)]
+    for k in ("sibling", "background", "other"):
+        code = KIND[k]
+        g = groups[k] if k in live else groups[k][:0]
+        share = shares[k] * (1 + spare / total_live) if k in live else 0.0
+        idx.append(g)
+        y.append(torch.zeros(len(g)))
+        wt.append(torch.full((len(g),), share / max(len(g), 1)))
+        kind.append(torch.full((len(g),), code, dtype=torch.long))
+    all_idx = torch.cat(idx)
     return ConceptSamples(
-        wnid, parent, table.features[idx].float(), y, table.image[idx], len(pos), len(sib), len(bg)
-    )
+        wnid, parent, table.features[all_idx].float(), torch.cat(y), table.image[all_idx], n,
+        len(idx[1]), len(idx[2]), len(idx[3]), torch.cat(wt), torch.cat(kind),
+    )  # fmt: skip
+
+
+def candidate_concepts(hierarchy: Hierarchy, min_classes: int = 2) -> list[str]:
+    """Every concept with at least ``min_classes`` ImageNet classes under it and fewer than all of them
+    (``entity`` and its one-child chain have no negatives), most general first."""
+    n = len(hierarchy.classes)
+    cands = [c for c in hierarchy if min_classes <= len(c.leaves) < n]
+    return [c.wnid for c in sorted(cands, key=lambda c: (c.depth, -len(c.leaves), c.wnid))]
+
+
+def select_concepts(
+    hierarchy: Hierarchy,
+    labels: torch.Tensor,
+    foreground_per_image: torch.Tensor,
+    prefer: list[str] | tuple[str, ...] = (),
+    min_images: int = MIN_IMAGES,
+    min_regions: int = MIN_REGIONS,
+    candidates: list[str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The data-sufficiency rule over ``candidates`` (default: :func:`candidate_concepts`).
+
+    ``labels`` (I,) is each image's class (-1 unreadable), ``foreground_per_image`` (I,) its number of
+    responsible positions. Candidates with the same classes as another are built once (the one named
+    in ``prefer``, else the most general) and the rest are its aliases. A concept is built when at least
+    ``min_images`` images and ``min_regions`` responsible regions lie under it. Returns the built WNIDs
+    (most general first) and a status for every candidate: ``"built"``, ``"alias of WNID"``, or
+    ``"too few images: n"`` / ``"too few regions: n"``.
+    """
+    h = hierarchy
+    cands = candidate_concepts(h) if candidates is None else list(candidates)
+    pref = [h.find(p).wnid for p in prefer]
+    ok = labels >= 0
+    counts = torch.bincount(labels[ok], minlength=len(h.classes))
+    fg = torch.zeros(len(h.classes), dtype=torch.long).index_add_(0, labels[ok], foreground_per_image[ok].long())
+    by_set: dict[frozenset, list[str]] = {}
+    for w in cands:
+        by_set.setdefault(frozenset(h[w].leaves), []).append(w)
+    status: dict[str, str] = {}
+    built = []
+    for w in cands:
+        same = by_set[frozenset(h[w].leaves)]
+        head = next((p for p in pref if p in same), same[0])
+        if w != head:
+            status[w] = f"alias of {head}"
+            continue
+        leaves = torch.tensor(h[w].leaves)
+        n_img, n_reg = int(counts[leaves].sum()), int(fg[leaves].sum())
+        if n_img < min_images:
+            status[w] = f"too few images: {n_img}"
+        elif n_reg < min_regions:
+            status[w] = f"too few regions: {n_reg}"
+        else:
+            status[w] = "built"
+            built.append(w)
+    return built, status
 
 
 def _take(idx: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

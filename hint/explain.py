@@ -18,6 +18,7 @@ from .backbones import Backbone
 from .bank import ConceptBank
 from .hierarchy import Hierarchy
 from .localization import box_from_map
+from .presence import pool
 
 
 class Explainer:
@@ -57,12 +58,40 @@ class Explainer:
         self._top_level = self._chain_top()
         # per-request constants, computed once (speed: the handler calls _one for every image)
         self._row = {w: i for i, w in enumerate(bank.wnids)}
+        for i, c in enumerate(bank.concepts):  # concepts with the same classes as a built one
+            for a in c.get("aliases", []):
+                self._row.setdefault(a, i)
+        self._thr = [float(c.get("threshold", 0.5)) for c in bank.concepts]
+        self._veto = [float(c.get("veto_threshold", c.get("threshold", 0.5))) for c in bank.concepts]
+        self._reliable = [bool(c.get("reliable", True)) for c in bank.concepts]
+        self._leafmat = torch.zeros(len(bank.concepts), len(self.h.classes), device=self.device)
+        for i, w in enumerate(bank.wnids):
+            self._leafmat[i, list(self.h[w].leaves)] = 1.0
         self._parent_row = [self._row.get(c.get("parent", "")) for c in bank.concepts]
         self._by_depth = sorted(range(len(bank.concepts)), key=lambda r: self.h[bank.wnids[r]].depth)
         self._phi_se = bank.phi_se.to(self.device)
         self._tops: dict[tuple[int, int], tuple] = {}
         self._leaf_idx: dict[str, torch.Tensor] = {}
         self._paths: dict[int, list[str]] = {}
+
+    @classmethod
+    def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
+                  weights: str | None = None) -> Explainer:  # fmt: skip
+        """Load a bank folder (sha256 checked) and the backbone it names; BankError / ValueError with
+        one readable line when they do not fit."""
+        from .backbones import get_backbone
+        from .bank import BankError
+
+        bank = ConceptBank.load(folder)
+        name, layer = bank.meta.get("backbone"), bank.meta.get("layer")
+        if not name or not layer:
+            raise BankError(f"{folder}/manifest.json names no backbone/layer")
+        backbone = get_backbone(name, layer, weights)
+        want, have = bank.meta.get("weights_sha256"), backbone.weights_sha256
+        if want and have and want != have:
+            raise BankError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
+        bank.check_backbone(backbone.name, backbone.layer, int(bank.weight.shape[1]))
+        return cls(backbone, bank, device=device, fast=fast, box_grid=box_grid)
 
     def _keep(self, module, inputs, output):
         self._z = output.detach()
@@ -76,10 +105,28 @@ class Explainer:
     @torch.no_grad()
     def forward(self, images: list[Image.Image], ablate: list[int] | None = None):
         """(class probabilities (N, 1000), concept maps (N, E, h, w), activations z (N, D, h, w))."""
-        x = self.backbone.preprocess(images).to(self.device)
-        logits = self.model(x)
+        return self.forward_tensor(self.backbone.preprocess(images), ablate)
+
+    @torch.no_grad()
+    def forward_tensor(self, x: torch.Tensor, ablate: list[int] | None = None):
+        """:meth:`forward` on an already preprocessed batch x (N, 3, H, W)."""
+        logits = self.model(x.to(self.device))
         maps, z = self.concept_maps(self._z.float(), ablate)
         return F.softmax(logits.float(), dim=1), maps, z
+
+    @torch.no_grad()
+    def presence_arrays(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image and bank concept (N, E): probe ``score``, ``model_probability``, ``probe_present``
+        (score >= calibrated threshold) and the served ``present``; ``top1`` (N,) the predicted class."""
+        probs, maps, _ = self.forward_tensor(x)
+        scores = pool(maps).cpu()
+        model_p = (probs.float() @ self._leafmat.T).cpu()
+        present = torch.tensor([self.presence(s, m) for s, m in zip(scores.tolist(), model_p.tolist(), strict=True)])
+        thr = torch.tensor(self._thr)
+        return {
+            "score": scores, "model_probability": model_p, "probe_present": scores >= thr, "present": present,
+            "top1": probs.argmax(1).cpu(),
+        }  # fmt: skip
 
     @torch.no_grad()
     def concept_maps(self, z: torch.Tensor, ablate: list[int] | None = None):
@@ -106,7 +153,7 @@ class Explainer:
         for n in ablate or []:
             if not 0 <= n < self.channels:
                 raise ValueError(f"ablate: neuron {n} out of range 0..{self.channels - 1}")
-        rows = self.rows(concepts)
+        rows = None if concepts is None else self.rows(concepts)
         probs, maps, z = self.forward(images, ablate)
         return [
             self.describe(im.size, probs[i], maps[i], z[i], rows, top_k, threshold, return_maps, ablate, topk_classes)
@@ -117,26 +164,36 @@ class Explainer:
         self, size, probs, maps, z, rows, top_k=5, threshold=0.5, return_maps=False, ablate=None, topk_classes=5
     ) -> dict:
         """One image's JSON-ready dict from its ``forward`` / ``concept_maps`` outputs (``size`` = (W, H)
-        of the original image, ``rows`` from :meth:`rows`); what ``explain`` returns per image."""
+        of the original image, ``rows`` from :meth:`rows`, or None for :meth:`relevant` rows); what
+        ``explain`` returns per image."""
         out = self._one(size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes)
         out["model"]["ablated"] = sorted(set(ablate or []))
         return out
 
-    def presence(self, scores: list[float], threshold: float) -> list[bool]:
-        """HINT reads concepts down the hierarchy: a concept is present when its score passes the
-        threshold *and* its group parent in the bank (the concept its classifier was trained under,
-        e.g. mammal for carnivore) is present; a classifier only separates a concept from its siblings."""
-        present = [False] * len(scores)
-        for r in self._by_depth:
-            parent = self._parent_row[r]
-            present[r] = scores[r] >= threshold and (parent is None or present[parent])
-        return present
+    def presence(self, scores: list[float], model_probability: list[float]) -> list[bool]:
+        """The served ``present`` (docs/concepts.md): the concept is reliable, the model's summed softmax
+        over its classes is at least 0.5 (a parent's sum is never below its child's, so the answer reads
+        consistently down the hierarchy), and its probe's image score reaches the probe's veto threshold
+        (calibrated to keep 98 % of the held-out bank images that show the concept): the hidden layer
+        shows evidence of it."""
+        return [
+            rel and p >= 0.5 and s >= v
+            for rel, p, s, v in zip(self._reliable, model_probability, scores, self._veto, strict=True)
+        ]
+
+    def relevant(self, cls: int, present: list[bool]) -> list[int]:
+        """The rows a response lists by default: the bank's concepts on the predicted class's WordNet
+        path and every concept marked present, most general first."""
+        if cls not in self._paths:
+            self._paths[cls] = self.h.path(self.h.classes[cls])
+        on_path = {self._row[w] for w in self._paths[cls] if w in self._row}
+        return [r for r in self._by_depth if r in on_path or present[r]]
 
     def rows(self, concepts: list[str] | None = None) -> list[int]:
         """Bank rows of the given WNIDs (all concepts when None or empty); KeyError for one not in the bank."""
         if not concepts:
             return list(range(len(self.bank.concepts)))
-        return [self._row[w] if w in self._row else self.bank.index(w) for w in concepts]
+        return list(dict.fromkeys(self._row[w] if w in self._row else self.bank.index(w) for w in concepts))
 
     def _top(self, r: int, k: int) -> tuple:
         """Per (row, k) constants, memoised (the bank does not change): bank.top_neurons, their indices,
@@ -165,25 +222,25 @@ class Explainer:
             for v, k in zip(p.tolist(), idx.tolist(), strict=True)
         ]
         maps_np = maps.cpu().numpy()
-        maxima = maps_np.reshape(maps_np.shape[0], -1).max(1).tolist()
-        present = self.presence(maxima, threshold)
+        scores = pool(maps).tolist()
+        model_p = (self._leafmat @ probs.float()).tolist()
+        present = self.presence(scores, model_p)
+        if rows is None:
+            rows = self.relevant(int(idx[0]), present)
+        # where the concept lies: its map relative to its own maximum, cells >= threshold (never empty)
+        rel = maps_np / np.maximum(maps_np.reshape(len(maps_np), -1).max(1), 1e-12)[:, None, None]
         if self.fast:
-            boxes = _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, self.box_grid)
-            acts_all = _region_means(maps_np, z, rows, maxima, threshold)
+            boxes = _boxes_on_grid(rel, rows, present, width, height, threshold, self.box_grid)
+            acts_all = _region_means(rel, z, rows, threshold)
         concepts = []
         for j, r in enumerate(rows):
-            m = maps_np[r]
-            score = maxima[r]
             top, nidx, w, b, se, fixed = self._top(r, top_k)
             if self.fast:
                 box, frac = boxes[j]
                 a = acts_all[j, nidx.cpu().numpy()]
             else:
-                box, frac = box_from_map(m, width, height, threshold)
-                if score >= threshold:  # this image's activation of the top neurons over the concept's region
-                    act = z[nidx][:, torch.from_numpy(m >= threshold).to(z.device)].mean(1)
-                else:
-                    act = z[nidx].flatten(1).mean(1)
+                box, frac = box_from_map(rel[r], width, height, threshold) if present[r] else (None, 0.0)
+                act = z[nidx][:, torch.from_numpy(rel[r] >= threshold).to(z.device)].mean(1)
                 a = act.cpu().numpy()
             acts, contrib = a.tolist(), (w * (a - b)).tolist()  # float32 ops, as torch does them
             neurons = [
@@ -192,15 +249,17 @@ class Explainer:
                 for i, (n, v) in enumerate(top)
             ]  # fmt: skip
             entry = {
-                **fixed, "score": round(score, 5), "present": present[r],
-                "box": box if present[r] else None, "area_fraction": round(frac, 5), "neurons": neurons,
+                **fixed, "score": round(scores[r], 5), "threshold": round(self._thr[r], 5),
+                "probe_present": scores[r] >= self._thr[r], "model_probability": round(model_p[r], 5),
+                "reliable": self._reliable[r], "present": present[r], "box": box,
+                "area_fraction": round(frac, 5), "neurons": neurons,
             }  # fmt: skip
             if return_maps:
-                entry["map"] = np.round(m, 4).tolist()
+                entry["map"] = np.round(maps_np[r], 4).tolist()
             concepts.append(entry)
         return {
             "prediction": prediction,
-            "chain": self.chain(int(idx[0]), probs, maps_np),
+            "chain": self.chain(int(idx[0]), probs, scores),
             "concepts": concepts,
             "image": {"width": width, "height": height},
             "map_size": list(maps_np.shape[1:]),
@@ -211,7 +270,7 @@ class Explainer:
             },  # fmt: skip
         }
 
-    def chain(self, cls: int, probs: torch.Tensor, maps_np: np.ndarray) -> list[dict]:
+    def chain(self, cls: int, probs: torch.Tensor, scores: list[float]) -> list[dict]:
         """The predicted class's WordNet path up to the bank's top concept, each level with its
         hierarchical probability (sum over its leaf classes) and, where the bank has it, concept score."""
         out = []
@@ -223,7 +282,7 @@ class Explainer:
             prob = round(float(probs[self._leaf_idx[w]].sum()), 5)
             level = {"wnid": w, "name": self.h[w].name, "probability": prob}
             if w in self._row:
-                level["score"] = round(float(maps_np[self._row[w]].max()), 5)
+                level["score"] = round(scores[self._row[w]], 5)
             out.append(level)
             if w == self._top_level:
                 break
@@ -243,14 +302,17 @@ class Explainer:
         }
 
 
-def _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, grid):
-    """``fast`` boxes: (box in image pixels | None, area fraction) per row, from each map upsampled to
-    at most ``grid`` pixels a side, the box scaled back to the image."""
+def _boxes_on_grid(rel, rows, present, width, height, threshold, grid):
+    """``fast`` boxes: (box in image pixels, area fraction) per row of a present concept ((None, 0.0)
+    otherwise), from each relative map upsampled to at most ``grid`` pixels a side, the box scaled back."""
     gw, gh = min(width, grid), min(height, grid)
     out: list[tuple[list[int] | None, float]] = []
     sx, sy = width / gw, height / gh
     for r in rows:
-        box, frac = box_from_map(maps_np[r], gw, gh, threshold)
+        if not present[r]:
+            out.append((None, 0.0))
+            continue
+        box, frac = box_from_map(rel[r], gw, gh, threshold)
         if box is not None and (gw, gh) != (width, height):
             box = [
                 int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),
@@ -260,12 +322,10 @@ def _boxes_on_grid(maps_np, rows, maxima, width, height, threshold, grid):
     return out
 
 
-def _region_means(maps_np, z, rows, maxima, threshold) -> np.ndarray:
-    """``fast`` activations: (len(rows), D) mean of z over each concept's region (cells of its map
-    >= threshold; every cell when the concept is absent), as one matrix product (in torch, which keeps
-    to its thread setting; numpy's BLAS would wake its own thread pool for this tiny product)."""
+def _region_means(rel, z, rows, threshold) -> np.ndarray:
+    """``fast`` activations: (len(rows), D) mean of z over each concept's region (cells of its relative
+    map >= threshold, never empty), as one matrix product (in torch, which keeps to its thread setting;
+    numpy's BLAS would wake its own thread pool for this tiny product)."""
     zf = z.detach().float().cpu().reshape(z.shape[0], -1)  # (D, h*w)
-    masks = torch.from_numpy((maps_np[rows].reshape(len(rows), -1) >= threshold).astype(np.float32))
-    absent = torch.tensor([maxima[r] < threshold for r in rows], dtype=torch.bool)
-    masks[absent] = 1.0
-    return (masks @ zf.T / masks.sum(1, keepdim=True)).numpy()
+    masks = torch.from_numpy((rel[rows].reshape(len(rows), -1) >= threshold).astype(np.float32))
+    return (masks @ zf.T / masks.sum(1, keepdim=True).clamp_min(1.0)).numpy()

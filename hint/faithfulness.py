@@ -38,7 +38,7 @@ def top_k_f1(
     for e, s in enumerate(sets):
 
         def fit(neurons: torch.Tensor | None, s: ConceptSamples = s) -> ClassifierFit:
-            return train_classifier(s.x, s.y, s.image, neurons=neurons, seed=seed, **train_kw)
+            return train_classifier(s.x, s.y, s.image, neurons=neurons, seed=seed, sample_weight=s.weight, **train_kw)
 
         out["all"].append(fit(None).f1)
         for rule in ("shapley", "weight"):

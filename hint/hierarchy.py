@@ -51,6 +51,7 @@ class Hierarchy:
             )
             for w, s in data["synsets"].items()
         }
+        self._above: dict[str, frozenset[str]] = {}  # ancestors, memoised by is_ancestor
         self._by_name: dict[str, list[str]] = {}
         for c in self._synsets.values():
             for n in {c.name, *c.lemmas}:
@@ -119,7 +120,9 @@ class Hierarchy:
         return chain
 
     def is_ancestor(self, ancestor: str, wnid: str) -> bool:
-        return ancestor == wnid or ancestor in self.ancestors(wnid)
+        if wnid not in self._above:
+            self._above[wnid] = frozenset(self.ancestors(wnid))
+        return ancestor == wnid or ancestor in self._above[wnid]
 
     def leaves(self, wnid: str) -> list[int]:
         """Class indices of the ImageNet classes under ``wnid`` (itself included when a class)."""

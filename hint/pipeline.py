@@ -6,6 +6,7 @@ rerun after a kill skips the finished steps. Step 1 can be sharded over ``torchr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,11 +21,19 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, presence
 from .backbones import Backbone
 from .bank import ConceptBank
-from .classifiers import ClassifierFit, train_classifier
-from .concepts import ConceptSamples, RegionTable, concept_samples
+from .classifiers import ClassifierFit, fit_logistic
+from .concepts import (
+    DEFAULT_CONCEPTS,
+    KIND,
+    SHARES,
+    ConceptSamples,
+    RegionTable,
+    concept_samples,
+    select_concepts,
+)
 from .datasets import ImageDataset, Sample
 from .faithfulness import top_k_f1
 from .hierarchy import Hierarchy
@@ -34,7 +43,7 @@ from .shapley import NeuronShapley
 log = logging.getLogger("hint.pipeline")
 
 #: Bumped when a step's algorithm changes, so that cached outputs of older code are not reused.
-STEP_REVISION = {"regions": 2, "classifiers": 2, "shapley": 2}
+STEP_REVISION = {"regions": 2, "classifiers": 4, "shapley": 3}
 
 
 @dataclass
@@ -43,12 +52,15 @@ class BuildConfig:
     threshold: float = 0.5
     quantile: float = 0.99
     batch_size: int = 32
-    max_positives: int = 4000
-    test_fraction: float = 0.2
+    max_positives: int = 2000
+    test_fraction: float = 0.2  # the faithfulness test's held-out images
+    folds: int = 5  # cross-validation folds (by image): held-out region F1, image thresholds, reliability
+    min_images: int = 3  # data-sufficiency rule (hint.concepts.select_concepts)
+    min_regions: int = 24
     l2: float = 1e-3
     baseline: str = "auto"  # auto: zero after a ReLU, else the channel mean; or "zero" / "mean"
     permutations: int = 256
-    shapley_regions: int = 1024
+    shapley_regions: int = 512
     top_k: int = 20
     patience: int = 0  # >0: stop Shapley early once the top-k set is stable this many chunks
     seed: int = 0
@@ -171,25 +183,53 @@ def baseline_for(table: RegionTable, backbone: Backbone, mode: str) -> torch.Ten
     raise ValueError(f"unknown baseline {mode!r}: use auto, zero or mean")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads. Step 2 is many small tensor operations, where a second
+    thread only adds synchronisation: one thread is 10× faster when other processes share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_concepts(
     table: RegionTable,
     wnids: list[str],
     hierarchy: Hierarchy,
     cfg: BuildConfig,
     progress: bool = True,
-) -> tuple[list[ClassifierFit], list[ConceptSamples]]:
-    """Step 2: one classifier per concept, against its sibling group and background."""
-    fits, sets = [], []
-    for w in tqdm(wnids, desc="step 2: classifiers", disable=not progress):
-        s = _samples_for(table, w, hierarchy, wnids, cfg)
-        if s.n_pos == 0:
-            raise ValueError(f"concept {w} ({hierarchy[w].name}) has no images in the data")
-        fits.append(
-            train_classifier(s.x, s.y, s.image, test_fraction=cfg.test_fraction, seed=cfg.seed, l2=cfg.l2,
-                             device=cfg.device)
-        )  # fmt: skip
-        sets.append(s)
-    return fits, sets
+) -> tuple[list[ClassifierFit], list[ConceptSamples], dict]:
+    """Step 2: one probe per concept (against its siblings, background and other regions, see
+    :func:`hint.concepts.concept_samples`), trained on every image; its held-out region precision /
+    recall / F1, image threshold and reliability come from ``cfg.folds``-fold cross-validation by image
+    (:mod:`hint.presence`). Returns the fits, the samples, and ``{"scores", "fold", "metrics"}``."""
+    parents = [hierarchy.group_parent(w, wnids) for w in wnids]
+
+    def fit(s: ConceptSamples) -> tuple[torch.Tensor, float]:
+        return fit_logistic(s.x.to(cfg.device), s.y.to(cfg.device), s.weight.to(cfg.device), l2=cfg.l2)
+
+    with torch_threads(1):
+        cv = presence.cross_validate(table, wnids, parents, hierarchy, fit, cfg.folds, cfg.seed, progress)
+        fits, sets, metrics = [], [], []
+        for e, w in enumerate(tqdm(wnids, desc="step 2: classifiers", disable=not progress)):
+            s = concept_samples(table, w, parents[e], hierarchy, cfg.max_positives, cfg.seed)
+            if s.n_pos == 0:
+                raise ValueError(f"concept {w} ({hierarchy[w].name}) has no images in the data")
+            weight, bias = fit(s)
+            counts = cv["counts"][e]
+            tp, fp, fn = counts.tp.sum(), counts.fp.sum(), counts.fn.sum()
+            m = {
+                "precision": round(float(tp / max(tp + fp, 1)), 4),
+                "recall": round(float(tp / max(tp + fn, 1)), 4),
+                **presence.region_quality(counts, cfg.seed),
+            }
+            fits.append(ClassifierFit(weight, bias, m["precision"], m["recall"], m["f1"], len(s.y), int(counts.n.sum())))
+            sets.append(s)
+            metrics.append(m)
+        return fits, sets, {"scores": cv["scores"], "fold": cv["fold"], "metrics": metrics}
 
 
 def shapley_tables(
@@ -199,13 +239,13 @@ def shapley_tables(
     cfg: BuildConfig,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 3: φ (E, D), standard errors (E, D) and permutations used (E,), over each concept's regions."""
+    """Step 3: φ (E, D), standard errors (E, D) and permutations used (E,) over each concept's regions
+    r_E ∪ r_b* (its responsible regions and its background sample, as the paper's formula sums them;
+    at most ``cfg.shapley_regions``, drawn in proportion)."""
     phi, se, used = [], [], []
     gen = torch.Generator().manual_seed(cfg.seed)
     for fit, s in tqdm(list(zip(fits, sets, strict=True)), desc="step 3: Shapley", disable=not progress):
-        regions = s.x[s.y > 0.5]
-        if len(regions) > cfg.shapley_regions:
-            regions = regions[torch.randperm(len(regions), generator=gen)[: cfg.shapley_regions]]
+        regions = shapley_regions(s, cfg.shapley_regions, gen)
         res = NeuronShapley(fit.weight, fit.bias, baseline).attribute(
             regions.to(cfg.device), n_permutations=cfg.permutations, seed=cfg.seed,
             top_k=cfg.top_k if cfg.patience else None, patience=cfg.patience,
@@ -216,46 +256,97 @@ def shapley_tables(
     return torch.stack(phi), torch.stack(se), torch.tensor(used)
 
 
+def shapley_regions(s: ConceptSamples, limit: int, gen: torch.Generator) -> torch.Tensor:
+    """r_E ∪ r_b*: the concept's positive and background regions, at most ``limit`` of them."""
+    keep = (s.kind == KIND["positive"]) | (s.kind == KIND["background"])
+    regions = s.x[keep]
+    if len(regions) > limit:
+        regions = regions[torch.randperm(len(regions), generator=gen)[:limit].sort().values]
+    return regions
+
+
+def cached_regions(
+    backbone: Backbone,
+    samples: list[Sample],
+    cfg: BuildConfig,
+    cache_dir: Path,
+    progress: bool = True,
+    on_step: Callable[[str, bool], None] | None = None,
+) -> tuple[RegionTable | None, dict, str]:
+    """Step 1, read from ``cache_dir`` when an identical run finished before: (table, stats, cache key).
+    Under torchrun the ranks shard the images; ranks > 0 get ``(None, {}, key)``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    k1 = _key(
+        "regions", STEP_REVISION["regions"], backbone.name, backbone.layer, backbone.weights_sha256, samples_key(samples),
+        cfg.params("method", "threshold", "quantile"),
+    )  # fmt: skip
+    p1 = cache_dir / f"regions-{k1}.safetensors"
+    rank, world = _dist()
+    if p1.exists():
+        table, stats = load_table(p1)
+        _note(on_step, "regions", True)
+        return table, stats, k1
+    if world > 1:
+        table, stats = _sharded_regions(backbone, samples, cfg, cache_dir, k1, rank, world, progress)
+        if rank != 0:
+            return None, {}, k1
+    else:
+        table, stats = extract_regions(backbone, samples, cfg, progress)
+    save_table(table, p1, stats)
+    _note(on_step, "regions", False)
+    return table, stats, k1
+
+
 def build(
     backbone: Backbone,
     samples: list[Sample],
-    wnids: list[str],
+    wnids: list[str] | None,
     cfg: BuildConfig,
     cache_dir: Path,
     hierarchy: Hierarchy | None = None,
     progress: bool = True,
     on_step: Callable[[str, bool], None] | None = None,
 ) -> ConceptBank:
-    """Run (or resume) the three steps and return the bank (not yet saved)."""
+    """Run (or resume) the three steps and return the bank (not yet saved).
+
+    ``wnids`` are the candidate concepts (None: every concept of the hierarchy with two or more
+    classes); the data-sufficiency rule (:func:`hint.concepts.select_concepts`) picks those built.
+    """
     h = hierarchy or Hierarchy.load()
-    cache_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    k1 = _key(
-        "regions", STEP_REVISION["regions"], backbone.name, backbone.layer, backbone.weights_sha256, samples_key(samples),
-        cfg.params("method", "threshold", "quantile"),
-    )  # fmt: skip
-    p1 = cache_dir / f"regions-{k1}.safetensors"
+    reused: list[str] = []
+    outer = on_step
+
+    def on_step(step: str, cached: bool) -> None:
+        if cached:
+            reused.append(step)
+        if outer:
+            outer(step, cached)
+
     t = time.perf_counter()
-    rank, world = _dist()
-    if p1.exists():
-        table, stats = load_table(p1)
-        _note(on_step, "regions", True)
-    else:
-        if world > 1:
-            table, stats = _sharded_regions(backbone, samples, cfg, cache_dir, k1, rank, world, progress)
-            if rank != 0:
-                return None  # type: ignore[return-value]
-        else:
-            table, stats = extract_regions(backbone, samples, cfg, progress)
-        save_table(table, p1, stats)
-        _note(on_step, "regions", False)
+    table, stats, k1 = cached_regions(backbone, samples, cfg, cache_dir, progress, on_step)
+    if table is None:
+        return None  # type: ignore[return-value]  # a torchrun rank > 0: rank 0 goes on
     timings["regions"] = time.perf_counter() - t
 
+    fg_per_image = torch.zeros(len(table.label), dtype=torch.long).index_add_(0, table.image, table.foreground.long())
+    built, status = select_concepts(
+        h, table.label, fg_per_image, DEFAULT_CONCEPTS, cfg.min_images, cfg.min_regions, wnids
+    )  # fmt: skip
+    if not built:
+        raise ValueError(
+            f"no concept has {cfg.min_images} images and {cfg.min_regions} responsible regions in the data "
+            f"({len(status)} candidates)"
+        )
     baseline = baseline_for(table, backbone, cfg.baseline)
-    k2 = _key(k1, STEP_REVISION["classifiers"], wnids, cfg.params("max_positives", "test_fraction", "l2", "seed"))
+    k2 = _key(
+        k1, STEP_REVISION["classifiers"], built, SHARES,
+        cfg.params("max_positives", "folds", "l2", "seed"),
+    )  # fmt: skip
     p2 = cache_dir / f"classifiers-{k2}.safetensors"
     t = time.perf_counter()
-    fits, sets = _cached_fits(p2, table, wnids, h, cfg, progress, on_step)
+    fits, sets, cv = _cached_fits(p2, table, built, h, cfg, progress, on_step)
+    image_metrics = presence.image_metrics(cv["scores"], table.label, built, h, cfg.seed)
     timings["classifiers"] = time.perf_counter() - t
 
     k3 = _key(k2, STEP_REVISION["shapley"], cfg.params("baseline", "permutations", "shapley_regions", "top_k", "patience", "seed"))
@@ -273,23 +364,29 @@ def build(
 
     weight = torch.stack([f.weight for f in fits])
     faith = None
-    if cfg.faithfulness_k:
+    paper = [e for e, w in enumerate(built) if w in {h.find(n).wnid for n in DEFAULT_CONCEPTS}]
+    if cfg.faithfulness_k and paper:
         t = time.perf_counter()
         faith = {
-            "k": cfg.faithfulness_k, "draws": cfg.faithfulness_draws,
-            **top_k_f1(sets, phi, weight, cfg.faithfulness_k, cfg.faithfulness_draws, cfg.seed, l2=cfg.l2,
-                       test_fraction=cfg.test_fraction, device=cfg.device),
+            "k": cfg.faithfulness_k, "draws": cfg.faithfulness_draws, "concepts": [built[e] for e in paper],
+            **top_k_f1([sets[e] for e in paper], phi[paper], weight[paper], cfg.faithfulness_k,
+                       cfg.faithfulness_draws, cfg.seed, l2=cfg.l2, test_fraction=cfg.test_fraction,
+                       device=cfg.device),
         }  # fmt: skip
         timings["faithfulness"] = time.perf_counter() - t
 
+    aliases: dict[str, list[str]] = {}
+    for w, st in status.items():
+        if st.startswith("alias of "):
+            aliases.setdefault(st.removeprefix("alias of "), []).append(w)
     concepts = []
-    for w, fit, s in zip(wnids, fits, sets, strict=True):
+    for w, fit, s, m, im in zip(built, fits, sets, cv["metrics"], image_metrics, strict=True):
         c = h[w]
         concepts.append({
             "wnid": w, "name": c.name, "path": [h[a].name for a in h.path(w)], "parent": s.parent,
             "depth": c.depth, "n_leaves": len(c.leaves), "n_pos": s.n_pos, "n_sibling": s.n_sibling,
-            "n_background": s.n_background, "n_train": fit.n_train, "n_test": fit.n_test,
-            "precision": round(fit.precision, 4), "recall": round(fit.recall, 4), "f1": round(fit.f1, 4),
+            "n_background": s.n_background, "n_other": s.n_other, "n_train": fit.n_train, "n_test": fit.n_test,
+            **m, **im, "aliases": aliases.get(w, []),
         })  # fmt: skip
     meta = {
         "backbone": backbone.name,
@@ -301,8 +398,15 @@ def build(
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256,
         "post_relu": backbone.post_relu,
+        "presence": {"pool_fraction": presence.POOL_FRACTION, "folds": cfg.folds, "veto_recall": presence.VETO_RECALL,
+                     "rule": PRESENCE_RULE},
+        "sample_shares": SHARES,
+        "candidates": [
+            {"wnid": w, "name": h[w].name, "n_classes": len(h[w].leaves), "status": st} for w, st in status.items()
+        ],
         "build": {**asdict(cfg), "n_images": stats.get("images"), "unreadable": len(stats.get("unreadable", [])),
                   "step1": {k: v for k, v in stats.items() if k != "unreadable"}, "timings_s": timings,
+                  "reused_from_cache": reused,
                   "library_version": __version__},
     }  # fmt: skip
     if faith:
@@ -319,24 +423,33 @@ def build(
     )
 
 
+#: How the service decides ``present`` (docs/api.md, docs/concepts.md); stored in the manifest.
+PRESENCE_RULE = (
+    "reliable, and the model's summed softmax over the concept's classes >= 0.5, and the probe's image "
+    "score >= its veto_threshold"
+)
+
+
 def _cached_fits(p2, table, wnids, h, cfg, progress, on_step):
     if p2.exists():
         tt = load_file(str(p2))
         metrics = _load_meta(p2)["metrics"]
-        fits = [ClassifierFit(tt["weight"][i], float(tt["bias"][i]), **m) for i, m in enumerate(metrics)]
-        # samples are cheap and deterministic: rebuild them instead of caching them
-        sets = [_samples_for(table, w, h, wnids, cfg) for w in wnids]
+        sets = [_samples_for(table, w, h, wnids, cfg) for w in wnids]  # cheap and deterministic
+        fits = [
+            ClassifierFit(tt["weight"][i], float(tt["bias"][i]), m["precision"], m["recall"], m["f1"], len(s.y), 0)
+            for i, (m, s) in enumerate(zip(metrics, sets, strict=True))
+        ]
         _note(on_step, "classifiers", True)
-        return fits, sets
-    fits, sets = fit_concepts(table, wnids, h, cfg, progress)
-    metrics = [{k: getattr(f, k) for k in ("precision", "recall", "f1", "n_train", "n_test")} for f in fits]
+        return fits, sets, {"scores": tt["scores"], "fold": tt["fold"], "metrics": metrics}
+    fits, sets, cv = fit_concepts(table, wnids, h, cfg, progress)
     _atomic_save(
-        {"weight": torch.stack([f.weight for f in fits]), "bias": torch.tensor([f.bias for f in fits])},
+        {"weight": torch.stack([f.weight for f in fits]), "bias": torch.tensor([f.bias for f in fits]),
+         "scores": cv["scores"], "fold": cv["fold"]},
         p2,
-        {"metrics": metrics},
-    )
+        {"metrics": cv["metrics"]},
+    )  # fmt: skip
     _note(on_step, "classifiers", False)
-    return fits, sets
+    return fits, sets, cv
 
 
 def _samples_for(table, w, h, wnids, cfg) -> ConceptSamples:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hint.backbones import get_backbone
-from hint.concepts import DEFAULT_CONCEPTS, resolve
+from hint.concepts import resolve
 from hint.datasets import discover
 from hint.hierarchy import Hierarchy
 from hint.pipeline import BuildConfig, build
@@ -30,7 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default=None, help="hooked layer (default: the backbone's)")
     p.add_argument("--weights", default=None, help="weights file for the backbone")
     p.add_argument("--random-init", action="store_true", help="random weights (tests)")
-    p.add_argument("--concepts", nargs="+", default=None, help="WNIDs or names (default: the paper's levels)")
+    p.add_argument(
+        "--concepts", nargs="+", default=None,
+        help="candidate concepts, WNIDs or names (default: every concept with 2+ classes; the data-sufficiency "
+        "rule picks those built)",
+    )  # fmt: skip
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (held-out F1, thresholds)")
+    p.add_argument("--min-images", type=int, default=3, help="data-sufficiency rule: images under a concept")
+    p.add_argument("--min-regions", type=int, default=24, help="data-sufficiency rule: responsible regions")
     p.add_argument("--out", required=True, type=Path, help="bank folder to write")
     p.add_argument("--cache", type=Path, default=None, help="step cache (default: OUT/../.hint-cache)")
     p.add_argument("--method", choices=sorted(METHODS), default="guided")
@@ -38,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--permutations", type=int, default=256, help="Shapley permutations M")
     p.add_argument("--patience", type=int, default=0, help="stop Shapley when the top-k is stable this many chunks")
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--faithfulness-k", type=int, default=20, help="neurons kept in the faithfulness test (0: skip it)")
     p.add_argument("--baseline", choices=["auto", "zero", "mean"], default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     rank = torch.distributed.get_rank() if world > 1 else 0
     h = Hierarchy.load()
     try:
-        wnids = resolve(args.concepts or DEFAULT_CONCEPTS, h)
+        wnids = resolve(args.concepts, h) if args.concepts else None
     except KeyError as e:
         raise ValueError(e.args[0]) from None
     found = discover(args.data, h)
@@ -82,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildConfig(
         method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
+        folds=args.folds, min_images=args.min_images, min_regions=args.min_regions,
+        faithfulness_k=args.faithfulness_k,
         seed=args.seed, device=device, amp=device == "cuda",
     )  # fmt: skip
     cache = args.cache or args.out.parent / ".hint-cache"
@@ -101,9 +111,13 @@ def run(args: argparse.Namespace) -> int:
     bank.save(args.out)
     if world > 1:
         torch.distributed.destroy_process_group()
-    print(f"wrote {args.out} (bank {bank.id}): {len(wnids)} concepts, {len(samples)} images, "
-          f"{len(found.skipped)} skipped")  # fmt: skip
-    for c in bank.concepts:
-        print(f"  {c['name']:<18} F1 {c['f1']:.3f}  P {c['precision']:.3f}  R {c['recall']:.3f}  n+ {c['n_pos']}")
+    n_rel = sum(c["reliable"] for c in bank.concepts)
+    print(f"wrote {args.out} (bank {bank.id}): {len(bank.concepts)} concepts built of {len(bank.meta['candidates'])} "
+          f"candidates ({n_rel} reliable), {len(samples)} images, {len(found.skipped)} skipped")  # fmt: skip
+    for c in bank.concepts[:40]:
+        print(f"  {c['name']:<22} region F1 {c['f1']:.3f} {c['f1_ci']}  image F1 {c['image_f1']:.3f}  "
+              f"reliable {c['reliable']}")
+    if len(bank.concepts) > 40:
+        print(f"  ... {len(bank.concepts) - 40} more in {args.out}/manifest.json")
     logging.getLogger(__name__).debug("done")
     return 0

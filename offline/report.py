@@ -51,12 +51,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def paper_concepts(bank: ConceptBank) -> list[dict]:
+    """The bank's concepts among the paper's 26 levels (all concepts when it has none of them)."""
+    from hint.concepts import DEFAULT_CONCEPTS
+
+    names = set(DEFAULT_CONCEPTS)
+    return [c for c in bank.concepts if c["name"] in names] or bank.concepts
+
+
 def plot_top_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
-    n = len(bank.concepts)
+    """Bars of the top-k φ of the paper's levels (every concept when the bank has none of them)."""
+    concepts = paper_concepts(bank)
+    n = len(concepts)
     cols = min(4, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
-    for ax, c in zip(axes.flat, bank.concepts, strict=False):
+    for ax, c in zip(axes.flat, concepts, strict=False):
         top = bank.top_neurons(c["wnid"], k)
         se = [float(bank.phi_se[bank.index(c["wnid"]), i]) for i, _ in top]
         ax.bar(range(len(top)), [v for _, v in top], yerr=se, color="tab:blue", capsize=2)
@@ -110,14 +120,34 @@ def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: 
 
 
 def write_f1(bank: ConceptBank, path: Path) -> Path:
-    lines = ["| concept | WNID | path | positive regions | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
+    """Every built concept's held-out quality (cross-validated by image), then every candidate's status."""
+    lines = [
+        "Held-out region F1 (out-of-fold, 95 % bootstrap interval over images) against the trivial "
+        "always-positive F1 on the same regions; *reliable* when the interval of the difference lies above 0. "
+        "Image F1 / AUROC: the pooled image score on out-of-fold images, F1 at the calibrated threshold.",
+        "",
+        "| concept | path | images | positive regions | region P / R | region F1 [95 % CI] | trivial F1 | reliable "
+        "| image threshold | image F1 | image AUROC |",
+        "|---|---|---:|---:|---|---|---:|---|---:|---:|---:|",
+    ]
     for c in bank.concepts:
+        ci = c.get("f1_ci") or [c["f1"], c["f1"]]
+        auc = c.get("image_auroc")
         lines.append(
-            f"| {c['name']} | {c['wnid']} | {' › '.join(reversed(c['path'][:4]))} | {c['n_pos']} | "
-            f"{c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
+            f"| {c['name']} | {' › '.join(reversed(c['path'][:4]))} | {c.get('n_images', '–')} | {c['n_pos']} | "
+            f"{c['precision']:.3f} / {c['recall']:.3f} | {c['f1']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+            f"{c.get('trivial_f1', float('nan')):.3f} | {'yes' if c.get('reliable', True) else 'no'} | "
+            f"{c.get('threshold', 0.5):.3f} | {c.get('image_f1', float('nan')):.3f} | "
+            f"{'–' if auc is None else f'{auc:.3f}'} |"
         )
     f1 = np.array([c["f1"] for c in bank.concepts])
-    lines.append(f"\nMean F1 over {len(f1)} concepts: **{np.nanmean(f1):.3f}** (held-out images).")
+    n_rel = sum(bool(c.get("reliable", True)) for c in bank.concepts)
+    lines.append(f"\nMean region F1 over {len(f1)} concepts: **{np.nanmean(f1):.3f}**; reliable: **{n_rel}**.")
+    cands = bank.meta.get("candidates", [])
+    if cands:
+        lines += ["", f"## Candidates ({len(cands)}: every concept with two or more ImageNet classes)", "",
+                  "| concept | WNID | classes | status |", "|---|---|---:|---|"]  # fmt: skip
+        lines += [f"| {c['name']} | {c['wnid']} | {c['n_classes']} | {c['status']} |" for c in cands]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -145,7 +175,7 @@ def write_faithfulness(bank: ConceptBank, path: Path) -> Path:
         f"| concept | all | top-{k} Shapley | top-{k} abs(α) | random {k} |",
         "|---|---|---|---|---|",
     ]
-    for i, c in enumerate(bank.concepts):
+    for i, c in enumerate(_faith_concepts(bank)):
         lines.append(
             f"| {c['name']} | {f['all'][i]:.3f} | {f['shapley'][i]:.3f} | {f['weight'][i]:.3f} | "
             f"{f['random'][i]:.3f} ± {f['random_std'][i]:.3f} |"
@@ -161,7 +191,7 @@ def write_faithfulness(bank: ConceptBank, path: Path) -> Path:
 
 def plot_faithfulness(bank: ConceptBank, path: Path) -> Path:
     f = bank.meta["faithfulness"]
-    names = [c["name"] for c in bank.concepts]
+    names = [c["name"] for c in _faith_concepts(bank)]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 3.6))
     for j, (rule, label) in enumerate([("shapley", "Shapley"), ("weight", "|α|"), ("random", "random")]):
@@ -176,3 +206,9 @@ def plot_faithfulness(bank: ConceptBank, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _faith_concepts(bank: ConceptBank) -> list[dict]:
+    """The concepts the faithfulness test ran on (the manifest names them; older banks: all)."""
+    wnids = bank.meta["faithfulness"].get("concepts")
+    return bank.concepts if wnids is None else [bank.concepts[bank.index(w)] for w in wnids]

@@ -102,9 +102,9 @@ def test_lite0_chelsea_is_a_cat(lite0):
 
 
 def test_lite0_default_layer(lite0):
-    assert lite0.layer == "_blocks.10" and not lite0.post_relu
+    assert lite0.layer == "_blocks.15" and not lite0.post_relu
     out = layer_output(lite0, lite0.preprocess(chelsea()))
-    assert out.shape == (1, 112, 14, 14)
+    assert out.shape == (1, 320, 7, 7)
     assert out.min() < 0  # linear projection output
 
 
@@ -116,7 +116,7 @@ def test_layer_choice_and_errors(lite0):
     with pytest.raises(ValueError, match=r"unknown layer '_blocks\.99'.*_blocks\.") as e:
         get_backbone(layer="_blocks.99")
     lines = str(e.value).splitlines()
-    assert lines[0].startswith("unknown layer '_blocks.99' for efficientnet_lite0") and "(default _blocks.10)" in lines[0]
+    assert lines[0].startswith("unknown layer '_blocks.99' for efficientnet_lite0") and "(default _blocks.15)" in lines[0]
     assert "  _blocks.10 (112, 14, 14)" in lines and "  _conv_stem (32, 112, 112)" in lines
     assert len(lines) <= 43 and "python -m hint.backbones layers efficientnet_lite0" in lines[-1]
 
@@ -124,10 +124,10 @@ def test_layer_choice_and_errors(lite0):
 @pytest.mark.parametrize(
     "name, sha256, size, layer, shape",
     [
-        ("efficientnet_lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, "_blocks.14",
-         (1, 112, 15, 15)),
-        ("efficientnet_lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, "_blocks.14",
-         (1, 120, 17, 17)),
+        ("efficientnet_lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, "_blocks.20",
+         (1, 320, 8, 8)),
+        ("efficientnet_lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, "_blocks.20",
+         (1, 352, 9, 9)),
     ],
 )  # fmt: skip
 def test_lite1_lite2_real_weights(name, sha256, size, layer, shape):
@@ -151,7 +151,7 @@ def test_lite_variants_structure():
 
     assert [r for r, *_ in el.stages("efficientnet_lite1")] == [1, 3, 3, 4, 4, 5, 1]
     assert [c for *_, c in el.stages("efficientnet_lite2")] == [16, 24, 48, 88, 120, 208, 352]
-    assert el.default_layer("efficientnet_lite0") == "_blocks.10"
+    assert el.default_layer("efficientnet_lite0") == "_blocks.15"
     bb = get_backbone("efficientnet_lite2", random_init=True)
     assert bb.weights_sha256 is None and bb.model._conv_head.in_channels == 352
 

@@ -60,7 +60,7 @@ def test_build_outputs(built, lite):
     assert [s for s, _ in steps] == ["regions", "classifiers", "shapley"]
     assert not any(c for _, c in steps)
     e, d = bank.weight.shape
-    assert (e, d) == (3, 112)
+    assert (e, d) == (3, 320)
     assert bank.phi.shape == bank.phi_se.shape == (3, d)
     assert (bank.phi >= 0).all() and (bank.phi.sum(1) > 0).all()
     assert (bank.phi_se < bank.phi.max(1, keepdim=True).values).all()
@@ -77,6 +77,11 @@ def test_build_outputs(built, lite):
         assert c["f1"] >= max(0.75, trivial + 0.2, c.get("trivial_f1", 0) + 0.2), (c["name"], c["f1"], trivial)
     assert bank.meta["build"]["step1"]["images"] == 16
     assert bank.meta["build"]["step1"]["top1"] >= 0.5  # real weights recognise most of these photos
+    # calibration and reliability from cross-validation, every candidate listed with its status
+    for c in bank.concepts:
+        assert 0.0 <= c["veto_threshold"] <= 1.0 and 0.0 <= c["threshold"] <= 1.0 and isinstance(c["reliable"], bool)
+        assert c["f1_ci"][0] <= c["f1"] <= c["f1_ci"][1]
+    assert {c["wnid"]: c["status"] for c in bank.meta["candidates"]} == dict.fromkeys(bank.wnids, "built")
 
 
 def test_rebuild_is_cached_and_identical(built, lite):
@@ -153,7 +158,7 @@ def test_unreadable_images_are_counted_not_fatal(tiny_data, lite, tmp_path):
 def test_random_weight_torchvision_backbone(tiny_data, tmp_path):
     bb = get_backbone("resnet50", random_init=True)
     found = discover(tiny_data)
-    cfg = BuildConfig(permutations=8, batch_size=4, workers=0, max_positives=200)
+    cfg = BuildConfig(permutations=8, batch_size=4, workers=0, max_positives=200, min_images=2)  # 2 tabbies
     bank = build(bb, found.samples[::2], resolve(["whole", "animal"]), cfg, tmp_path, progress=False)
     assert bank.weight.shape == (2, 1024)
     assert bank.meta["layer"] == "layer3.5" and bank.meta["build"]["step1"]["map_size"] == [14, 14]

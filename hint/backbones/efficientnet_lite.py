@@ -11,11 +11,12 @@ Variants scale Lite0 as TensorFlow's ``efficientnet_lite_builder`` does (stem 32
 channels fixed, first and last stage not repeated more): Lite1 depth x1.1 at 240 px, Lite2 width
 x1.1 and depth x1.2 at 260 px.
 
-Default hidden layer: the output of the last MBConv block at stride 16. Lite0: ``_blocks.10``, a
-(112, 14, 14) map for a 224 input (blocks 5-10 run at 14x14; block 11 goes to 7x7), the deepest
-14x14 map, the counterpart of the paper's VGG19 ``features.30`` (conv5_2, 512x14x14). Lite1:
-``_blocks.14``, (112, 15, 15) at 240; Lite2: ``_blocks.14``, (120, 17, 17) at 260. A block ends with
-projection conv + BN (+ identity skip), which is linear, so ``post_relu=False``.
+Default hidden layer: the output of the last MBConv block, before the 1x1 head conv. Lite0:
+``_blocks.15``, a (320, 7, 7) map for a 224 input (blocks 5-10 run at 14x14, 11-15 at 7x7). It was
+chosen over ``_blocks.10`` (112x14x14, the deepest 14x14 map, the counterpart of the paper's VGG19
+``features.30``) and ``_blocks.11._act0`` (672x14x14, post-ReLU6) by the measurements in
+docs/concepts.md (region F1, image-level presence, WSOL). A block ends with projection conv + BN (no
+activation), which is linear, so ``post_relu=False``: a removed neuron takes its channel mean.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from . import Backbone, WeightsUnavailable, file_sha256, load_into, load_weights_file
 
-DEFAULT_LAYER = "_blocks.10"  # Lite0's
+DEFAULT_LAYER = "_blocks.15"  # Lite0's
 MEAN = (127 / 255,) * 3
 STD = (128 / 255,) * 3
 _BN = {"eps": 1e-3, "momentum": 0.01}
@@ -117,8 +118,8 @@ def stages(variant: str) -> list[tuple[int, int, int, int, int, int]]:
 
 
 def default_layer(variant: str) -> str:
-    """``_blocks.N``: the last block of the stride-16 stage (the fifth)."""
-    return f"_blocks.{sum(r for r, *_ in stages(variant)[:5]) - 1}"
+    """``_blocks.N``: the last MBConv block (the end of the stride-32 stage)."""
+    return f"_blocks.{sum(r for r, *_ in stages(variant)) - 1}"
 
 
 class EfficientNetLite(nn.Module):
