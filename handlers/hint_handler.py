@@ -176,8 +176,9 @@ class HintHandler(BaseHandler):
             if r.ablate:
                 m, zz = ex.concept_maps(z[i : i + 1], r.ablate)
                 m_i, z_i = m[0], zz[0]
-            job.result = ex.describe(r.size, probs[i], m_i, z_i, ex.rows(r.concepts), r.top_k, r.threshold,
-                                     r.return_maps, r.ablate)  # fmt: skip
+            rows = None if r.concepts is None else ex.rows(None if r.concepts == rq.ALL else r.concepts)
+            job.result = ex.describe(r.size, probs[i], m_i, z_i, rows, r.top_k, r.threshold, r.return_maps,
+                                     r.ablate)  # fmt: skip
 
     def postprocess(self, jobs: list[Job]) -> list[str]:
         """Compact JSON per request; an error sets its status and reason phrase."""

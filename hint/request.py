@@ -110,9 +110,15 @@ class Option:
     help: str = ""
 
 
-def _concepts(names: list[str], limits: Limits) -> list[str] | None:
+#: ``"concepts": ["all"]`` (or the form field ``concepts=all``) asks for every concept of the bank
+ALL = "all"
+
+
+def _concepts(names: list[str], limits: Limits) -> list[str] | str | None:
     if not names:
-        raise RequestError(400, "concepts is empty: leave it out for every concept of the bank")
+        raise RequestError(400, 'concepts is empty: leave it out for the relevant concepts, or send ["all"]')
+    if len(names) == 1 and names[0].strip().lower() == ALL:
+        return ALL
     if limits.concept is None:
         return list(dict.fromkeys(names))
     return list(dict.fromkeys(limits.concept(n) for n in names))
@@ -123,11 +129,12 @@ OPTIONS: dict[str, Option] = {
     o.name: o
     for o in (
         Option("concepts", "names", None, max_items=lambda lim: lim.max_concepts, nullable=True, resolve=_concepts,
-               help="concepts to report, in this order (names or WNIDs); all bank concepts when absent"),
+               help="concepts to report, in this order (names or WNIDs); [\"all\"] for every bank concept; "
+                    "absent: the predicted class's path and the present ones"),
         Option("top_k", "int", lambda lim: lim.default_top_k, lo=0, hi=lambda lim: lim.channels,
                help="neurons listed per concept"),
         Option("threshold", "number", lambda lim: lim.default_threshold, lo=0.0, hi=1.0,
-               help="score at which a concept is present"),
+               help="share of a concept's map maximum that outlines its box and region"),
         Option("return_maps", "bool", False, help="add each concept's score map"),
         Option("ablate", "ints", lambda lim: [], lo=0, hi=lambda lim: lim.channels - 1, max_items=lambda lim: lim.channels,
                help="neurons set to their baseline before the concept classifiers"),
@@ -163,18 +170,23 @@ class NeuronRequest:
 
 
 def bank_concepts(hierarchy: Any, bank: Any) -> Callable[[str], str]:
-    """``Limits.concept`` for a concept bank: a name or WNID -> its bank WNID (``Hierarchy.find``)."""
-    wnids = set(bank.wnids)
+    """``Limits.concept`` for a concept bank: a name or WNID -> its bank WNID (``Hierarchy.find``); an
+    alias (a concept with the same classes as a built one) answers with the built concept."""
+    built = {w: w for w in bank.wnids}
+    for c in bank.concepts:
+        for a in c.get("aliases", []):
+            built.setdefault(a, c["wnid"])
+    status = {c["wnid"]: c["status"] for c in bank.meta.get("candidates", [])}
 
     def concept(name: str) -> str:
         try:
             wnid = hierarchy.find(name).wnid
         except KeyError:
             raise RequestError(400, f"unknown concept {name[:80]!r}: no ImageNet class or ancestor") from None
-        if wnid not in wnids:
-            names = ", ".join(c["name"] for c in bank.concepts)
-            raise RequestError(400, f"concept {name[:80]!r} ({wnid}) is not in this bank; it has: {names}")
-        return wnid
+        if wnid not in built:
+            why = status.get(wnid, "not a candidate (fewer than two classes)")
+            raise RequestError(400, f"concept {name[:80]!r} ({wnid}) is not in this bank: {why}")
+        return built[wnid]
 
     return concept
 
