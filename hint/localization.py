@@ -11,6 +11,17 @@ def resize_map(score_map: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+#: Upsampling of low-resolution maps: OpenCV interpolation by name (``cubic``: wsolevaluation's inference).
+UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def upsample_map(score_map: np.ndarray, width: int, height: int, mode: str = "bilinear") -> np.ndarray:
+    """Resize a (h, w) map to (height, width) pixels, float32, with :data:`UPSAMPLING` ``mode``."""
+    if mode not in UPSAMPLING:
+        raise ValueError(f"unknown upsampling {mode!r}; choose from {', '.join(UPSAMPLING)}")
+    return cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=UPSAMPLING[mode])
+
+
 def normalise_minmax(score_map: np.ndarray) -> np.ndarray:
     """wsolevaluation's ``normalize_scoremap``: (m − min) / (max − min), zeros when flat or NaN."""
     m = np.asarray(score_map, dtype=np.float32)

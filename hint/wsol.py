@@ -1,12 +1,17 @@
 """Weakly supervised object localisation (WSOL) metrics, as in wsolevaluation (Choe et al., CVPR 2020).
 
-Score maps are (H, W) float arrays in [0, 1] at the pixel size of the ground-truth boxes (min-max
-normalised per image, :func:`score_map`). For every score-map threshold τ in :data:`THRESHOLDS`
-(``np.arange(0, 1, 0.01)``) the map is quantised as wsolevaluation does (``uint8(map * 255)``,
-foreground where the value is > ``int(τ · max)``), boxes are read off its contours (OpenCV
-``RETR_TREE``, the same rule as :func:`hint.localization.boxes_at`; ``x1``/``y1`` clipped to
-``W - 1``/``H - 1``; ``[0, 0, 0, 0]`` when nothing passes) and compared with every GT box of the
-image (IoU with the +1 pixel convention, :func:`hint.localization.iou`).
+Metrics only: this module knows score maps, boxes and splits, not models or concept banks (the
+evaluation that makes the maps is :mod:`hint.wsol_eval`).
+
+Score maps are (H, W) float arrays in [0, 1] in the pixel space of the ground-truth boxes: a
+low-resolution map is upsampled (bilinear or bicubic, :func:`score_map`) and min-max normalised.
+wsolevaluation evaluates at the network input (224 × 224, the image squashed) with GT boxes
+resized by :func:`resize_bbox` (``int()`` of the scaled coordinates). For every score-map threshold τ in
+:data:`THRESHOLDS` (``np.arange(0, 1, 0.01)``) the map is quantised as wsolevaluation does
+(``uint8(map * 255)``, foreground where the value is > ``int(τ · max)``), boxes are read off its contours
+(OpenCV ``RETR_TREE``, the rule of :func:`hint.localization.boxes_at`; ``x1``/``y1`` clipped to
+``W - 1``/``H - 1``; ``[0, 0, 0, 0]`` when nothing passes) and compared with every GT box of the image
+(IoU with the +1 pixel convention, :func:`hint.localization.iou`).
 
 Per image and τ this keeps two numbers: the best IoU of the *largest* contour's box against any GT
 box (GT-known Loc, Top-1 Loc, MaxBoxAcc) and the best IoU over *all* contours' boxes against any GT
@@ -17,32 +22,25 @@ box (MaxBoxAccV2). The metrics (fractions in [0, 1]):
   best box over all contours has IoU ≥ δ.
 * ``GT-known Loc``: the share of images with IoU ≥ 0.5 at one operating τ, chosen as the τ of the
   highest box accuracy on a separate *selection* split (never the test images).
-* ``Top-1 Loc``: GT-known Loc and the top-1 class is right.
+* ``Top-1 Loc``: GT-known Loc and the top-1 class is right. For a class-conditional map (CAM) made for
+  the ground-truth class this equals Top-1 Loc with the map of the predicted class: both classes are
+  the same wherever the prediction is right.
 
 Also the pointing game (the map's maximum falls inside a GT box) and the mean IoU at the operating τ.
-
-The module also rebuilds a bank's concept samples from the cached step-1 region table (as
-:func:`hint.pipeline.build` does), so concept classifiers can be retrained on subsets of neurons.
+:func:`write_metadata` and :func:`export_scoremap` write wsolevaluation's metadata and score-map layout.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from .bank import ConceptBank
-from .classifiers import train_classifier
-from .concepts import ConceptSamples, RegionTable, concept_samples
-from .faithfulness import select_neurons
 from .hierarchy import Hierarchy
-from .localization import normalise_minmax, resize_map
+from .localization import normalise_minmax, upsample_map
 
 THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's cam_curve_interval = 0.01
 IOU_THRESHOLDS = (30, 50, 70)  # MaxBoxAccV2's δ, in percent
@@ -78,6 +76,15 @@ def parse_boxes(text: str) -> np.ndarray:
 def gt_boxes_int(boxes: np.ndarray) -> np.ndarray:
     """Integer GT boxes: truncation, as wsolevaluation's ``resize_bbox`` does (``int(x)``)."""
     return np.trunc(np.asarray(boxes, dtype=np.float64)).astype(np.int64).reshape(-1, 4)
+
+
+def resize_bbox(boxes: np.ndarray, image_size: tuple[int, int], resize_size: tuple[int, int]) -> np.ndarray:
+    """(K, 4) x0 y0 x1 y1 boxes of a (W, H) image → int64 boxes of the image resized to ``resize_size``:
+    wsolevaluation's ``resize_bbox`` (each coordinate scaled, then ``int()``), vectorised."""
+    w, h = (float(v) for v in image_size)
+    nw, nh = (float(v) for v in resize_size)
+    scale = np.array([nw / w, nh / h, nw / w, nh / h])
+    return gt_boxes_int(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale)
 
 
 def load_annotations(csv_path: str | Path, data_dir: str | Path | None = None,
@@ -134,9 +141,10 @@ def split_indices(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # -------------------------------------------------------------------------------------- maps and boxes
 
 
-def score_map(raw: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A low-resolution map → (height, width) float32 in [0, 1]: bilinear resize, then min-max."""
-    return normalise_minmax(resize_map(raw, width, height))
+def score_map(raw: np.ndarray, width: int, height: int, upsample: str = "bilinear") -> np.ndarray:
+    """A low-resolution map → (height, width) float32 in [0, 1]: resize (``bilinear`` or ``cubic``,
+    wsolevaluation's ``cv2.INTER_CUBIC``), then min-max (a flat map becomes zeros)."""
+    return normalise_minmax(upsample_map(raw, width, height, upsample))
 
 
 def quantise(scoremap: np.ndarray) -> np.ndarray:
@@ -324,127 +332,29 @@ def export_scoremap(folder: str | Path, image_id: str, scoremap: np.ndarray) -> 
     return p
 
 
-def write_metadata(folder: str | Path, annotations: list[Annotation], indices: np.ndarray) -> Path:
-    """wsolevaluation-style metadata of a split: ``image_ids.txt``, ``class_labels.txt``
-    (``id,label``), ``image_sizes.txt`` (``id,W,H``) and ``localization.txt`` (``id,x0,y0,x1,y1`` per
-    GT box, as given, stored-image pixels)."""
+def write_metadata(folder: str | Path, image_ids: list[str], labels: list[int], size: tuple[int, int],
+                   boxes: list[np.ndarray]) -> Path:  # fmt: skip
+    """One split's metadata in wsolevaluation's format (its ``data_loaders`` reads it): ``image_ids.txt``
+    (``id``), ``class_labels.txt`` (``id,label``), ``image_sizes.txt`` (``id,W,H``) and
+    ``localization.txt`` (``id,x0,y0,x1,y1``, one line per GT box, integers).
+
+    ``size`` is the (W, H) of the score maps and ``boxes`` are integer boxes in that space, so
+    wsolevaluation's ``resize_bbox`` to 224 × 224 is the identity when the maps are 224 × 224.
+    """
+    bad = [i for i in image_ids if "," in i or "\n" in i]
+    if bad:
+        raise ValueError(f"image id {bad[0]!r}: wsolevaluation's metadata cannot hold ',' or newlines")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sel = [annotations[i] for i in indices]
-    (folder / "image_ids.txt").write_text("".join(f"{a.image_id}\n" for a in sel))
-    (folder / "class_labels.txt").write_text("".join(f"{a.image_id},{a.label}\n" for a in sel))
-    (folder / "image_sizes.txt").write_text("".join(f"{a.image_id},{a.width},{a.height}\n" for a in sel))
-    (folder / "localization.txt").write_text(
-        "".join(f"{a.image_id},{','.join(f'{v:g}' for v in b)}\n" for a in sel for b in a.boxes_float)
-    )
+    w, h = size
+    (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in image_ids))
+    (folder / "class_labels.txt").write_text("".join(f"{i},{int(c)}\n" for i, c in zip(image_ids, labels, strict=True)))
+    (folder / "image_sizes.txt").write_text("".join(f"{i},{int(w)},{int(h)}\n" for i in image_ids))
+    lines = []
+    for i, bx in zip(image_ids, boxes, strict=True):
+        b = np.asarray(bx)
+        if not np.issubdtype(b.dtype, np.integer) or (b < 0).any():
+            raise ValueError(f"{i}: boxes must be non-negative integers, got {b.tolist()}")
+        lines += [f"{i},{','.join(str(int(v)) for v in row)}\n" for row in b.reshape(-1, 4)]
+    (folder / "localization.txt").write_text("".join(lines))
     return folder
-
-
-# ------------------------------------------------------------------- concept samples and retraining
-
-
-def build_config(bank: ConceptBank):
-    """The :class:`hint.pipeline.BuildConfig` a bank was built with (unknown keys ignored)."""
-    from .pipeline import BuildConfig
-
-    b = bank.meta.get("build", {})
-    names = {f.name for f in dataclasses.fields(BuildConfig)}
-    return BuildConfig(**{k: v for k, v in b.items() if k in names})
-
-
-def find_region_table(bank: ConceptBank, cache_dir: str | Path) -> Path | None:
-    """The cached step-1 region table a bank was built from, or None.
-
-    A table's metadata holds its step-1 statistics, which the bank's manifest copies
-    (``build.step1``: image count, wall-clock seconds, top-1): the table whose statistics match is the
-    bank's, whatever the cache key scheme. ``regions-wsol-<bank id>.safetensors`` (written by
-    ``evaluate-wsol --recompute-regions``) is used when no original is left.
-    """
-    from .pipeline import _load_meta
-
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        return None
-    want = bank.meta.get("build", {}).get("step1", {})
-    keys = ("images", "seconds", "top1")
-    for p in sorted(cache_dir.glob("regions-*.safetensors")):
-        if "-shard" in p.name or p.name.startswith("regions-wsol-"):
-            continue
-        try:
-            meta = _load_meta(p)
-        except Exception:  # unreadable or foreign file: not the bank's
-            continue
-        if want and all(k in want and meta.get(k) == want[k] for k in keys):
-            return p
-    own = cache_dir / recomputed_table_name(bank)
-    return own if own.is_file() else None
-
-
-def recomputed_table_name(bank: ConceptBank) -> str:
-    return f"regions-wsol-{bank.id}.safetensors"
-
-
-def load_region_table(path: str | Path) -> RegionTable:
-    from .pipeline import load_table
-
-    return load_table(Path(path))[0]
-
-
-def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str] | None = None,
-                 hierarchy: Hierarchy | None = None) -> dict[str, ConceptSamples]:  # fmt: skip
-    """Each concept's training samples, rebuilt exactly as :func:`hint.pipeline.build` does."""
-    h = hierarchy or Hierarchy.load()
-    cfg = build_config(bank)
-    every = bank.wnids
-    return {
-        w: concept_samples(table, w, h.group_parent(w, every), h, cfg.max_positives, cfg.seed)
-        for w in (wnids or every)
-    }
-
-
-@dataclass
-class Variant:
-    """A set of concept classifiers (all bank concepts; retrained rows only for the concepts asked)."""
-
-    name: str
-    rule: str  # "bank", "shapley", "weight", "random"
-    k: int  # neurons used
-    weight: torch.Tensor  # (E, D)
-    bias: torch.Tensor  # (E,)
-    f1: dict[str, float]
-
-
-def retrain_variant(name: str, bank: ConceptBank, sets: dict[str, ConceptSamples], rule: str, k: int,
-                    seed: int = 0) -> Variant:  # fmt: skip
-    """Concept classifiers retrained on k neurons chosen by ``rule`` (:func:`hint.faithfulness.select_neurons`)
-    on the same samples and with the bank's training parameters; rows of concepts not in ``sets`` are 0."""
-    cfg = build_config(bank)
-    weight = torch.zeros_like(bank.weight)
-    bias = torch.zeros_like(bank.bias)
-    f1 = {}
-    for w, s in sets.items():
-        e = bank.index(w)
-        gen = torch.Generator().manual_seed(1_000_003 * seed + e)
-        neurons = select_neurons(rule, k, bank.phi[e], bank.weight[e], gen)
-        fit = train_classifier(s.x, s.y, s.image, neurons=neurons, test_fraction=cfg.test_fraction,
-                               seed=cfg.seed, l2=cfg.l2)  # fmt: skip
-        weight[e], bias[e], f1[w] = fit.weight, fit.bias, fit.f1
-    return Variant(name, rule, k, weight, bias, f1)
-
-
-def bank_variant(bank: ConceptBank) -> Variant:
-    return Variant("bank", "bank", bank.weight.shape[1], bank.weight.clone(), bank.bias.clone(),
-                   {c["wnid"]: c["f1"] for c in bank.concepts})  # fmt: skip
-
-
-def deepest_bank_concept(wnid: str, bank_wnids: list[str], hierarchy: Hierarchy) -> str | None:
-    """The first concept of the bank on ``hierarchy.path(wnid)`` (``wnid`` itself first), or None."""
-    have = set(bank_wnids)
-    return next((w for w in hierarchy.path(wnid) if w in have), None)
-
-
-def save_json(path: str | Path, obj) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=1))
-    return p

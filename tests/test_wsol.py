@@ -1,23 +1,28 @@
-"""WSOL metrics (hint.wsol) on hand-computed cases, and ``python -m offline evaluate-wsol`` end to end.
+"""WSOL metrics (hint.wsol) on hand-computed cases, the evaluation library (hint.wsol_eval), and
+``python -m offline evaluate-wsol`` end to end.
 
-The end-to-end tests recompute MaxBoxAccV2 from the exported ``.npy`` score maps with an independent
-implementation (connected components with scikit-image instead of OpenCV contours, IoU by counting
-pixels) and require the same number as the command's report.
+The end-to-end tests read the ``--export-npy`` output the way wsolevaluation's loader does (its
+``data_loaders``: comma-separated lines, ``int()`` of every box coordinate and size; its ``DataLoader``
+stacks the maps, so they must all have one shape), recompute MaxBoxAcc and MaxBoxAccV2 from it with an
+independent implementation (connected components with scikit-image instead of OpenCV contours, IoU by
+counting pixels) and require the same numbers as the command's report.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage.measure import label, regionprops
 
-from hint import wsol
-from hint.localization import boxes_at, iou
+from hint import wsol, wsol_eval
+from hint.localization import boxes_at, iou, upsample_map
 from offline.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,20 +205,44 @@ def _pixel_iou(a, b) -> float:
     return (ma & mb).sum() / union if union else 0.0
 
 
+def read_wsolevaluation_metadata(folder: Path) -> dict:
+    """The four metadata files parsed as wsolevaluation's ``data_loaders`` does (``line.strip('\\n')
+    .split(',')`` and ``int()`` of every number: a fractional box coordinate raises ValueError)."""
+    ids = [line.strip("\n") for line in (folder / "image_ids.txt").open()]
+    labels, sizes, boxes = {}, {}, {}
+    for line in (folder / "class_labels.txt").open():
+        image_id, label = line.strip("\n").split(",")
+        labels[image_id] = int(label)
+    for line in (folder / "image_sizes.txt").open():
+        image_id, ws, hs = line.strip("\n").split(",")
+        sizes[image_id] = (int(ws), int(hs))
+    for line in (folder / "localization.txt").open():
+        image_id, x0s, y0s, x1s, y1s = line.strip("\n").split(",")
+        boxes.setdefault(image_id, []).append((int(x0s), int(y0s), int(x1s), int(y1s)))
+    return {"ids": ids, "labels": labels, "sizes": sizes, "boxes": boxes}
+
+
+def _resize_box(box, image_size, resize_size) -> tuple[int, ...]:
+    """wsolevaluation's ``resize_bbox``: scale each coordinate as a float, then ``int()``."""
+    sx, sy = resize_size[0] / image_size[0], resize_size[1] / image_size[1]
+    return tuple(int(v * s) for v, s in zip(box, (sx, sy, sx, sy), strict=True))
+
+
 def independent_max_box_acc_v2(npy_dir: Path, metadata: Path) -> tuple[float, dict[int, float]]:
-    ids = metadata.joinpath("image_ids.txt").read_text().split()
-    gt: dict[str, list] = {}
-    for line in metadata.joinpath("localization.txt").read_text().splitlines():
-        name, *v = line.split(",")
-        gt.setdefault(name, []).append([int(float(x)) for x in v])
-    hits = np.zeros((len(ids), 100, 3), bool)
-    for i, name in enumerate(ids):
-        m = np.load(npy_dir / f"{name}.npy")
-        assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
+    """(MaxBoxAccV2, per IoU) from exported maps, counted as wsolevaluation's BoxEvaluator does with
+    ``multi_contour_eval`` (GT boxes resized from ``image_sizes`` to the map size by ``resize_bbox``)."""
+    meta = read_wsolevaluation_metadata(metadata)
+    maps = [np.load(npy_dir / f"{name}.npy") for name in meta["ids"]]
+    assert len({m.shape for m in maps}) == 1  # wsolevaluation's DataLoader stacks them
+    hits = np.zeros((len(maps), 100, 3), bool)
+    for i, (name, m) in enumerate(zip(meta["ids"], maps, strict=True)):
+        assert m.ndim == 2 and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 and not np.isnan(m).any()
+        h, w = m.shape
+        gt = [_resize_box(b, meta["sizes"][name], (w, h)) for b in meta["boxes"][name]]
         q = (m * 255).astype(np.uint8)
         for k in range(100):
             cut = int(k / 100 * int(q.max()))
-            best = max(_pixel_iou(b, g) for b in _independent_boxes(q, cut) for g in gt[name])
+            best = max(_pixel_iou(b, g) for b in _independent_boxes(q, cut) for g in gt)
             hits[i, k] = [best >= d / 100 for d in (30, 50, 70)]
     per = {d: float(hits[:, :, j].mean(0).max()) for j, d in enumerate((30, 50, 70))}
     return float(np.mean(list(per.values()))), per
@@ -221,25 +250,125 @@ def independent_max_box_acc_v2(npy_dir: Path, metadata: Path) -> tuple[float, di
 
 def test_exported_maps_reproduce_max_box_acc_v2_synthetic(tmp_path):
     rng = np.random.default_rng(3)
-    anns, maps = [], []
+    ids, labels, boxes, maps, size = [], [], [], [], (60, 50)
     for i in range(10):
         raw = rng.random((7, 7)).astype(np.float32) ** 3
-        w, h = int(rng.integers(40, 70)), int(rng.integers(40, 70))
-        boxes = [sorted(rng.uniform(0, w, 2)) + sorted(rng.uniform(0, h, 2)) for _ in range(1 + i % 3)]
-        bf = np.array([[b[0], b[2], b[1], b[3]] for b in boxes])
-        anns.append(
-            wsol.Annotation(f"img{i}.png", tmp_path, "n02123045", 281, w, h, wsol.gt_boxes_int(bf), bf)
-        )
-        maps.append(wsol.score_map(raw, w, h))
+        bx = [sorted(rng.uniform(0, size[0], 2)) + sorted(rng.uniform(0, size[1], 2)) for _ in range(1 + i % 3)]
+        boxes.append(wsol.gt_boxes_int(np.array([[b[0], b[2], b[1], b[3]] for b in bx])))
+        ids.append(f"img{i}.png")
+        labels.append(281)
+        maps.append(wsol.score_map(raw, *size))
     sel, test = wsol.split_indices(10, 0)
     s = wsol.MethodScores.empty(10)
-    for i, (a, m) in enumerate(zip(anns, maps, strict=True)):
-        s.add(i, m, a.boxes)
-        wsol.export_scoremap(tmp_path / "npy", a.image_id, m)
-    wsol.write_metadata(tmp_path / "meta", anns, test)
+    for i, m in enumerate(maps):
+        s.add(i, m, boxes[i])
+        wsol.export_scoremap(tmp_path / "npy", ids[i], m)
+    wsol.write_metadata(tmp_path / "meta", [ids[i] for i in test], [labels[i] for i in test], size,
+                        [boxes[i] for i in test])  # fmt: skip
     r = wsol.localization_metrics(s, np.ones(10, bool), sel, test)
     v2, per = independent_max_box_acc_v2(tmp_path / "npy", tmp_path / "meta")
     assert per == r["max_box_acc_v2_per_iou"] and v2 == r["max_box_acc_v2"]
+
+
+def test_write_metadata_writes_integers_and_refuses_fractions(tmp_path):
+    wsol.write_metadata(tmp_path, ["a.JPEG", "b.JPEG"], [3, 7], (224, 224),
+                        [np.array([[1, 2, 30, 40]]), np.array([[0, 0, 5, 5], [9, 9, 223, 223]])])  # fmt: skip
+    meta = read_wsolevaluation_metadata(tmp_path)
+    assert meta["ids"] == ["a.JPEG", "b.JPEG"] and meta["labels"] == {"a.JPEG": 3, "b.JPEG": 7}
+    assert meta["sizes"]["b.JPEG"] == (224, 224) and meta["boxes"]["b.JPEG"] == [(0, 0, 5, 5), (9, 9, 223, 223)]
+    assert (tmp_path / "localization.txt").read_text().splitlines()[0] == "a.JPEG,1,2,30,40"
+    with pytest.raises(ValueError, match="integers"):
+        wsol.write_metadata(tmp_path, ["a.JPEG"], [3], (224, 224), [np.array([[54.2, 2, 30, 40]])])
+    with pytest.raises(ValueError, match="','"):
+        wsol.write_metadata(tmp_path, ["a,b.JPEG"], [3], (224, 224), [np.array([[1, 2, 3, 4]])])
+
+
+def test_resize_bbox_like_wsolevaluation():
+    b = wsol.parse_boxes("9.1 105.9 50.4 176.8;0 0 226.9 226.9")
+    # int(9.1·224/227) = int(8.98) = 8, int(105.9·224/227) = int(104.50) = 104, ...
+    np.testing.assert_array_equal(wsol.resize_bbox(b, (227, 227), (224, 224)), [[8, 104, 49, 174], [0, 0, 223, 223]])
+    assert [tuple(r) for r in wsol.resize_bbox(b, (227, 227), (224, 224))] == [
+        _resize_box(r, (227, 227), (224, 224)) for r in b
+    ]
+    np.testing.assert_array_equal(wsol.resize_bbox([[3, 4, 50, 60]], (224, 224), (224, 224)), [[3, 4, 50, 60]])
+
+
+def test_upsampling_modes():
+    raw = np.random.default_rng(0).random((7, 7)).astype(np.float32)
+    cubic = upsample_map(raw, 224, 224, "cubic")
+    np.testing.assert_array_equal(cubic, cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC))
+    np.testing.assert_array_equal(upsample_map(raw, 224, 224), cv2.resize(raw, (224, 224)))
+    assert not np.array_equal(cubic, upsample_map(raw, 224, 224, "bilinear"))
+    sm = wsol.score_map(raw, 224, 224, "cubic")
+    assert sm.shape == (224, 224) and sm.min() == 0.0 and sm.max() == 1.0  # cubic overshoot removed by min-max
+    with pytest.raises(ValueError, match="unknown upsampling"):
+        upsample_map(raw, 10, 10, "lanczos")
+
+
+def test_top1_loc_is_the_same_with_ground_truth_or_predicted_class_maps():
+    """Top-1 Loc needs a right class, where the two maps coincide: only GT-known metrics differ."""
+    rng = np.random.default_rng(0)
+    n = 40
+    correct = rng.random(n) < 0.6
+    gt_maps = wsol.MethodScores.empty(n)
+    gt_maps.iou_largest[:] = rng.random((n, 1))
+    gt_maps.iou_all[:] = gt_maps.iou_largest
+    pred_maps = wsol.MethodScores.empty(n)
+    pred_maps.iou_largest[:] = np.where(correct[:, None], gt_maps.iou_largest, 0.0)  # wrong class: a miss
+    pred_maps.iou_all[:] = pred_maps.iou_largest
+    sel, test = wsol.split_indices(n, 0)
+    a = wsol.localization_metrics(gt_maps, correct, sel, test)
+    b = wsol.localization_metrics(pred_maps, correct, sel, test)
+    assert a["top1_loc"] == b["top1_loc"] and a["gt_known_loc"] > b["gt_known_loc"]
+
+
+def test_cam_weights_the_given_class():
+    g = torch.Generator().manual_seed(0)
+    f, fc = torch.rand(2, 5, 3, 3, generator=g), torch.randn(10, 5, generator=g)
+    got = wsol_eval.cam(f, fc, torch.tensor([4, 7]))
+    want = torch.stack([(fc[c].view(5, 1, 1) * f[i]).mean(0) for i, c in enumerate([4, 7])])  # wsolevaluation
+    torch.testing.assert_close(got, want)
+
+
+def test_ancestor_concept_prefers_the_path_then_any_ancestor():
+    from hint.hierarchy import Hierarchy
+
+    h = Hierarchy.load()
+    tabby, espresso = "n02123045", "n07920052"
+    w = {n: h.find(n).wnid for n in ("whole", "carnivore", "artifact", "domestic animal", "feline")}
+    assert wsol_eval.ancestor_concept(tabby, [w["whole"], w["carnivore"], w["feline"]], h) == w["feline"]
+    assert wsol_eval.ancestor_concept(tabby, [w["domestic animal"], w["artifact"]], h) == w["domestic animal"]
+    assert wsol_eval.ancestor_concept(espresso, [w["whole"], w["carnivore"]], h) is None
+
+
+def test_retraining_uses_the_bank_build_parameters(tmp_path):
+    """``fit`` passes the manifest's build parameters that ``train_classifier`` takes (unknown ones are
+    ignored), and trains on every image when the build cross-validated its metrics (``folds``)."""
+    from hint.bank import ConceptBank
+    from hint.classifiers import train_classifier
+    from hint.concepts import ConceptSamples
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 6, generator=g), (torch.arange(400) % 2).float()
+    x[:, 0] += 2 * y
+    s = ConceptSamples("n0", "n1", x, y, torch.arange(400) // 10, 200, 0, 200)
+    bank = ConceptBank.load(_random_bank(tmp_path / "b1", {"l2": 0.05, "test_fraction": 0.3, "seed": 2, "frobnicate": 1}))
+    want = train_classifier(x, y, s.image, test_fraction=0.3, seed=2, l2=0.05)
+    got = wsol_eval.fit(bank, s)
+    torch.testing.assert_close(got.weight, want.weight)
+    assert got.f1 == want.f1 and got.n_test == want.n_test > 0
+    bank = ConceptBank.load(_random_bank(tmp_path / "b2", {"l2": 0.05, "test_fraction": 0.3, "folds": 5}))
+    got = wsol_eval.fit(bank, s)
+    want = train_classifier(x, y, s.image, test_fraction=0.0, l2=0.05)
+    torch.testing.assert_close(got.weight, want.weight)
+    assert got.n_train == want.n_train > 0.7 * len(y)
+
+
+def test_wsol_module_is_metrics_only():
+    tree = ast.parse((REPO / "hint" / "wsol.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"pipeline", "classifiers", "concepts", "bank", "faithfulness", "torch"}, imported
 
 
 # ----------------------------------------------------------------------------------- end to end
@@ -288,25 +417,33 @@ def _run(tmp: Path, bank: Path, data: Path, *extra: str) -> dict:
 
 
 def _check_report(rep: dict, tmp: Path) -> None:
+    meta = tmp / "npy" / "metadata" / "ILSVRC"
     for m in ("HINT-whole", "HINT-ancestor", "CAM"):
         r = rep["methods"][m]
         for k in ("gt_known_loc", "top1_loc", "max_box_acc", "max_box_acc_v2", "pointing_game", "mean_iou"):
             assert 0.0 <= r[k] <= 1.0
-        assert (
-            r["top1_loc"] <= min(r["gt_known_loc"], r["top1_cls"]) and r["gt_known_loc"] <= r["max_box_acc"]
-        )
+        assert r["top1_loc"] <= min(r["gt_known_loc"], r["top1_cls"]) and r["gt_known_loc"] <= r["max_box_acc"]
         npy = tmp / "npy" / m
-        v2, per = independent_max_box_acc_v2(npy, tmp / "npy" / "metadata" / "test")
+        v2, per = independent_max_box_acc_v2(npy, meta / "test")
         assert per == {int(k): v for k, v in r["max_box_acc_v2_per_iou"].items()}
         assert v2 == r["max_box_acc_v2"], m
         sm = np.load(npy / "chelsea.png.npy")
-        assert sm.shape == (227, 227) and sm.dtype == np.float32 and sm.max() == 1.0 and sm.min() == 0.0
+        assert sm.shape == (224, 224) and sm.dtype == np.float32 and sm.max() == 1.0 and sm.min() == 0.0
+    test, val = read_wsolevaluation_metadata(meta / "test"), read_wsolevaluation_metadata(meta / "val")
+    assert len(test["ids"]) == rep["data"]["test"] and len(val["ids"]) == rep["data"]["selection"]
+    assert not set(test["ids"]) & set(val["ids"])
+    # sizes are the maps' (224 x 224), so resize_bbox to wsolevaluation's 224 leaves the integer boxes as written
+    assert set(test["sizes"].values()) == {(224, 224)}
+    for name, boxes in test["boxes"].items():
+        assert [_resize_box(b, test["sizes"][name], (224, 224)) for b in boxes] == boxes
     for f in ("results.md", "curves.png", "overlays.png"):
         assert (tmp / "out" / f).stat().st_size > 1000
-    assert "| HINT-whole |" in (tmp / "out" / "results.md").read_text()
+    md = (tmp / "out" / "results.md").read_text()
+    assert "| HINT-whole |" in md and rep["command"] in md
 
 
-def _random_bank(folder: Path) -> Path:
+def _random_bank(folder: Path, build: dict | None = None) -> Path:
+    """A bank with random classifiers; ``build`` becomes its manifest's build parameters."""
     from hint.bank import ConceptBank
     from hint.hierarchy import Hierarchy
 
@@ -315,10 +452,13 @@ def _random_bank(folder: Path) -> Path:
     g = torch.Generator().manual_seed(0)
     e, d = len(names), 112
     concepts = [{"wnid": h.find(n).wnid, "name": n, "f1": 0.5} for n in names]
+    for c in concepts:
+        c["parent"] = h.group_parent(c["wnid"], [x["wnid"] for x in concepts])
+    meta = {"backbone": "efficientnet_lite0", "layer": "_blocks.10", "channels": d, **({"build": build} if build else {})}
     bank = ConceptBank(
         weight=torch.randn(e, d, generator=g) * 0.1, bias=torch.zeros(e), phi=torch.rand(e, d, generator=g),
         phi_se=torch.zeros(e, d), baseline=torch.zeros(d), n_permutations=torch.full((e,), 8), concepts=concepts,
-        meta={"backbone": "efficientnet_lite0", "layer": "_blocks.10", "channels": d},
+        meta=meta,
     )  # fmt: skip
     return bank.save(folder)
 
@@ -328,31 +468,81 @@ def test_evaluate_wsol_end_to_end_random_bank(tiny_boxes, tmp_path, capsys):
     bank = _random_bank(tmp_path / "bank")
     rep = _run(tmp_path, bank, tiny_boxes, "--no-retrain")
     assert rep["data"]["images"] == 6 and rep["data"]["selection"] == 3 and rep["data"]["test"] == 3
-    assert rep["protocol"]["map_size"] == [14, 14] and rep["protocol"]["cam_map_size"] == [7, 7]
-    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM"] and not rep["retrain"]["done"]
+    p = rep["protocol"]
+    assert p["map_size"] == [14, 14] and p["cam_map_size"] == [7, 7]
+    assert p["eval_size"] == [224, 224] and p["upsample"] == "cubic"
+    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)"]
+    assert not rep["retrain"]["done"]
     assert rep["methods"]["CAM"]["top1_cls"] == 0.0  # test half: chelsea (→ Egyptian cat) ×2, rocket (→ rig)
     _check_report(rep, tmp_path)
-    assert "evaluate-wsol" in rep["command"] and "--no-retrain" in rep["command"]
+    assert rep["command"].startswith("python -m offline evaluate-wsol --bank ") and "--no-retrain" in rep["command"]
+    assert "--no-progress" not in rep["command"]
+
+
+def test_cam_is_made_for_the_ground_truth_class(tiny_boxes, tmp_path):
+    """The exported CAM equals an independent CAM of the ground-truth class (cubic upsampling to 224,
+    min-max); ``CAM (predicted class)`` differs on a misclassified image."""
+    from hint.backbones import get_backbone
+    from hint.datasets import load_rgb
+
+    bank = _random_bank(tmp_path / "bank")
+    _run(tmp_path, bank, tiny_boxes, "--no-retrain", "--export-methods", "CAM", "CAM (predicted class)")
+    bb = get_backbone("efficientnet_lite0")
+    feats = {}
+    bb.model._head_act.register_forward_hook(lambda _m, _i, o: feats.setdefault("f", o))
+    with torch.no_grad():
+        logits = bb.model(bb.preprocess([load_rgb(tiny_boxes / "images" / "chelsea.png")]))
+    assert int(logits.argmax()) != 281  # misclassified (Egyptian cat)
+    f, w = feats["f"][0].double().numpy(), bb.model._fc.weight.detach().double().numpy()
+    for cls, folder in ((281, "CAM"), (int(logits.argmax()), "CAM_predicted_class")):
+        raw = np.einsum("chw,c->hw", f, w[cls]).astype(np.float32)
+        up = cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)
+        want = (up - up.min()) / (up.max() - up.min())
+        np.testing.assert_allclose(np.load(tmp_path / "npy" / folder / "chelsea.png.npy"), want, atol=1e-4)
+    gt, pred = (np.load(tmp_path / "npy" / d / "chelsea.png.npy") for d in ("CAM", "CAM_predicted_class"))
+    assert np.abs(gt - pred).max() > 0.05
+
+
+def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path):
+    """No cached table: step 1 runs again on the bank's build data (here the tiny set), is cached, and
+    the (x%), faithfulness and ``--step1-methods`` rows appear; a second run reuses the cache."""
+    build = {"method": "guided", "threshold": 0.5, "quantile": 0.99, "max_positives": 4000, "test_fraction": 0.2,
+             "l2": 1e-3, "seed": 0, "data": str(tiny_boxes), "n_images": 6, "unreadable": 0}  # fmt: skip
+    bank = _random_bank(tmp_path / "bank", build)
+    cache = tmp_path / "cache"
+    args = ("--percents", "20", "--draws", "1", "--faithfulness-k", "10", "--cache", str(cache))
+    rep = _run(tmp_path, bank, tiny_boxes, *args, "--step1-methods", "gradient")
+    rt = rep["retrain"]
+    assert rt["done"] and rt["table"].endswith(".safetensors")
+    tables = sorted(p.name for p in cache.iterdir())
+    bank_id = json.loads((bank / "manifest.json").read_text())["bank_id"]
+    assert tables == [f"regions-wsol-{bank_id}-gradient.safetensors", f"regions-wsol-{bank_id}.safetensors"]
+    for m in ("HINT-whole (20%)", "HINT-ancestor (20%)", "whole · shapley top-10", "ancestor · random top-10 s0",
+              "HINT-whole [step 1: gradient]", "HINT-ancestor [step 1: gradient]"):  # fmt: skip
+        assert m in rep["methods"], m
+    assert rep["variants"]["shapley 20%"]["k"] == 22 and rep["extra_variants"]["step 1: gradient"]["done"]
+    assert set(rt["concepts"]) == {"whole", "carnivore", "artifact"}  # espresso has no bank concept above it
+    assert rep["ancestors"]["fallback_to_whole"] == 2
+    assert (tmp_path / "out" / "faithfulness.png").is_file()
+    _check_report(rep, tmp_path)
+    again = _run(tmp_path, bank, tiny_boxes, *args, "--no-recompute-regions")
+    assert again["retrain"]["done"] and again["methods"]["HINT-whole (20%)"] == rep["methods"]["HINT-whole (20%)"]
 
 
 def test_evaluate_wsol_end_to_end_committed_bank(tiny_boxes, tmp_path):
     bank = REPO / "model_store" / "hint-bank"
     if not (bank / "manifest.json").is_file():
-        pytest.skip(
-            "model_store/hint-bank is not built (python -m offline build ... --out model_store/hint-bank)"
-        )
-    rep = _run(tmp_path, bank, tiny_boxes, "--percents", "20", "--draws", "1")
+        pytest.skip("model_store/hint-bank is not built (python -m offline build ... --out model_store/hint-bank)")
+    # the step-1 table is used when cached (model_store/.hint-cache); recomputing it takes minutes: not here
+    rep = _run(tmp_path, bank, tiny_boxes, "--percents", "20", "--draws", "1", "--no-recompute-regions")
     _check_report(rep, tmp_path)
-    if rep["retrain"]["done"]:  # the bank's step-1 table is in model_store/.hint-cache
-        for m in (
-            "HINT-whole (20%)",
-            "HINT-ancestor (20%)",
-            "whole · shapley top-20",
-            "ancestor · random top-20 s0",
-        ):
+    if rep["retrain"]["done"]:
+        for m in ("HINT-whole (20%)", "HINT-ancestor (20%)", "whole · shapley top-20", "ancestor · random top-20 s0"):
             assert m in rep["methods"]
         assert (tmp_path / "out" / "faithfulness.png").is_file()
-        assert rep["variants"]["shapley 20%"]["k"] == 22
+        # retraining on all neurons gives the bank's classifiers back, or (x%) rows get a (100%) reference row
+        if max(rep["retrain"]["reproduction_rel_max_abs_diff"].values()) > 1e-3:
+            assert "HINT-whole (100%)" in rep["methods"] and 100 in rep["retrain"]["percents"]
     else:
         assert "no cached step-1 region table" in rep["retrain"]["reason"]
         assert "HINT-whole (20%)" not in rep["methods"]
