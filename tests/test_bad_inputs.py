@@ -131,14 +131,34 @@ def with_headers(row, headers) -> Callable:
     return lambda: (row() if callable(row) else row, headers)
 
 
+def width() -> int:
+    """D, the neurons of the served layer (the bank decides it)."""
+    return shared_handler()[0].limits.channels
+
+
+class Lazy:
+    """A value computed when the case is built (e.g. from D), with a fixed name for the test id."""
+
+    def __init__(self, label: str, make: Callable):
+        self.label, self.make = label, make
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def value(v):
+    return v.make() if isinstance(v, Lazy) else v
+
+
 def opts(**o) -> Callable:
     """A JSON request with the good image and these options, as TorchServe decoded it."""
-    return lambda: ({"body": {"image": b64(), **o}}, None)
+    return lambda: ({"body": {"image": b64(), **{k: value(v) for k, v in o.items()}}}, None)
 
 
 def form(**fields) -> Callable:
     """A multipart request: the good image as a file part and these text fields (bytes)."""
-    return lambda: ({"data": good("jpeg"), **{k: v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}}, None)
+    return lambda: ({"data": good("jpeg"), **{k: value(v) if isinstance(value(v), bytes) else str(value(v)).encode()
+                                              for k, v in fields.items()}}, None)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -259,10 +279,11 @@ def corpus() -> list[Case]:
 
     # ---- options out of range, of the wrong type
     bad_values = {
-        "top_k": [-1, 113, 10**6, 2**63, 10**4000, 1.5, 5.0, "5", True, None, [], {}],
+        "top_k": [-1, Lazy("D+1", lambda: width() + 1), 10**6, 2**63, 10**4000, 1.5, 5.0, "5", True, None, [], {}],
         "threshold": [-0.01, 1.01, float("nan"), float("inf"), -float("inf"), "0.5", True, None, [0.5], {}, 10**4000],
         "return_maps": ["true", 1, 0, None, [], "yes", 1.0],
-        "ablate": [-1, [-1], [112], [None], ["1"], [1.0], [True], 5, "1,2", None, {}, [[1]], list(range(113)), [2**70]],
+        "ablate": [-1, [-1], Lazy("[D]", lambda: [width()]), [None], ["1"], [1.0], [True], 5, "1,2", None, {}, [[1]],
+                   Lazy("D+1 entries", lambda: list(range(width() + 1))), [2**70]],
         "concepts": ["dog", [], [""], ["  "], [5], [None], ["x" * 201], ["flying spaghetti monster"], ["n99999999"],
                      ["tabby"], [["dog"]], {"a": 1}, ["dog"] * 1001, True, 7],
     }  # fmt: skip
@@ -272,23 +293,23 @@ def corpus() -> list[Case]:
     add("option unknown 'colour'", opts(colour="red"), 400)
     add("option unknown 'topk'", opts(topk=3), 400)
     add("option unknown '' (empty name)", opts(**{"": 1}), 400)
-    for v in (-1, 112, 10**9, "3", 3.0, True, None, [3], {"n": 3}):
-        add(f"neuron={str(v)[:20]}", raw({"neuron": v}), 400)
+    for v in (-1, Lazy("D", width), 10**9, "3", 3.0, True, None, [3], {"n": 3}):
+        add(f"neuron={str(v)[:20]}", lambda v=v: ({"body": {"neuron": value(v)}}, None), 400)
     add("neuron with an image", raw(lambda: {"neuron": 3, "image": b64()}), 400)
     add("neuron with top_k", raw({"neuron": 3, "top_k": 2}), 400)
     add("neuron with ablate", raw({"neuron": 3, "ablate": [1]}), 400)
 
     # ---- multipart text fields
     for key, values in {
-        "top_k": [b"abc", b"1.5", b"", b"99999999999", b"-1", b"113", b"1e3", b"0x10"],
+        "top_k": [b"abc", b"1.5", b"", b"99999999999", b"-1", Lazy("D+1", lambda: str(width() + 1).encode()), b"1e3", b"0x10"],
         "threshold": [b"half", b"nan", b"2", b"-1", b"inf", b"", b"1,5"],
         "return_maps": [b"maybe", b"", b"2", b"truee"],
-        "ablate": [b"1,x", b"-5", b"999", b"1;2", b"1.5", b"99999999999"],
+        "ablate": [b"1,x", b"-5", b"9999", b"1;2", b"1.5", b"99999999999"],
         "concepts": [b",,,", b"unknown-thing", b"tabby", b"dog," + b"x" * 300, b"n99999999"],
-        "neuron": [b"x", b"-1", b"1000", b""],
+        "neuron": [b"x", b"-1", b"100000", b""],
     }.items():  # fmt: skip
         for v in values:
-            add(f"multipart {key}={v[:20]!r}", form(**{key: v}), 400)
+            add(f"multipart {key}={str(v) if isinstance(v, Lazy) else repr(v[:20])}", form(**{key: v}), 400)
         add(f"multipart {key} not utf-8", form(**{key: b"\xff\xfe\xfd"}), 400)
         add(f"multipart {key} as a JSON part (dict)", lambda key=key: ({"data": good("jpeg"), key: {"a": 1}}, None), 400)
     add("multipart neuron with an image", form(neuron=3), 400)
