@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .concepts import DEFAULT_CONCEPTS
 from .datasets import ImageDataset, Sample
 from .explain import Explainer
+from .outputs import write_texts
 from .presence import auroc, prf
 
 ANSWERS = ("served", "probe", "softmax")
@@ -125,12 +126,4 @@ def markdown(rep: dict, command: str) -> str:
 
 def write(rep: dict, out: str | Path, command: str) -> list[Path]:
     """``results.json`` and ``concepts.md`` in ``out`` (atomic writes)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in (("results.json", json.dumps(rep, indent=1)), ("concepts.md", markdown(rep, command))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
-        paths.append(out / name)
-    return paths
+    return write_texts(out, {"results.json": json.dumps(rep, indent=1), "concepts.md": markdown(rep, command)})
