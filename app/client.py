@@ -208,8 +208,11 @@ class HintClient:
         threshold: float | None = None,
         return_maps: bool = False,
         ablate: list[int] | None = None,
+        **options: Any,
     ) -> dict:
-        """The explanation of one image (see docs/api.md); options left None take the server's defaults."""
+        """The explanation of one image (see docs/api.md); options left None take the server's defaults
+        (``concepts=["all"]`` for every bank concept; more options, e.g. ``ablate_probe_only``,
+        ``image_neurons``, ``permutations``, ``seed``, ``regions``, are passed as they are)."""
         payload: dict[str, Any] = {"image": base64.b64encode(image_bytes(image)).decode("ascii")}
         if concepts:
             payload["concepts"] = list(concepts)
@@ -221,6 +224,7 @@ class HintClient:
             payload["return_maps"] = True
         if ablate:
             payload["ablate"] = [int(n) for n in ablate]
+        payload.update({k: v for k, v in options.items() if v is not None})
         body = self._post(payload)
         if "concepts" not in body or "prediction" not in body:
             raise HintError(

@@ -171,3 +171,38 @@ def neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None)
         ax.legend(handles=[Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"),
                            Patch(color=KEPT_COLOR, label="kept")], fontsize=8, frameon=False)  # fmt: skip
     return fig
+
+
+POSITIVE_COLOR = "#54a24b"  # a neuron that raises the concept's probability on this image
+NEGATIVE_COLOR = "#b279a2"  # one that lowers it
+
+
+def image_neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None):
+    """A matplotlib Figure: this image's signed Shapley values (``image_neurons``), green when the neuron
+    raises the concept's probability here, purple when it lowers it, the first ``removed`` in red; each
+    tick reads ``#neuron`` over ``g<global rank>`` (its rank in the bank's global table)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    values = [float(n["signed"]) for n in neurons]
+    labels = [f"#{n['neuron']}\ng{n.get('global_rank', '?')}" for n in neurons]
+    colors = [REMOVED_COLOR if i < removed else POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR
+              for i, v in enumerate(values)]  # fmt: skip
+    ax.bar(range(len(values)), values, color=colors, width=0.8)
+    ax.axhline(0, color="#333333", linewidth=0.8)
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_xlim(-0.6, max(len(values), 1) - 0.4)
+    ax.set_ylabel("signed Shapley value (this image)")
+    ax.set_xlabel("neuron, g = its rank in the bank's global table")
+    ax.grid(axis="y", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    handles = [Patch(color=POSITIVE_COLOR, label="raises the concept here"),
+               Patch(color=NEGATIVE_COLOR, label="lowers it")]  # fmt: skip
+    if removed:
+        handles.append(Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"))
+    ax.legend(handles=handles, fontsize=8, frameon=False)
+    return fig

@@ -1,5 +1,6 @@
 """The Gradio Blocks page: upload → explain through the endpoint → prediction and WordNet chain,
-concept picker (the hierarchy), overlays with boxes, neurons, neuron look-up and live ablation.
+concept picker (every built concept, searchable, with its WordNet path), overlays with boxes, this
+image's neurons beside the bank's global ones, live ablation through the network, neuron look-up.
 
 Everything model-side comes from :class:`app.client.HintClient`; this module only draws and lays out.
 The pure helpers (labels, markdown, frames, overlays) are importable without starting a server.
@@ -23,7 +24,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .client import HintClient, HintError
-from .drawing import fit, neuron_bars, overlay
+from .drawing import fit, image_neuron_bars, neuron_bars, overlay
 
 log = logging.getLogger("app")
 
@@ -38,7 +39,11 @@ MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"
 # are re-encoded as JPEG at the same size in pixels (boxes stay in the original image's pixels).
 SEND_AS_IS_BYTES = 4_000_000
 MAX_NEURONS = 20  # neurons asked per concept; the ablation slider's range
+PERMUTATIONS = 32  # per-image Shapley permutations the page asks for (steadier bars than the service's default)
 SEP = " › "
+IMAGE_SOURCE = "this image's neurons (signed Shapley value)"
+GLOBAL_SOURCE = "the bank's neurons (global Shapley value)"
+UNRELIABLE = " (unreliable)"
 EXAMPLES = {  # skimage.data photo -> file name
     "chelsea": "chelsea.jpg",
     "coffee": "coffee.jpg",
@@ -46,8 +51,11 @@ EXAMPLES = {  # skimage.data photo -> file name
     "rocket": "rocket.jpg",
 }
 LEGEND = (
-    "Heat: the concept's probability at each place, 0 (blue) → 1 (red). "
-    "Magenta box: the largest region above the threshold (weakly supervised localisation)."
+    "Heat: the concept probe's probability at each place, 0 (blue) → 1 (red). Magenta box: the largest "
+    "region where the map reaches the threshold × its maximum, drawn only when the concept is present. "
+    "*probe*: the probe's image score (✓ when it reaches its calibrated threshold); *model*: the model's "
+    "summed softmax over the concept's classes; *present*: the service's answer (reliable, model ≥ 0.5, "
+    "probe score ≥ its veto threshold, parent present)."
 )
 
 
@@ -134,32 +142,37 @@ def display_image(path: str, width: int, height: int) -> np.ndarray:
     return a
 
 
-def concept_chains(concepts: list[dict]) -> dict[str, list[str]]:
-    """wnid -> its path through the bank's concepts, most general first (e.g. whole, animal, mammal)."""
-    names = {c["name"] for c in concepts}
-    return {c["wnid"]: [n for n in reversed(c.get("path") or [c["name"]]) if n in names] for c in concepts}
+def concept_path(c: dict) -> list[str]:
+    """The concept's WordNet path, most general first, without the universal root (``entity``)."""
+    path = list(reversed(c.get("path") or [c["name"]]))
+    return path[1:] if len(path) > 1 and path[0] == "entity" else path
 
 
 def concept_labels(concepts: list[dict]) -> dict[str, str]:
-    """wnid -> 'animal › vertebrate › mammal' (the root shared by every concept is left out)."""
-    chains = concept_chains(concepts)
-    firsts = {ch[0] for ch in chains.values() if ch}
-    root = next(iter(firsts)) if len(firsts) == 1 else None
+    """wnid -> 'feline · physical entity › … › mammal › placental › carnivore': the name first (what one
+    types to search), then its WordNet path; a name two concepts share gets its WNID."""
+    names = [c["name"] for c in concepts]
     out = {}
-    for w, ch in chains.items():
-        shown = ch[1:] if root and len(ch) > 1 and ch[0] == root else ch
-        out[w] = SEP.join(shown)
+    for c in concepts:
+        above = concept_path(c)[:-1]
+        name = c["name"] if names.count(c["name"]) == 1 else f"{c['name']} ({c['wnid']})"
+        out[c["wnid"]] = name + (f"  ·  {SEP.join(above)}" if above else "")
     return out
 
 
 def concept_choices(concepts: list[dict], with_scores: bool = True) -> list[tuple[str, str]]:
-    """(label, wnid) in the hierarchy's depth-first order (siblings alphabetical), labels with scores."""
-    chains, labels = concept_chains(concepts), concept_labels(concepts)
+    """(label, wnid) for every concept in the hierarchy's depth-first order (siblings alphabetical);
+    unreliable ones tagged; with scores, the probe's image score and the model's probability."""
+    labels = concept_labels(concepts)
     out = []
-    for c in sorted(concepts, key=lambda c: (chains[c["wnid"]], c["wnid"])):
+    for c in sorted(concepts, key=lambda c: (concept_path(c), c["wnid"])):
         label = labels[c["wnid"]]
         if with_scores and c.get("score") is not None:
-            label += f"  ({c['score']:.2f}{'' if c.get('present') else ', absent'})"
+            state = "present" if c.get("present") else "absent"
+            model = f", model {c['model_probability']:.2f}" if c.get("model_probability") is not None else ""
+            label += f"  (probe {c['score']:.2f}{model}, {state})"
+        if c.get("reliable") is False:
+            label += UNRELIABLE
         out.append((label, c["wnid"]))
     return out
 
@@ -202,7 +215,7 @@ def prediction_markdown(result: dict) -> str:
             else:
                 parts.append(lvl["name"])
         lines.append("")
-        lines.append("**WordNet chain** (bold: bank concepts with their concept score)  ")
+        lines.append("**WordNet chain** (bold: bank concepts with their probe score)  ")
         lines.append(SEP.join(parts))
         rows = "".join(
             f"<tr><td>{lvl['name']}</td><td>{_pct(lvl.get('probability', 0.0))}</td>"
@@ -211,21 +224,25 @@ def prediction_markdown(result: dict) -> str:
         )
         lines.append("")
         lines.append(
-            "<details><summary>each level's probability (sum over its classes) and concept score</summary>"
-            f"<table><thead><tr><th>level</th><th>P(level)</th><th>concept score</th></tr></thead>"
+            "<details><summary>each level's model probability (sum over its classes) and probe score</summary>"
+            f"<table><thead><tr><th>level</th><th>model P(level)</th><th>probe score</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></details>"
         )
     return "\n".join(lines)
 
 
 def concept_caption(c: dict) -> str:
+    """One line per overlay: probe score (✓ at or above its threshold) beside the model's probability,
+    the served answer, the box."""
     box = c.get("box")
-    where = (
-        f"box {box[0]},{box[1]}–{box[2]},{box[3]}, {_pct(c.get('area_fraction', 0))} of the image"
-        if box
-        else "no region above the threshold"
-    )
-    return f"{c['name']} · score {c['score']:.3f} · {where}"
+    where = (f"box {box[0]},{box[1]}–{box[2]},{box[3]}, {_pct(c.get('area_fraction', 0))} of the image"
+             if box else "no box (not present)")  # fmt: skip
+    probe = f"probe {c['score']:.3f}"
+    if c.get("threshold") is not None:
+        probe += f" {'✓' if c.get('probe_present') else '✗'} (threshold {c['threshold']:.2f})"
+    model = f" · model {c['model_probability']:.3f}" if c.get("model_probability") is not None else ""
+    state = ("present" if c.get("present") else "absent") + (", unreliable" if c.get("reliable") is False else "")
+    return f"{c['name']} · {probe}{model} · {state} · {where}"
 
 
 def concept_overlay(image: np.ndarray, c: dict, size: tuple[int, int]) -> np.ndarray:
@@ -233,8 +250,31 @@ def concept_overlay(image: np.ndarray, c: dict, size: tuple[int, int]) -> np.nda
     return overlay(image, m, c.get("box"), f"{c['name']} {c['score']:.2f}", original_size=size)
 
 
+CONCEPT_COLUMNS = ["concept", "probe score", "probe threshold", "probe present", "model probability", "present",
+                   "reliable", "region %", "WordNet path"]  # fmt: skip
+
+
+def concepts_frame(concepts: list[dict], wnids: list[str]) -> pd.DataFrame:
+    """The chosen concepts side by side: the probe's score and verdict beside the model's probability
+    and the served answer."""
+    by = {c["wnid"]: c for c in concepts}
+    rows = []
+    for w in wnids:
+        c = by.get(w)
+        if c is None:
+            continue
+        rows.append({
+            "concept": c["name"], "WordNet path": SEP.join(concept_path(c)), "reliable": c.get("reliable", True),
+            "probe score": round(float(c["score"]), 3), "probe threshold": round(float(c.get("threshold", 0.5)), 3),
+            "probe present": c.get("probe_present"), "model probability": round(float(c.get("model_probability", 0)), 3),
+            "present": c.get("present"), "region %": round(100 * float(c.get("area_fraction", 0)), 1),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=CONCEPT_COLUMNS)
+
+
 def neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
-    """The concept's top neurons for the bar chart (removed: how many of the top ones are ablated)."""
+    """The concept's top neurons in the bank (global Shapley value) for the bar chart (removed: how many
+    of the top ones are ablated)."""
     rows = []
     for i, n in enumerate(c.get("neurons") or []):
         rows.append({
@@ -247,6 +287,21 @@ def neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
     )
 
 
+IMAGE_NEURON_COLUMNS = ["neuron", "signed", "shapley (abs)", "signed rank", "abs rank", "global rank",
+                        "activation", "status"]  # fmt: skip
+
+
+def image_neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
+    """This image's top neurons for the concept (``image_neurons``, largest signed value first)."""
+    rows = [
+        {"neuron": f"#{n['neuron']}", "signed": float(n["signed"]), "shapley (abs)": float(n["shapley"]),
+         "signed rank": n.get("signed_rank"), "abs rank": n.get("rank"), "global rank": n.get("global_rank"),
+         "activation": float(n.get("activation", 0)), "status": "removed" if i < removed else "kept"}
+        for i, n in enumerate(c.get("image_neurons") or [])
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=IMAGE_NEURON_COLUMNS)
+
+
 def neuron_frame(answer: dict) -> pd.DataFrame:
     rows = [
         {"rank": i + 1, "concept": c["name"], "wnid": c["wnid"], "shapley": round(float(c["shapley"]), 6),
@@ -256,28 +311,51 @@ def neuron_frame(answer: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rank", "concept", "wnid", "shapley", "rank in concept"])
 
 
-def ablation_markdown(focus: dict, removed: list[int], before: dict, after: dict) -> str:
-    """The score drop of the focused concept (and of the other shown concepts) after the ablation."""
-    fb, fa = before[focus["wnid"]], after.get(focus["wnid"])
-    if fa is None:
+def ablation_markdown(focus: dict, removed: list[int], after: dict, source: str = IMAGE_SOURCE) -> str:
+    """What the network did without the removed neurons (``after``: the endpoint's answer with
+    ``ablate``; its ``ablation`` block holds the unablated side): the class prediction before → after,
+    and the focused concept's (and the other shown concepts') probe score and model probability."""
+    block = after.get("ablation") or {}
+    before = {x["wnid"]: x for x in (block.get("before") or {}).get("concepts") or []}
+    now = {x["wnid"]: x for x in after.get("concepts") or []}
+    fb, fa = before.get(focus["wnid"]), now.get(focus["wnid"])
+    if fa is None or fb is None:
         return "_the ablated answer has no such concept_"
-    d = round(fa["score"] - fb["score"], 3) + 0.0  # no "-0.000"
-    rel = f", {100 * d / fb['score']:+.1f} %" if fb["score"] else ""
+    cls = block.get("class") or {}
     ids = ", ".join(f"#{n}" for n in removed)
-    lines = [
-        f"**{focus['name']}**: score {fb['score']:.3f} → **{fa['score']:.3f}** ({d:+.3f}{rel}); "
-        f"region {_pct(fb.get('area_fraction', 0))} → {_pct(fa.get('area_fraction', 0))} of the image"
-        + ("" if fa.get("present") else " (no longer above the threshold)"),
+    where = "inside the network" if block.get("mode", "network") == "network" else "in the concept probes only"
+    lines = []
+    if cls:
+        change = 100 * (cls["probability_after"] - cls["probability_before"]) + 0.0
+        lines.append(f"**Class {cls['name']}**: {_pct(cls['probability_before'])} → **{_pct(cls['probability_after'])}** "
+                     f"({change:+.1f} points)")  # fmt: skip
+        pb, pa = (block.get("before") or {}).get("prediction") or [], after.get("prediction") or []
+        if pb and pa:
+            lines += ["", "| | before | after ablation |", "|---:|---|---|"]
+            for i in range(min(len(pb), len(pa))):
+                lines.append(f"| {i + 1} | {pb[i]['name']} {_pct(pb[i]['probability'])} "
+                             f"| {pa[i]['name']} {_pct(pa[i]['probability'])} |")  # fmt: skip
+    d = round(fa["score"] - fb["score"], 3) + 0.0  # no "-0.000"
+    lines += [
         "",
-        f"Removed (set to the bank's baseline): {ids}",
+        f"**{focus['name']}**: probe score {fb['score']:.3f} → **{fa['score']:.3f}** ({d:+.3f}); model "
+        f"probability {fb['model_probability']:.3f} → {fa['model_probability']:.3f}; "
+        f"{'present' if fb['present'] else 'absent'} → {'present' if fa['present'] else 'absent'}",
+        "",
+        f"Removed ({source}; set to the bank's baseline {where}): {ids}",
     ]
-    others = [w for w in after if w != focus["wnid"] and w in before]
+    others = [w for w in now if w != focus["wnid"] and w in before]
     if others:
-        lines += ["", "| concept | before | after | change |", "|---|---:|---:|---:|"]
+        lines += ["", "| concept | probe before | after | change | model before | after |", "|---|---:|---:|---:|---:|---:|"]
         for w in others:
-            b, a = before[w]["score"], after[w]["score"]
-            lines.append(f"| {after[w]['name']} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
+            b, a = before[w], now[w]
+            lines.append(f"| {a['name']} | {b['score']:.3f} | {a['score']:.3f} | {a['score'] - b['score']:+.3f} "
+                         f"| {b['model_probability']:.3f} | {a['model_probability']:.3f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+ABLATION_HINT = ("_Move the slider to remove this concept's top neurons inside the network: the class "
+                 "prediction, the map, the box and the scores before and after._")
 
 
 def warn_markdown(message: str) -> str:
@@ -327,7 +405,7 @@ class HintApp:
             return self.status_line()
         return warn_markdown(f"service unreachable at {self.client.endpoint} — start it with `make serve`")
 
-    N_EXPLAIN = 13
+    N_EXPLAIN = 16
 
     def explain(self, path, threshold, state):
         return self._guard(self._explain, self.N_EXPLAIN, path, threshold, state)
@@ -339,7 +417,8 @@ class HintApp:
             raise HintError("upload an image (or pick an example) first")
         t0 = time.perf_counter()
         result = self.client.explain(
-            upload_bytes(path), top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True
+            upload_bytes(path), concepts=["all"], top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True,
+            permutations=PERMUTATIONS,
         )
         seconds = time.perf_counter() - t0
         if not result["concepts"]:
@@ -350,30 +429,44 @@ class HintApp:
         focus = selected[-1]
         gallery = self.gallery_items(state, selected)
         fc = self._concept(state, focus)
-        k = min(MAX_NEURONS, len(fc.get("neurons") or []))
         before = self._focus_image(state, fc)
         return (
             self.status_line(result, seconds),
             prediction_markdown(result),
             gr.Dropdown(choices=choices, value=selected, interactive=True),
+            concepts_frame(result["concepts"], selected),
             gr.Gallery(value=gallery, columns=max(1, min(4, len(gallery)))),
             gr.Dropdown(
                 choices=concept_choices(result["concepts"], with_scores=False), value=focus, interactive=True
             ),
             *self.bars(fc),
-            gr.Slider(minimum=0, maximum=max(k, 1), value=0, step=1, interactive=k > 0),
+            self._slider(fc),
             before,
             None,
-            "_Move the slider to remove this concept's top neurons and see the map, box and score change._",
+            ABLATION_HINT,
             gr.Column(visible=True),
             state,
         )
 
     @staticmethod
-    def bars(c: dict, removed: int = 0):
-        """The bar chart of the concept's top neurons (the removed ones in red) and the same as a table."""
-        title = f"Top neurons of {c.get('name', '?')}: Shapley value ± s.e."
-        return neuron_bars(c.get("neurons") or [], removed, title), neurons_frame(c, removed)
+    def _slider(c: dict):
+        import gradio as gr
+
+        k = min(MAX_NEURONS, max(len(c.get("neurons") or []), len(c.get("image_neurons") or [])))
+        return gr.Slider(minimum=0, maximum=max(k, 1), value=0, step=1, interactive=k > 0)
+
+    @staticmethod
+    def bars(c: dict, removed: int = 0, source: str = IMAGE_SOURCE):
+        """This image's neurons for the concept (signed bars) and the bank's global ranking, each as a
+        chart and a table; the ``removed`` top ones of the ``source`` ranking in red."""
+        own, glob = (removed, 0) if source == IMAGE_SOURCE else (0, removed)
+        name = c.get("name", "?")
+        return (
+            image_neuron_bars(c.get("image_neurons") or [], own, f"{name} on this image: signed Shapley value"),
+            image_neurons_frame(c, own),
+            neuron_bars(c.get("neurons") or [], glob, f"{name} in the bank: global Shapley value ± s.e."),
+            neurons_frame(c, glob),
+        )
 
     def _concept(self, state: dict, wnid: str) -> dict:
         for c in state["result"]["concepts"]:
@@ -397,7 +490,7 @@ class HintApp:
         image, size = self._image(state)
         return concept_overlay(image, c, size)
 
-    N_SELECT = 2
+    N_SELECT = 3
 
     def select(self, wnids, state):
         return self._guard(self._select, self.N_SELECT, wnids, state)
@@ -406,11 +499,13 @@ class HintApp:
         import gradio as gr
 
         if not state:
-            return gr.skip(), gr.skip()
-        items = self.gallery_items(state, list(wnids or []))
-        return self.status_line(), gr.Gallery(value=items, columns=max(1, min(4, len(items))))
+            return gr.skip(), gr.skip(), gr.skip()
+        wnids = list(wnids or [])
+        items = self.gallery_items(state, wnids)
+        return (self.status_line(), gr.Gallery(value=items, columns=max(1, min(4, len(items)))),
+                concepts_frame(state["result"]["concepts"], wnids))  # fmt: skip
 
-    N_FOCUS = 7
+    N_FOCUS = 9
 
     def focus(self, wnid, state):
         return self._guard(self._focus, self.N_FOCUS, wnid, state)
@@ -421,22 +516,14 @@ class HintApp:
         if not state or not wnid:
             return (gr.skip(),) * self.N_FOCUS
         c = self._concept(state, wnid)
-        k = min(MAX_NEURONS, len(c.get("neurons") or []))
-        return (
-            gr.skip(),
-            *self.bars(c),
-            gr.Slider(minimum=0, maximum=max(k, 1), value=0, step=1, interactive=k > 0),
-            self._focus_image(state, c),
-            None,
-            "_Move the slider to remove this concept's top neurons and see the map, box and score change._",
-        )
+        return (gr.skip(), *self.bars(c), self._slider(c), self._focus_image(state, c), None, ABLATION_HINT)
 
-    N_ABLATE = 6
+    N_ABLATE = 8
 
-    def ablate(self, k, wnid, selected, state):
-        return self._guard(self._ablate, self.N_ABLATE, k, wnid, selected, state)
+    def ablate(self, k, source, wnid, selected, state):
+        return self._guard(self._ablate, self.N_ABLATE, k, source, wnid, selected, state)
 
-    def _ablate(self, k, wnid, selected, state):
+    def _ablate(self, k, source, wnid, selected, state):
         import gradio as gr
 
         if not state:
@@ -444,26 +531,28 @@ class HintApp:
         if not wnid:
             raise HintError("pick a concept for the neurons first")
         c = self._concept(state, wnid)
-        k = int(k or 0)
+        k, source = int(k or 0), source or IMAGE_SOURCE
         before_img = self._focus_image(state, c)
         if k <= 0:
             return gr.skip(), *self.bars(c), before_img, None, "_No neuron removed._"
-        ids = [n["neuron"] for n in (c.get("neurons") or [])[:k]]
+        ranked = c.get("image_neurons") if source == IMAGE_SOURCE else c.get("neurons")
+        ids = [n["neuron"] for n in (ranked or [])[:k]]
+        if not ids:
+            raise HintError(f"the explanation lists no {source} for {c['name']}")
         wanted = [wnid] + [w for w in (selected or []) if w != wnid]
         after = self.client.explain(
             upload_bytes(state["path"]), concepts=wanted, ablate=ids, top_k=1,
-            threshold=state["threshold"], return_maps=True,
+            threshold=state["threshold"], return_maps=True, image_neurons=False,
         )  # fmt: skip
         after_by = {a["wnid"]: a for a in after["concepts"]}
-        before_by = {x["wnid"]: x for x in state["result"]["concepts"]}
         image, size = self._image(state)
         after_img = concept_overlay(image, after_by[wnid], size) if wnid in after_by else None
         return (
             self.status_line(),
-            *self.bars(c, removed=k),
+            *self.bars(c, removed=len(ids), source=source),
             before_img,
             after_img,
-            ablation_markdown(c, ids, before_by, after_by),
+            ablation_markdown(c, ids, after, source),
         )
 
     N_NEURON = 2
@@ -499,8 +588,9 @@ class HintApp:
                     gr.Examples(examples=[[p] for p in self.examples], inputs=[image], label="Examples",
                                 example_labels=list(EXAMPLES))  # fmt: skip
                     with gr.Accordion("Options", open=False):
-                        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Box threshold",
-                                              info="a concept is present where its probability reaches this")  # fmt: skip
+                        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Region threshold",
+                                              info="share of a concept map's maximum that outlines its box and "
+                                                   "the region its neurons are measured on")  # fmt: skip
                     explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")
                 with gr.Column(scale=3):
                     prediction = gr.Markdown(
@@ -508,32 +598,42 @@ class HintApp:
                     )
             with gr.Column(visible=False) as results:
                 picker = gr.Dropdown(
-                    choices=[], value=[], multiselect=True, label="Concepts (the hierarchy, with their scores)",
-                    info="pick several to compare them side by side", elem_id="picker",
+                    choices=[], value=[], multiselect=True, filterable=True, elem_id="picker",
+                    label="Concepts: every built concept, name · WordNet path (probe score, model probability)",
+                    info="type a name to search; pick several to compare them side by side; (unreliable): its "
+                         "probe does not beat chance on held-out images, it is never present",
                 )  # fmt: skip
+                concept_table = gr.Dataframe(headers=CONCEPT_COLUMNS, interactive=False, max_height=240,
+                                             elem_id="concept-table", label="probe beside model")  # fmt: skip
                 gallery = gr.Gallery(label="Concept maps and boxes", columns=4, height=None, format="png",
                                      object_fit="contain", elem_id="overlays")  # fmt: skip
                 gr.Markdown(LEGEND)
+                focus = gr.Dropdown(choices=[], label="Neurons of the concept", filterable=True, elem_id="focus")
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=3):
-                        focus = gr.Dropdown(choices=[], label="Neurons of the concept", elem_id="focus")
-                        bars = gr.Plot(label="Top neurons", show_label=False, format="png", elem_id="neurons")
-                        with gr.Accordion(
-                            "as a table, with this image's activation and contribution", open=False
-                        ):
+                    with gr.Column():
+                        image_bars = gr.Plot(label="This image", show_label=False, format="png", elem_id="image-neurons")
+                        with gr.Accordion("this image's neurons as a table", open=False):
+                            image_table = gr.Dataframe(headers=IMAGE_NEURON_COLUMNS, interactive=False,
+                                                       max_height=300, elem_id="image-neurons-table")  # fmt: skip
+                    with gr.Column():
+                        bars = gr.Plot(label="The bank", show_label=False, format="png", elem_id="neurons")
+                        with gr.Accordion("the bank's neurons as a table, with this image's activation", open=False):
                             bars_table = gr.Dataframe(
                                 headers=list(neurons_frame({}).columns), interactive=False, max_height=300,
                                 elem_id="neurons-table",
                             )  # fmt: skip
-                    with gr.Column(scale=4):
-                        slider = gr.Slider(0, MAX_NEURONS, value=0, step=1, interactive=False,
-                                           label="Remove the top-k neurons of this concept", elem_id="ablate")  # fmt: skip
-                        with gr.Row():
-                            before = gr.Image(label="before", format="png", interactive=False, height=260,
-                                              elem_id="before")  # fmt: skip
-                            after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
-                                             elem_id="after")  # fmt: skip
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        source = gr.Radio([IMAGE_SOURCE, GLOBAL_SOURCE], value=IMAGE_SOURCE, label="Remove",
+                                          elem_id="source")  # fmt: skip
+                        slider = gr.Slider(0, MAX_NEURONS, value=0, step=1, interactive=False, elem_id="ablate",
+                                           label="the top-k neurons of this concept (inside the network)")  # fmt: skip
                         ablation = gr.Markdown(elem_id="ablation")
+                    with gr.Column(scale=3), gr.Row():
+                        before = gr.Image(label="before", format="png", interactive=False, height=260,
+                                          elem_id="before")  # fmt: skip
+                        after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
+                                         elem_id="after")  # fmt: skip
             with gr.Accordion("Neuron look-up: which concepts does a neuron serve?", open=True):
                 with gr.Row():
                     neuron_no = gr.Number(
@@ -545,20 +645,21 @@ class HintApp:
                     max_height=320, elem_id="neuron-table",
                 )  # fmt: skip
 
+            neuron_outputs = [image_bars, image_table, bars, bars_table]
             explain_btn.click(
                 self.explain, [image, threshold, state],
-                [status, prediction, picker, gallery, focus, bars, bars_table, slider, before, after, ablation, results, state],
+                [status, prediction, picker, concept_table, gallery, focus, *neuron_outputs, slider, before, after,
+                 ablation, results, state],
                 api_name="explain",
             )  # fmt: skip
-            picker.input(self.select, [picker, state], [status, gallery], api_name="select")
-            focus.input(
-                self.focus,
-                [focus, state],
-                [status, bars, bars_table, slider, before, after, ablation],
-                api_name="focus",
-            )
-            slider.release(self.ablate, [slider, focus, picker, state], [status, bars, bars_table, before, after, ablation],
+            picker.input(self.select, [picker, state], [status, gallery, concept_table], api_name="select")
+            focus.input(self.focus, [focus, state], [status, *neuron_outputs, slider, before, after, ablation],
+                        api_name="focus")  # fmt: skip
+            ablate_outputs = [status, *neuron_outputs, before, after, ablation]
+            slider.release(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
                            api_name="ablate", trigger_mode="always_last")  # fmt: skip
+            source.input(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
+                         api_visibility="private", trigger_mode="always_last")  # fmt: skip
             neuron_btn.click(self.neuron, [neuron_no], [status, neuron_table], api_name="neuron")
             neuron_no.submit(self.neuron, [neuron_no], [status, neuron_table], api_visibility="private")
             demo.load(self.check_service, None, [status], api_visibility="private")

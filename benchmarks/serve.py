@@ -307,29 +307,36 @@ def table(results: dict[int, dict]) -> str:
             )
     lines.append("")
     for c, res in results.items():
-        lines.append(f"* p50 ratio HINT / bare, {c} client{'s' if c > 1 else ''}: **{res['hint']['p50'] / res['bare']['p50']:.3f}**")
+        lines.append(f"* p50 ratio HINT / bare, {c} client{'s' if c > 1 else ''}: **{res['hint']['p50'] / res['bare']['p50']:.3f}** "
+                     f"(target ≤ {P50_TARGET}); throughput ratio: **{res['hint']['rps'] / res['bare']['rps']:.3f}** "
+                     f"(target ≥ {RPS_TARGET} at 8 clients)")  # fmt: skip
     return "\n".join(lines)
 
 
-NOTES = """\
-Where HINT's extra time goes, and what was done about it (profiled with py-spy in the worker and
-cProfile in-process, 451x300 image, 26 concepts, 1 torch thread):
+P50_TARGET, RPS_TARGET = 1.3, 0.8  # issue 11: with this image's neurons on, at the default options
 
-* First version: HINT / bare p50 = 1.3-1.5. `Explainer.explain` resized every concept map to the full
-  image for its box (~7 ms for 26 concepts here, 0.8 s for a 12-megapixel photo), made ~12 small
-  torch calls per concept for the neuron activations, and the first fast path used a numpy matrix
-  product whose BLAS thread pool cost ~5 ms per call inside the worker.
-* `hint/explain.py` now (a) memoises per-concept constants (top neurons, weights, baselines, WNID
-  lookups, chain paths and leaf indices), (b) skips the full-size resize of absent concepts and counts
-  pixels instead of averaging (same output, checked equal on 90 option combinations), and (c) offers
-  `fast=True`, which the handler uses (`box_grid: 112`): boxes on a 112x112 grid scaled to the image
-  (within one grid step of the full-resolution box), region activations as one torch matrix product.
-  The per-image cost after the forward pass went from ~7-9 ms to ~2-3 ms, whatever the image size
-  (full resolution: 0.8 s for a 12-megapixel photo).
-* What is left: the JSON answer (~20 kB, ~1 ms to encode) and ~2 ms of per-concept Python; the
-  forward pass (~30-45 ms at 1 thread) is the same in both handlers. The ratio moves with the load
-  other jobs put on the 2 cores: three runs after the last change (box_grid 112) gave 1.10-1.12 with
-  1 client and 0.98-1.13 with 8.
+
+NOTES = """\
+The answer is the service's default: the relevant concepts (the predicted class's path and the present
+ones, 13 on this photo), 5 neurons of the bank and **5 of this image's own per concept** (per-image
+Shapley values, M = 8 permutations over each concept's region: ~450 region cells × 320 neurons here;
+see "Per-image Shapley"), no maps. Where HINT's extra time goes per image (the in-process handler,
+batches of 4 such requests, 1 torch thread, cProfile and timers):
+
+* the forward pass (~28 ms) is the same in both handlers;
+* the concept maps of all 249 concepts, their pooled scores and presence, the boxes of the present
+  concepts on a 112x112 grid (`fast`), the chain and the bank's neurons: ~1.5-2 ms;
+* this image's neurons: ~4 ms at M = 8 (the estimator laid out neurons x region cells, permutations
+  memoised, ranks only for the listed neurons: `hint.neurons`; `"image_neurons": false` saves it), ~7.5
+  ms at M = 16. At M = 16 the 8-client throughput ratio was 0.77-0.82 in five runs on 2026-11-30, some
+  with other jobs running, hence the default M = 8 (handler option `default_permutations`); a request
+  may ask for more (`permutations`);
+* the JSON answer (~20 kB): ~0.2 ms.
+
+The ratios move with the load other jobs put on the 2 cores (both endpoints are measured in alternating
+rounds so that both see the same load). Other runs of `--requests 192` at M = 8 on 2026-11-30: on a quiet
+machine (1-minute load average 0.0-1.3) p50 ratio at 1 client 1.15-1.18 and throughput ratio at 8
+clients 0.81-0.88 in three runs; with another build running on the same 2 cores 1.17 and 0.84.
 """
 
 
@@ -365,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(io.BytesIO(image)) as im:
         image_desc = f"{im.format} {im.size[0]}x{im.size[1]}, {len(image)} bytes"
     levels = [int(c) for c in args.clients.split(",")]
+    load = [os.getloadavg()[0], 0.0]
     with tempfile.TemporaryDirectory(prefix="hint-bench-") as tmp:
         work = Path(tmp)
         if args.workdir:
@@ -385,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"ratio {r['hint']['p50'] / r['bare']['p50']:.3f}",
                     file=sys.stderr,
                 )
+    load[1] = os.getloadavg()[0]
     cfg = (REPO / "handlers" / "model-config.yaml").read_text()
     batch = " ".join(
         line.split("#")[0].strip() for line in cfg.splitlines() if line.split(":")[0] in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
@@ -394,10 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             "## Serving",
             "",
             f"`python benchmarks/serve.py --requests {args.requests}` on {time.strftime('%Y-%m-%d')}: TorchServe 0.12, "
-            f"both archives on one server, loopback, `{image_desc}` posted as raw `image/jpeg`.",
+            f"both archives on one server, loopback, `{image_desc}` posted as raw `image/jpeg` (default options: "
+            "this image's neurons on), both client levels in one run.",
             f"Machine: **2-core CPU** ({cpu_name()}, {os.cpu_count()} logical CPUs), torch "
-            f"{_torch_version()}, shared with other jobs while measured (so absolute numbers are noisy; the "
-            "two endpoints are measured in alternating rounds, so both see the same load).",
+            f"{_torch_version()}, shared with other jobs (1-minute load average {load[0]:.1f} before the run, "
+            f"{load[1]:.1f} after it with the benchmark's own processes; absolute numbers are noisy, the two "
+            "endpoints are measured in alternating rounds, so both see the same load).",
             f"Per model: {batch} (handlers/model-config.yaml), 1 torch thread per worker.",
             "",
             table(results),

@@ -1,9 +1,10 @@
 """TorchServe handler for HINT: prediction, WordNet chain, concept scores, boxes and Shapley neurons.
 
-Requests are parsed and validated by :func:`hint.request.parse_request` (docs/api.md). Each request of
-a batch gets one answer, the explanation (docs/response.schema.json) or its own JSON error and status;
-valid images share one forward pass. A bad bank fails the worker start with one line. The archive
-(``make archive``) holds this file, the bank and the ``hint`` package; options: :data:`DEFAULTS`.
+Requests are parsed and validated by :func:`hint.request.parse_request` (docs/api.md) and answered by
+:meth:`hint.explain.Explainer.answer`. Each request of a batch gets one answer, the explanation
+(docs/response.schema.json) or its own JSON error and status; valid images share one forward pass (an
+image with a network ablation runs in it twice). A bad bank fails the worker start with one line. The
+archive (``make archive``) holds this file, the bank and the ``hint`` package; options: :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DEFAULTS = {
     "box_grid": 0,  # fast boxes: grid side in pixels, 0 = the backbone's input size (224)
     "default_top_k": 5,
     "default_threshold": 0.5,
+    "default_permutations": 8,  # per-image Shapley permutations M when a request sets none (serving budget)
     "log_timings": False,  # log preprocess / inference / postprocess milliseconds of every batch
 }
 
@@ -81,7 +83,7 @@ class HintHandler(BaseHandler):
         return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
                       max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
                       default_top_k=int(c["default_top_k"]), default_threshold=float(c["default_threshold"]),
-                      options=self.OPTIONS, **kw)  # fmt: skip
+                      default_permutations=int(c["default_permutations"]), options=self.OPTIONS, **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
         from hint.backbones import get_backbone
@@ -161,24 +163,18 @@ class HintHandler(BaseHandler):
                     group[0].error = RequestError(500, "internal error while explaining (see the server log)")
         return jobs
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _answer(self, jobs: list[Job]) -> None:
         ex = self.explainer
-        images = [j for j in jobs if isinstance(j.request, ExplainRequest)]
         for job in jobs:
             if isinstance(job.request, NeuronRequest):
                 job.result = ex.neuron(job.request.neuron)
-        if not images:
-            return
-        probs, maps, z = ex.forward([j.request.image for j in images])
-        for i, job in enumerate(images):
-            r, m_i, z_i = job.request, maps[i], z[i]
-            if r.ablate:
-                m, zz = ex.concept_maps(z[i : i + 1], r.ablate)
-                m_i, z_i = m[0], zz[0]
-            rows = None if r.concepts is None else ex.rows(None if r.concepts == rq.ALL else r.concepts)
-            job.result = ex.describe(r.size, probs[i], m_i, z_i, rows, r.top_k, r.threshold, r.return_maps,
-                                     r.ablate)  # fmt: skip
+        images = [j for j in jobs if isinstance(j.request, ExplainRequest)]
+        if images:
+            answers = ex.answer([j.request.image for j in images], [j.request.size for j in images],
+                                [j.request.options for j in images])  # fmt: skip
+            for job, answer in zip(images, answers, strict=True):
+                job.result = answer
 
     def postprocess(self, jobs: list[Job]) -> list[str]:
         """Compact JSON per request; an error sets its status and reason phrase."""

@@ -1,7 +1,10 @@
 """Explain images with a backbone and its concept bank: prediction, concept scores, neurons, boxes.
 
 This is what the TorchServe handler and the command line serve; the JSON it builds is documented in
-``docs/api.md`` (schema in ``docs/response.schema.json``).
+``docs/api.md`` (schema in ``docs/response.schema.json``). Per request (:meth:`Explainer.answer`):
+the bank's global neurons of every reported concept and this image's own (per-image Shapley values,
+:mod:`hint.neurons`), and ``ablate`` through the network (the hooked layer's channels set to their
+baseline inside the forward pass) or, with ``ablate_probe_only``, in the concept probes' input only.
 """
 
 from __future__ import annotations
@@ -18,7 +21,23 @@ from .backbones import Backbone
 from .bank import ConceptBank
 from .hierarchy import Hierarchy
 from .localization import box_from_map
+from .neurons import ChannelEdit, image_shapley, rank_of, ranks, responsible_region
 from .presence import pool
+
+#: request options (hint.request.OPTIONS names) and their defaults, as :meth:`Explainer.answer` reads them
+DEFAULTS = {
+    "concepts": None,  # None: the relevant concepts; "all"; or a list of bank WNIDs
+    "top_k": 5,
+    "threshold": 0.5,
+    "return_maps": False,
+    "ablate": [],
+    "ablate_probe_only": False,
+    "image_neurons": True,
+    "permutations": 8,
+    "seed": 0,
+    "regions": False,
+}
+ALL = "all"
 
 
 class Explainer:
@@ -69,10 +88,14 @@ class Explainer:
             self._leafmat[i, list(self.h[w].leaves)] = 1.0
         self._parent_row = [self._row.get(c.get("parent", "")) for c in bank.concepts]
         self._by_depth = sorted(range(len(bank.concepts)), key=lambda r: self.h[bank.wnids[r]].depth)
+        self._depth_pos = {r: i for i, r in enumerate(self._by_depth)}
         self._phi_se = bank.phi_se.to(self.device)
         self._tops: dict[tuple[int, int], tuple] = {}
         self._leaf_idx: dict[str, torch.Tensor] = {}
         self._paths: dict[int, list[str]] = {}
+        self._edit: ChannelEdit | None = None  # network ablation of the next forward pass
+        self._global_rank = ranks(bank.phi.float()).to(self.device)  # (E, D) bank phi rank, 1 = largest
+        self.logits: torch.Tensor | None = None  # of the last forward pass
 
     @classmethod
     def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
@@ -94,7 +117,12 @@ class Explainer:
         return cls(backbone, bank, device=device, fast=fast, box_grid=box_grid)
 
     def _keep(self, module, inputs, output):
+        if self._edit is not None:  # network ablation: the rest of the network sees the edited map
+            output = self._edit(output)
+            self._z = output.detach()
+            return output
         self._z = output.detach()
+        return None
 
     def _chain_top(self) -> str | None:
         """The most general bank concept (the chain stops there, e.g. at ``whole``)."""
@@ -103,16 +131,27 @@ class Explainer:
         return min(self.bank.wnids, key=lambda w: (self.h[w].depth, w))
 
     @torch.no_grad()
-    def forward(self, images: list[Image.Image], ablate: list[int] | None = None):
-        """(class probabilities (N, 1000), concept maps (N, E, h, w), activations z (N, D, h, w))."""
-        return self.forward_tensor(self.backbone.preprocess(images), ablate)
+    def forward(self, images: list[Image.Image], ablate: list[int] | None = None, edits=None):
+        """(class probabilities (N, 1000), concept maps (N, E, h, w), activations z (N, D, h, w));
+        ``ablate``: neurons set to their baseline in the probes' input only; ``edits``: per image, the
+        channels set to their baseline inside the network (:meth:`forward_tensor`)."""
+        return self.forward_tensor(self.backbone.preprocess(images), ablate, edits)
 
     @torch.no_grad()
-    def forward_tensor(self, x: torch.Tensor, ablate: list[int] | None = None):
-        """:meth:`forward` on an already preprocessed batch x (N, 3, H, W)."""
-        logits = self.model(x.to(self.device))
+    def forward_tensor(self, x: torch.Tensor, ablate: list[int] | None = None,
+                       edits: list[list[int] | None] | None = None):  # fmt: skip
+        """:meth:`forward` on an already preprocessed batch x (N, 3, H, W). ``edits[i]``: channels of
+        the hooked layer set to the bank's baseline for image i by the forward hook, so the class
+        prediction, z and the concept maps all follow (network ablation); the logits are kept in
+        :attr:`logits`."""
+        self._edit = ChannelEdit(self.baseline, list(edits)) if edits and any(edits) else None
+        try:
+            logits = self.model(x.to(self.device))
+        finally:
+            self._edit = None
+        self.logits = logits.float()
         maps, z = self.concept_maps(self._z.float(), ablate)
-        return F.softmax(logits.float(), dim=1), maps, z
+        return F.softmax(self.logits, dim=1), maps, z
 
     @torch.no_grad()
     def presence_arrays(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -142,33 +181,113 @@ class Explainer:
     def explain(
         self,
         images: list[Image.Image],
-        concepts: list[str] | None = None,
+        concepts: list[str] | str | None = None,
         top_k: int = 5,
         threshold: float = 0.5,
         ablate: list[int] | None = None,
         return_maps: bool = False,
         topk_classes: int = 5,
+        **options,
     ) -> list[dict]:
-        """One JSON-ready dict per image (see docs/api.md)."""
-        for n in ablate or []:
-            if not 0 <= n < self.channels:
-                raise ValueError(f"ablate: neuron {n} out of range 0..{self.channels - 1}")
-        rows = None if concepts is None else self.rows(concepts)
-        probs, maps, z = self.forward(images, ablate)
+        """One JSON-ready dict per image (see docs/api.md), all with the same options (``concepts``:
+        bank WNIDs, ``"all"``, or None for the relevant ones; more options: :data:`DEFAULTS`)."""
+        opts = {**options, "concepts": concepts, "top_k": top_k, "threshold": threshold,
+                "ablate": list(ablate or []), "return_maps": return_maps}  # fmt: skip
+        return self.answer(images, [im.size for im in images], [opts] * len(images), topk_classes)
+
+    @torch.no_grad()
+    def answer(
+        self, images: list[Image.Image], sizes: list[tuple[int, int]], options: list[dict], topk_classes: int = 5
+    ) -> list[dict]:
+        """Explain a batch, each image with its own options (:data:`DEFAULTS` names; ``sizes``: (W, H) of
+        each image as displayed). One forward pass serves the whole batch: images with a network
+        ablation run in it a second time, their copy edited by the hook."""
+        opts = [{**DEFAULTS, **o} for o in options]
+        for o in opts:
+            for n in o["ablate"]:
+                if not 0 <= n < self.channels:
+                    raise ValueError(f"ablate: neuron {n} out of range 0..{self.channels - 1}")
+        x = self.backbone.preprocess(images).to(self.device)
+        net = [i for i, o in enumerate(opts) if o["ablate"] and not o["ablate_probe_only"]]
+        edits = [None] * len(opts) + [opts[i]["ablate"] for i in net]
+        probs, maps, z = self.forward_tensor(torch.cat([x, x[net]]) if net else x, edits=edits)
+        out = []
+        for i, o in enumerate(opts):
+            clean, after = (probs[i], maps[i], z[i]), None
+            if o["ablate"] and o["ablate_probe_only"]:
+                m, zz = self.concept_maps(z[i : i + 1], o["ablate"])
+                after = (probs[i], m[0], zz[0])
+            elif o["ablate"]:
+                j = len(opts) + net.index(i)
+                after = (probs[j], maps[j], z[j])
+            region = self.responsible(x[i : i + 1], int(probs[i].argmax())) if o["regions"] else None
+            out.append(self.describe(sizes[i], clean, o, after, region, topk_classes))
+        return out
+
+    def responsible(self, x: torch.Tensor, cls: int) -> dict:
+        """Step 1 at request time: the guided-backprop responsible region of class ``cls`` for one
+        preprocessed image (:func:`hint.neurons.responsible_region`): saliency map and mask."""
+        sal, mask = responsible_region(self.backbone, x, cls)
+        return {"class": cls, "saliency": sal, "mask": mask}
+
+    def describe(self, size, clean, options: dict, after=None, region: dict | None = None, topk_classes=5) -> dict:
+        """One image's JSON-ready dict (what :meth:`answer` returns per image). ``clean`` and ``after``
+        are (probabilities, concept maps, z) of the image and, with an ablation, of its ablated
+        version: the top-level fields then describe ``after`` and ``ablation`` holds the clean side.
+        ``region``: :meth:`responsible`, the region of the per-image Shapley values (else each
+        concept's own map above ``threshold`` × its maximum)."""
+        o = {**DEFAULTS, **options}
+        now = self._state(*(after or clean))
+        before = self._state(*clean) if after is not None else None
+        if o["concepts"] is None:
+            rows = self.relevant(now["top1"], now["present"])
+            if before is not None:
+                rows = sorted(set(rows) | set(self.relevant(before["top1"], before["present"])), key=self._depth_pos.__getitem__)
+        else:
+            rows = self.rows(None if o["concepts"] == ALL else o["concepts"])
+        out = self._one(size, now, rows, o, region, topk_classes)
+        out["model"]["ablated"] = sorted(set(o["ablate"]))
+        if before is not None:
+            out["ablation"] = self._ablation(before, now, rows, o, topk_classes)
+        return out
+
+    def _state(self, probs: torch.Tensor, maps: torch.Tensor, z: torch.Tensor) -> dict:
+        """What every field is read from: probabilities, maps, z, pooled scores, model probabilities,
+        the served presence and the predicted class."""
+        scores = pool(maps).tolist()
+        model_p = (self._leafmat @ probs.float()).tolist()
+        return {"probs": probs, "maps": maps, "z": z, "scores": scores, "model_p": model_p,
+                "present": self.presence(scores, model_p), "top1": int(probs.argmax())}  # fmt: skip
+
+    def _prediction(self, probs: torch.Tensor, k: int) -> list[dict]:
+        p, idx = probs.topk(k)
         return [
-            self.describe(im.size, probs[i], maps[i], z[i], rows, top_k, threshold, return_maps, ablate, topk_classes)
-            for i, im in enumerate(images)
+            {"index": int(c), "wnid": self.h.classes[c], "name": self.h.class_names[c], "probability": float(v)}
+            for v, c in zip(p.tolist(), idx.tolist(), strict=True)
         ]
 
-    def describe(
-        self, size, probs, maps, z, rows, top_k=5, threshold=0.5, return_maps=False, ablate=None, topk_classes=5
-    ) -> dict:
-        """One image's JSON-ready dict from its ``forward`` / ``concept_maps`` outputs (``size`` = (W, H)
-        of the original image, ``rows`` from :meth:`rows`, or None for :meth:`relevant` rows); what
-        ``explain`` returns per image."""
-        out = self._one(size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes)
-        out["model"]["ablated"] = sorted(set(ablate or []))
-        return out
+    def _ablation(self, before: dict, now: dict, rows: list[int], o: dict, topk_classes: int) -> dict:
+        """The ``ablation`` block: mode, neurons, the clean prediction's top class before/after, and the
+        clean side's prediction and concept scores (and maps) for the listed concepts."""
+        c = before["top1"]
+        p0, p1 = float(before["probs"][c]), float(now["probs"][c])
+        maps = before["maps"].cpu().numpy() if o["return_maps"] else None
+        concepts = []
+        for r in rows:
+            entry = {"wnid": self.bank.wnids[r], "name": self.bank.concepts[r]["name"],
+                     "score": round(before["scores"][r], 5), "model_probability": round(before["model_p"][r], 5),
+                     "present": before["present"][r]}  # fmt: skip
+            if maps is not None:
+                entry["map"] = np.round(maps[r], 4).tolist()
+            concepts.append(entry)
+        return {
+            "mode": "probe" if o["ablate_probe_only"] else "network",
+            "neurons": sorted(set(o["ablate"])),
+            "class": {"index": c, "wnid": self.h.classes[c], "name": self.h.class_names[c],
+                      "probability_before": round(p0, 6), "probability_after": round(p1, 6),
+                      "change": round(p1 - p0, 6)},  # fmt: skip
+            "before": {"prediction": self._prediction(before["probs"], topk_classes), "concepts": concepts},
+        }
 
     def presence(self, scores: list[float], model_probability: list[float]) -> list[bool]:
         """The served ``present`` (docs/concepts.md): the concept is reliable, the model's summed softmax
@@ -214,24 +333,17 @@ class Explainer:
             )
         return self._tops[key]
 
-    def _one(self, size, probs, maps, z, rows, top_k, threshold, return_maps, topk_classes) -> dict:
+    def _one(self, size, st: dict, rows: list[int], o: dict, region: dict | None, topk_classes: int) -> dict:
         width, height = size
-        p, idx = probs.topk(topk_classes)
-        prediction = [
-            {"index": int(k), "wnid": self.h.classes[k], "name": self.h.class_names[k], "probability": float(v)}
-            for v, k in zip(p.tolist(), idx.tolist(), strict=True)
-        ]
-        maps_np = maps.cpu().numpy()
-        scores = pool(maps).tolist()
-        model_p = (self._leafmat @ probs.float()).tolist()
-        present = self.presence(scores, model_p)
-        if rows is None:
-            rows = self.relevant(int(idx[0]), present)
+        top_k, threshold, z = o["top_k"], o["threshold"], st["z"]
+        scores, model_p, present = st["scores"], st["model_p"], st["present"]
+        maps_np = st["maps"].cpu().numpy()
         # where the concept lies: its map relative to its own maximum, cells >= threshold (never empty)
         rel = maps_np / np.maximum(maps_np.reshape(len(maps_np), -1).max(1), 1e-12)[:, None, None]
         if self.fast:
             boxes = _boxes_on_grid(rel, rows, present, width, height, threshold, self.box_grid)
             acts_all = _region_means(rel, z, rows, threshold)
+        own = self._image_neurons(rel, z, rows, o, region) if o["image_neurons"] and rows else None
         concepts = []
         for j, r in enumerate(rows):
             top, nidx, w, b, se, fixed = self._top(r, top_k)
@@ -254,12 +366,14 @@ class Explainer:
                 "reliable": self._reliable[r], "present": present[r], "box": box,
                 "area_fraction": round(frac, 5), "neurons": neurons,
             }  # fmt: skip
-            if return_maps:
+            if own is not None:
+                entry["region_cells"], entry["image_neurons"] = own[j]
+            if o["return_maps"]:
                 entry["map"] = np.round(maps_np[r], 4).tolist()
             concepts.append(entry)
-        return {
-            "prediction": prediction,
-            "chain": self.chain(int(idx[0]), probs, scores),
+        out = {
+            "prediction": self._prediction(st["probs"], topk_classes),
+            "chain": self.chain(st["top1"], st["probs"], scores),
             "concepts": concepts,
             "image": {"width": width, "height": height},
             "map_size": list(maps_np.shape[1:]),
@@ -269,6 +383,47 @@ class Explainer:
                 "bank_sha256": self.bank.sha256, "library_version": __version__,
             },  # fmt: skip
         }
+        if o["image_neurons"]:
+            out["image_shapley"] = {"permutations": int(o["permutations"]), "seed": int(o["seed"]),
+                                    "region": "concept_map" if region is None else "responsible"}  # fmt: skip
+        if region is not None:
+            c = region["class"]
+            out["responsible"] = {
+                "class": {"index": c, "wnid": self.h.classes[c], "name": self.h.class_names[c]},
+                "method": "guided", "threshold": 0.5, "cells": int(region["mask"].sum()),
+                "map": np.round(region["saliency"].cpu().numpy(), 4).tolist(),
+            }  # fmt: skip
+        return out
+
+    def _image_neurons(self, rel: np.ndarray, z: torch.Tensor, rows: list[int], o: dict, region: dict | None):
+        """Per listed concept: (region cells, its ``top_k`` neurons by this image's signed Shapley value,
+        i.e. the neurons that raise the concept's probability most on this image, each with its ranks over
+        all D neurons: signed, the paper's absolute form, and the bank's global φ), from one
+        :func:`hint.neurons.image_shapley` call."""
+        k, cells = len(rows), rel.shape[1] * rel.shape[2]
+        if region is None:
+            masks = torch.from_numpy(rel[rows].reshape(k, cells) >= o["threshold"]).to(z.device)
+        else:
+            masks = region["mask"].reshape(1, cells).expand(k, cells).to(z.device)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        signed, absolute = image_shapley(z, masks, self.weight[idx], self.bias[idx], self.baseline,
+                                         int(o["permutations"]), int(o["seed"]))  # fmt: skip
+        counts = masks.sum(1)
+        acts = (masks.float() @ z.reshape(z.shape[0], cells).float().T) / counts.unsqueeze(1)  # (K, D) region means
+        top = signed.topk(min(o["top_k"], signed.shape[1]), dim=1).indices
+        cols = {
+            "neuron": top, "shapley": absolute.gather(1, top), "signed": signed.gather(1, top),
+            "rank": rank_of(absolute, top), "signed_rank": rank_of(signed, top),
+            "global_rank": self._global_rank[idx].gather(1, top), "activation": acts.gather(1, top),
+        }  # fmt: skip
+        for name, digits in (("shapley", 6), ("signed", 6), ("activation", 4)):  # k / 10^digits: the shortest repr
+            cols[name] = torch.round(cols[name].double() * 10**digits) / 10**digits
+        lists = [v.tolist() for v in cols.values()]
+        names = list(cols)
+        return [
+            (int(c), [dict(zip(names, entry, strict=True)) for entry in zip(*(col[j] for col in lists), strict=True)])
+            for j, c in enumerate(counts.tolist())
+        ]
 
     def chain(self, cls: int, probs: torch.Tensor, scores: list[float]) -> list[dict]:
         """The predicted class's WordNet path up to the bank's top concept, each level with its

@@ -46,6 +46,7 @@ FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 IMAGE_PARTS = ("body", "data", "file", "image")
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 MAX_NAME = 200  # longest concept name or WNID accepted
+MAX_PERMUTATIONS = 256  # per-image Shapley permutations a request may ask for (the bank uses 256)
 
 
 class RequestError(Exception):
@@ -79,6 +80,7 @@ class Limits:
     work_size: int = 448  # decode to at least this many pixels per axis (the model squashes to 224)
     default_top_k: int = 5
     default_threshold: float = 0.5
+    default_permutations: int = 8  # per-image Shapley permutations (M)
     options: tuple[str, ...] | None = None  # accepted option names; None: all of OPTIONS
     concept: Callable[[str], str] | None = None  # name or WNID -> bank WNID (raises RequestError)
     max_concepts: int = 1000
@@ -137,7 +139,16 @@ OPTIONS: dict[str, Option] = {
                help="share of a concept's map maximum that outlines its box and region"),
         Option("return_maps", "bool", False, help="add each concept's score map"),
         Option("ablate", "ints", lambda lim: [], lo=0, hi=lambda lim: lim.channels - 1, max_items=lambda lim: lim.channels,
-               help="neurons set to their baseline before the concept classifiers"),
+               help="neurons set to their baseline inside the network at the hooked layer (before and after returned)"),
+        Option("ablate_probe_only", "bool", False,
+               help="ablate in the concept probes' input only: concept maps change, the class prediction does not"),
+        Option("image_neurons", "bool", True, help="this image's Shapley value of every neuron per concept"),
+        Option("permutations", "int", lambda lim: lim.default_permutations, lo=1, hi=MAX_PERMUTATIONS,
+               help="permutations M of the per-image Shapley values"),
+        Option("seed", "int", 0, lo=0, hi=2**31 - 1, help="seed of the per-image Shapley permutations"),
+        Option("regions", "bool", False,
+               help="per-image Shapley over the predicted class's step-1 responsible region (guided "
+                    "backprop), returned as a map, instead of each concept's own region"),
         Option("neuron", "int", None, lo=0, hi=lambda lim: lim.channels - 1, form="neuron",
                help="reverse direction: this neuron's Shapley value for every concept"),
     )

@@ -26,7 +26,8 @@ pytestmark = [
 gradio_client = pytest.importorskip("gradio_client")
 
 from app.client import HintClient  # noqa: E402
-from app.drawing import BOX_COLOR, KEPT_COLOR, REMOVED_COLOR  # noqa: E402
+from app.drawing import BOX_COLOR, KEPT_COLOR, POSITIVE_COLOR, REMOVED_COLOR  # noqa: E402
+from app.ui import GLOBAL_SOURCE, IMAGE_SOURCE  # noqa: E402
 
 FELINE, WHOLE, PERSON, ANIMAL, BIRD = "n02120997", "n00003553", "n00007846", "n00015388", "n01503061"
 
@@ -85,18 +86,33 @@ def explained(app):
 
 def test_explain(explained):
     _, out = explained
-    status, prediction, picker, gallery, focus, bars, table, slider, before, after, ablation = out
+    (status, prediction, picker, concepts, gallery, focus, image_bars, image_table, bars, table, slider, before,
+     after, ablation) = out  # fmt: skip
     assert status.startswith("Explained in") and "efficientnet_lite0" in status
     assert re.search(r"^### .*cat — \d+\.\d %", prediction), prediction
     assert "**feline**" in prediction and "**whole**" in prediction and " › " in prediction
+    # every built concept, searchable by name, with its WordNet path; unreliable ones tagged
     labels = {v: lab for lab, v in picker["choices"]}
-    assert labels[FELINE].startswith("animal › vertebrate › mammal › carnivore › feline")
-    assert picker["value"][0] == WHOLE and picker["value"][-1] == FELINE
+    assert len(labels) == 249
+    assert labels[FELINE].startswith("feline  ·  physical entity") and "mammal › placental › carnivore" in labels[FELINE]
+    assert "(probe " in labels[FELINE] and ", model " in labels[FELINE]
+    assert sum(lab.endswith("(unreliable)") for lab in labels.values()) == 51
+    chain = re.findall(r"\*\*([^*]+?)\*\* \d\.\d\d", prediction)
+    names = {w: re.match(r"(.+?)(  ·  |  \(|$)", lab).group(1) for w, lab in labels.items()}
+    assert names[picker["value"][0]] in chain and names[picker["value"][-1]] in chain
     items = gallery_paths(gallery)
     assert len(items) == len(picker["value"]) == 4
-    assert items[-1][1].startswith("feline · score")
-    assert all(magenta(p) > 50 for p, _ in items), "every present concept has its box drawn"
-    assert focus["value"] == FELINE
+    # the probe beside the model, per chosen concept
+    assert concepts["headers"][:6] == ["concept", "probe score", "probe threshold", "probe present",
+                                       "model probability", "present"] and len(concepts["data"]) == 4
+    assert all(" · probe " in cap and " · model " in cap for _, cap in items)
+    assert all(magenta(p) > 50 for p, cap in items if " · present" in cap), "every present concept has its box"
+    assert focus["value"] == picker["value"][-1]
+    # this image's neurons (signed) beside the bank's
+    assert plot_pixels(image_bars, POSITIVE_COLOR) > 500 and plot_pixels(image_bars, REMOVED_COLOR) == 0
+    assert len(image_table["data"]) == 20
+    signed = [row[1] for row in image_table["data"]]
+    assert signed == sorted(signed, reverse=True) and signed[0] > 0
     assert plot_pixels(bars, KEPT_COLOR) > 500 and plot_pixels(bars, REMOVED_COLOR) == 0
     assert len(table["data"]) == 20 and table["data"][0][0].startswith("#")
     shap = [row[1] for row in table["data"]]
@@ -107,22 +123,29 @@ def test_explain(explained):
 
 def test_select_paper_columns(explained):
     client, _ = explained
-    status, gallery = client.predict([WHOLE, PERSON, ANIMAL, BIRD], api_name="/select")
+    status, gallery, concepts = client.predict([WHOLE, PERSON, ANIMAL, BIRD], api_name="/select")
     captions = [c for _, c in gallery_paths(gallery)]
     assert [c.split(" · ")[0] for c in captions] == ["whole", "person", "animal", "bird"]
     assert gallery["columns"] == 4
+    assert [r[0] for r in concepts["data"]] == ["whole", "person", "animal", "bird"]
+    assert "absent, unreliable" in captions[1], "person: its probe does not beat chance"
 
 
-def test_ablation_matches_the_endpoint(explained, app, endpoint):
+@pytest.mark.parametrize("source", [IMAGE_SOURCE, GLOBAL_SOURCE])
+def test_ablation_through_the_network_matches_the_endpoint(explained, app, endpoint, source):
     client, _ = explained
     examples = app[1]
-    status, bars, table, before, after, md = client.predict(10, FELINE, [WHOLE, FELINE], api_name="/ablate")
+    out = client.predict(10, source, FELINE, [WHOLE, FELINE], api_name="/ablate")
+    status, image_bars, image_table, bars, table, before, after, md = out
     assert Path(before).is_file() and Path(after).is_file()
-    assert [row[-1] for row in table["data"]].count("removed") == 10
-    assert plot_pixels(bars, REMOVED_COLOR) > 200, "the removed neurons' bars are red"
-    m = re.search(r"\*\*feline\*\*: score (\d\.\d{3}) → \*\*(\d\.\d{3})\*\*", md)
+    shown = image_table if source == IMAGE_SOURCE else table
+    assert [row[-1] for row in shown["data"]].count("removed") == 10
+    assert plot_pixels(image_bars if source == IMAGE_SOURCE else bars, REMOVED_COLOR) > 200, "removed bars are red"
+    m = re.search(r"\*\*Class (.+?)\*\*: (\d+\.\d) % → \*\*(\d+\.\d) %\*\*", md)
     assert m, md
-    assert "| whole |" in md and "Removed (set to the bank's baseline): #" in md
+    f = re.search(r"\*\*feline\*\*: probe score (\d\.\d{3}) → \*\*(\d\.\d{3})\*\*", md)
+    assert f, md
+    assert "| whole |" in md and "inside the network): #" in md and source in md
     # the same request straight to the endpoint gives the numbers the page shows
     url, key_file = endpoint
     direct = HintClient(url, token_file=key_file)
@@ -130,13 +153,18 @@ def test_ablation_matches_the_endpoint(explained, app, endpoint):
 
     data = upload_bytes(examples / "chelsea.jpg")
     base = direct.explain(data, concepts=[FELINE], top_k=10, threshold=0.5)["concepts"][0]
-    ids = [n["neuron"] for n in base["neurons"]]
-    abl = direct.explain(data, concepts=[FELINE], ablate=ids, threshold=0.5)["concepts"][0]
-    # the page rounds to 3 decimals; the two runs may differ in the last float32 digits (threads)
-    assert float(m.group(1)) == pytest.approx(base["score"], abs=6e-4)
-    assert float(m.group(2)) == pytest.approx(abl["score"], abs=6e-4)
-    status, bars, table, before, after, md = client.predict(0, FELINE, [FELINE], api_name="/ablate")
-    assert after is None and "No neuron removed" in md
+    ids = [n["neuron"] for n in base["image_neurons" if source == IMAGE_SOURCE else "neurons"]]
+    abl = direct.explain(data, concepts=[FELINE], ablate=ids, threshold=0.5)
+    cls = abl["ablation"]["class"]
+    assert abl["ablation"]["mode"] == "network" and m.group(1) == cls["name"]
+    # the page rounds; the two runs may differ in the last float32 digits (threads)
+    assert float(m.group(2)) == pytest.approx(100 * cls["probability_before"], abs=0.06)
+    assert float(m.group(3)) == pytest.approx(100 * cls["probability_after"], abs=0.06)
+    assert float(f.group(1)) == pytest.approx(base["score"], abs=6e-4)
+    assert float(f.group(2)) == pytest.approx(abl["concepts"][0]["score"], abs=6e-4)
+    assert cls["probability_after"] < cls["probability_before"], "removing feline's neurons costs the cat class"
+    out = client.predict(0, source, FELINE, [FELINE], api_name="/ablate")
+    assert out[6] is None and "No neuron removed" in out[7]
 
 
 def test_neuron_lookup(explained):

@@ -102,6 +102,10 @@ def test_explain_sends_json_options_and_token(server):
     assert base64.b64decode(body["image"]) == png()
     assert body["concepts"] == ["n00003553", "animal"]
     assert (body["top_k"], body["threshold"], body["return_maps"], body["ablate"]) == (7, 0.4, True, [3, 5])
+    c.explain(png(), concepts=["all"], ablate=[1], ablate_probe_only=True, permutations=8, seed=None, regions=True)
+    body = json.loads(server.requests[-1]["body"])
+    assert body["concepts"] == ["all"] and body["ablate_probe_only"] is True and body["permutations"] == 8
+    assert body["regions"] is True and "seed" not in body, "None leaves an option to the server"
 
 
 def test_explain_leaves_unset_options_to_the_server_and_unwraps_a_batch_of_one(server):

@@ -114,3 +114,24 @@ def test_neuron_bars_colours_the_removed_ones():
     three = neuron_bars(neurons, 3)
     assert count(three, REMOVED_COLOR) > 1000 and count(three, KEPT_COLOR) > 1000
     assert [t.get_text() for t in three.axes[0].get_xticklabels()][:2] == ["#0", "#1"]
+
+
+def test_image_neuron_bars_sign_and_removed_colours():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from app.drawing import NEGATIVE_COLOR, POSITIVE_COLOR, REMOVED_COLOR, image_neuron_bars
+
+    neurons = [{"neuron": n, "signed": 0.05 - n / 100, "global_rank": 3 * n + 1} for n in range(10)]
+
+    def count(fig, hex_colour):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        a = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+        want = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+        return int((np.abs(a - want).sum(-1) <= 6).sum())
+
+    fig = image_neuron_bars(neurons, 0, "feline")
+    assert count(fig, POSITIVE_COLOR) > 500 and count(fig, NEGATIVE_COLOR) > 500 and count(fig, REMOVED_COLOR) == 0
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["#0\ng1", "#1\ng4"]
+    two = image_neuron_bars(neurons, 2)
+    assert count(two, REMOVED_COLOR) > 500

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,14 +91,16 @@ def test_upload_explain_ablate_lookup(browser_deps, photo, tmp_path):
     assert "exceed" in f["tooBig"] and "10" in f["tooBig"], f["tooBig"]
     assert "cat" in f["prediction"].lower(), f["prediction"]
     assert "feline" in f["chain"] and "whole" in f["chain"]
-    for name in ("whole", "mammal", "feline"):
-        assert name in f["chips"], f["chips"]
-    assert "animal › vertebrate › mammal" in f["chips"]
+    assert "physical entity › object" in f["chips"] and "(probe " in f["chips"], f["chips"]
     assert f["overlays"] == 4
     assert f["box"]["n"] > 50 and f["box"]["width"] == 451, f["box"]
-    assert "feline" in f["focus"]
-    assert "feline" in f["ablation"] and "→" in f["ablation"]
-    assert "structure" in f["neuronTable"]
+    assert "feline" in f["focus"], "the focus is on the cat's chain"
+    assert "probe score" in f["conceptTable"] and "model probability" in f["conceptTable"]
+    assert f["searched"].startswith("retriever") and "canine" in f["searched"], f["searched"]
+    assert f["unreliable"].lstrip("✓ ").startswith("person") and f["unreliable"].endswith("(unreliable)"), f["unreliable"]
+    assert f["ablation"].startswith("Class ") and "→" in f["ablation"] and "points" in f["ablation"]
+    assert "probe score" in f["ablationScore"] and "→" in f["ablationScore"]
+    assert "rank in concept" in f["neuronTable"] and re.search(r" n\d{8} ", f["neuronTable"]), f["neuronTable"]
     for shot in ("explain.png", "overlays.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
 

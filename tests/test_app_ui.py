@@ -13,14 +13,19 @@ from PIL import Image
 from app.client import HintError
 from app.drawing import BOX_COLOR
 from app.ui import (
+    GLOBAL_SOURCE,
     SEP,
     ablation_markdown,
+    concept_caption,
     concept_choices,
     concept_labels,
     concept_overlay,
+    concept_path,
+    concepts_frame,
     default_selection,
     display_image,
     example_images,
+    image_neurons_frame,
     neuron_frame,
     neurons_frame,
     prediction_markdown,
@@ -39,10 +44,15 @@ def concepts() -> list[dict]:
         score = 0.3 + 0.7 * ((i * 37) % 26) / 25
         out.append({
             "wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": c["depth"], "score": score,
-            "present": score >= 0.5, "box": [10, 10, 50, 40] if score >= 0.5 else None, "area_fraction": 0.2,
+            "threshold": c["threshold"], "probe_present": score >= c["threshold"], "reliable": c["reliable"],
+            "model_probability": 1 - score / 2, "present": score >= 0.5 and c["reliable"],
+            "box": [10, 10, 50, 40] if score >= 0.5 and c["reliable"] else None, "area_fraction": 0.2,
             "neurons": [{"neuron": n, "shapley": 0.1 - n / 1000, "shapley_se": 0.001, "activation": 1.0,
                          "contribution": 0.1} for n in range(20)],
-            "map": np.full((14, 14), score).tolist(),
+            "region_cells": 12,
+            "image_neurons": [{"neuron": 100 + n, "shapley": 0.2 - n / 200, "signed": 0.15 - n / 100, "rank": n + 2,
+                               "signed_rank": n + 1, "global_rank": 3 * n + 1, "activation": 0.5} for n in range(20)],
+            "map": np.full((7, 7), score).tolist(),
         })  # fmt: skip
     return out
 
@@ -64,28 +74,41 @@ def result(
     }  # fmt: skip
 
 
-def test_labels_follow_the_hierarchy(concepts):
+def test_labels_name_first_then_the_wordnet_path(concepts):
     labels = {c["name"]: concept_labels(concepts)[c["wnid"]] for c in concepts}
-    assert labels["whole"] == "whole"
-    assert labels["animal"] == "animal"
-    assert labels["mammal"] == f"animal{SEP}vertebrate{SEP}mammal"
-    assert labels["feline"] == SEP.join(["animal", "vertebrate", "mammal", "carnivore", "feline"])
-    assert labels["car"] == SEP.join(["artifact", "vehicle", "wheeled vehicle", "car"])
+    assert labels["physical entity"] == "physical entity"
+    assert labels["whole"] == f"whole  ·  physical entity{SEP}object"
+    mammal = f"animal{SEP}chordate{SEP}vertebrate{SEP}mammal"
+    assert labels["feline"].startswith("feline  ·  physical entity") and labels["feline"].endswith(f"{mammal}{SEP}placental{SEP}carnivore")
+    assert f"vehicle{SEP}wheeled vehicle" in labels["car"]
+    shared = [lab for lab in concept_labels(concepts).values() if lab.startswith("vessel")]
+    assert len(shared) == 2 and len(set(shared)) == 2, "a name two concepts share gets its WNID"
 
 
-def test_choices_are_depth_first(concepts):
+def test_choices_cover_every_concept_depth_first_and_mark_unreliable(concepts):
     choices = concept_choices(concepts, with_scores=False)
-    labels = [lab for lab, _ in choices]
-    assert labels[0] == "whole" and len(choices) == len(concepts)
-    # every concept comes right after its ancestors' block: each label's parent precedes it
-    for i, lab in enumerate(labels[1:], 1):
-        parent = lab.rsplit(SEP, 1)[0]
-        if SEP in lab:
-            assert parent in labels[:i], lab
-    assert labels.index("animal" + SEP + "vertebrate") < labels.index("artifact")
-    scored = concept_choices(concepts)
-    assert all("(" in lab for lab, _ in scored)
-    assert any("absent" in lab for lab, _ in scored)
+    assert len(choices) == len(concepts) == len({w for _, w in choices}) == 249
+    paths = [concept_path(next(c for c in concepts if c["wnid"] == w)) for _, w in choices]
+    assert paths == sorted(paths), "depth-first: every concept right after its ancestors' block"
+    unreliable = {c["wnid"] for c in concepts if not c["reliable"]}
+    assert unreliable and {w for lab, w in choices if lab.endswith("(unreliable)")} == unreliable
+    scored = dict((w, lab) for lab, w in concept_choices(concepts))
+    c = concepts[3]
+    assert f"(probe {c['score']:.2f}, model {c['model_probability']:.2f}, " in scored[c["wnid"]]
+    assert any("absent" in lab for lab in scored.values()) and any("present)" in lab for lab in scored.values())
+
+
+def test_probe_beside_model(concepts):
+    c = next(c for c in concepts if c["present"] and c["probe_present"])
+    cap = concept_caption(c)
+    assert f"probe {c['score']:.3f} ✓ (threshold {c['threshold']:.2f}) · model {c['model_probability']:.3f} · present" in cap
+    bad = next(c for c in concepts if not c["reliable"])
+    assert "absent, unreliable" in concept_caption(bad) and "no box" in concept_caption(bad)
+    f = concepts_frame(concepts, [c["wnid"], bad["wnid"], "n00000000"])
+    assert list(f["concept"]) == [c["name"], bad["name"]]
+    row = f.iloc[0]
+    assert (row["probe score"], row["model probability"], row["present"]) == (round(c["score"], 3), round(c["model_probability"], 3), True)
+    assert row["WordNet path"].endswith(c["name"]) and not f.iloc[1]["reliable"]
 
 
 def test_default_selection_spreads_over_the_predicted_chain(concepts):
@@ -95,7 +118,7 @@ def test_default_selection_spreads_over_the_predicted_chain(concepts):
     assert picked[0] == "whole" and picked[-1] == "feline" and len(picked) == 4
     r2 = result(concepts, chain_names=("espresso", "beverage", "entity"))
     picked2 = default_selection(r2)
-    assert names[picked2[0]] == "whole" and len(picked2) == 4
+    assert names[picked2[0]] == "physical entity" and len(picked2) == 4, "the most general, then the best scores"
 
 
 def test_prediction_markdown(concepts):
@@ -103,7 +126,7 @@ def test_prediction_markdown(concepts):
     assert md.startswith("### Egyptian cat — 82.0 %")
     assert "tiger cat 7.0 %" in md
     assert f"Egyptian cat{SEP}**feline**" in md and "**whole**" in md
-    assert "<table>" in md and "concept score" in md
+    assert "<table>" in md and "probe score" in md and "model P(level)" in md
     assert prediction_markdown({"prediction": []}) == "_no prediction_"
 
 
@@ -111,20 +134,35 @@ def test_frames(concepts):
     f = neurons_frame(concepts[0], removed=3)
     assert len(f) == 20 and list(f["status"][:4]) == ["removed"] * 3 + ["kept"]
     assert f["neuron"][0] == "#0"
-    assert neurons_frame({}).empty
+    assert neurons_frame({}).empty and image_neurons_frame({}).empty
+    g = image_neurons_frame(concepts[0], removed=2)
+    assert len(g) == 20 and g["neuron"][0] == "#100" and list(g["status"][:3]) == ["removed", "removed", "kept"]
+    assert g.iloc[1][["signed rank", "abs rank", "global rank"]].tolist() == [2, 3, 4] and g["signed"][1] == pytest.approx(0.14)
     t = neuron_frame({"concepts": [{"wnid": "n1", "name": "a", "shapley": 0.2, "rank_in_concept": 3}]})
     assert t.iloc[0].tolist() == [1, "a", "n1", 0.2, 3]
 
 
 def test_ablation_markdown(concepts):
-    before = {c["wnid"]: c for c in concepts}
-    focus = concepts[1]
-    after = {focus["wnid"]: {**focus, "score": focus["score"] - 0.25, "present": False, "area_fraction": 0.0},
-             concepts[0]["wnid"]: {**concepts[0], "score": concepts[0]["score"] - 0.01}}  # fmt: skip
-    md = ablation_markdown(focus, [3, 7], before, after)
-    assert f"**{focus['name']}**: score {focus['score']:.3f} → **{focus['score'] - 0.25:.3f}** (-0.250" in md
-    assert "#3, #7" in md and "no longer above the threshold" in md
-    assert f"| {concepts[0]['name']} |" in md
+    focus, other = concepts[1], concepts[0]
+    short = lambda c, d=0.0, present=None: {"wnid": c["wnid"], "name": c["name"], "score": c["score"] + d,  # noqa: E731
+                                            "model_probability": c["model_probability"] + d / 2,
+                                            "present": c["present"] if present is None else present}  # fmt: skip
+    after = {
+        "prediction": [{"name": "tiger cat", "probability": 0.5}, {"name": "Egyptian cat", "probability": 0.3}],
+        "concepts": [short(focus, -0.25, False), short(other, -0.01)],
+        "ablation": {"mode": "network", "neurons": [3, 7],
+                     "class": {"name": "Egyptian cat", "probability_before": 0.8, "probability_after": 0.3},
+                     "before": {"prediction": [{"name": "Egyptian cat", "probability": 0.8},
+                                               {"name": "tiger cat", "probability": 0.1}],
+                                "concepts": [short(focus), short(other)]}},
+    }  # fmt: skip
+    md = ablation_markdown(focus, [3, 7], after, GLOBAL_SOURCE)
+    assert md.startswith("**Class Egyptian cat**: 80.0 % → **30.0 %** (-50.0 points)")
+    assert "| 1 | Egyptian cat 80.0 % | tiger cat 50.0 % |" in md
+    assert f"**{focus['name']}**: probe score {focus['score']:.3f} → **{focus['score'] - 0.25:.3f}** (-0.250)" in md
+    assert "→ absent" in md and "#3, #7" in md and GLOBAL_SOURCE in md and "inside the network" in md
+    assert f"| {other['name']} |" in md
+    assert ablation_markdown(focus, [1], {"concepts": []}) == "_the ablated answer has no such concept_"
 
 
 def test_concept_overlay_has_the_box(concepts):

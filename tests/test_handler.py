@@ -1,5 +1,6 @@
 """The TorchServe handler in-process (no Java): every response field, the JSON schema, boxes inside
-the image, the tabby's chain, ablation, the reverse direction, image formats, batching, a corpus of
+the image, the tabby's chain, this image's neurons, ablation through the network (equal to a plain
+forward hook) and in the probes only, the reverse direction, image formats, batching, a corpus of
 malformed requests (each a 4xx with a message, the next valid request still served), and a bad bank.
 
 The bank is ``model_store/hint-bank`` (committed; CI has it) or ``$HINT_BANK``.
@@ -18,6 +19,7 @@ import zlib
 import jsonschema
 import numpy as np
 import pytest
+import torch
 import yaml
 from handler_kit import (
     BANK,
@@ -112,6 +114,25 @@ def check_explanation(doc: dict, width: int, height: int, bank_concepts: list[di
         sh = [n["shapley"] for n in c["neurons"]]
         assert sh == sorted(sh, reverse=True)
         assert len({n["neuron"] for n in c["neurons"]}) == top_k
+        check_image_neurons(c, doc, top_k)
+
+
+def check_image_neurons(c: dict, doc: dict, top_k: int) -> None:
+    """This image's neurons: top_k by the signed value, ranked over all D, with the other ranks."""
+    if "image_shapley" not in doc:
+        assert "image_neurons" not in c and "region_cells" not in c
+        return
+    own = c["image_neurons"]
+    assert len(own) == top_k and 1 <= c["region_cells"] <= 49
+    assert [n["signed_rank"] for n in own] == sorted(n["signed_rank"] for n in own)
+    assert [n["signed"] for n in own] == sorted((n["signed"] for n in own), reverse=True)
+    for i, n in enumerate(own):
+        assert n["signed_rank"] <= i + 1, "ranked over all neurons: the i-th listed has rank at most i"
+        assert abs(n["signed"]) <= n["shapley"] + 1e-6, "|mean| <= mean of |.|"
+        assert 1 <= n["global_rank"] <= 320 and 1 <= n["signed_rank"] <= 320
+    if own and doc["image_shapley"]["region"] == "concept_map" and "map" in c:
+        m = np.asarray(c["map"])
+        assert c["region_cells"] == int((m >= doc["threshold"] * m.max() - 1e-4).sum())
 
 
 # ------------------------------------------------------------------------------------------ explain
@@ -187,19 +208,100 @@ def test_multipart_text_options(served, tabby_jpeg):
     assert doc["model"]["ablated"] == [1, 2]
 
 
-def test_ablating_top_neurons_lowers_the_score(served, tabby_jpeg):
+def test_ablating_top_neurons_acts_through_the_network(served, tabby_jpeg):
     b64 = base64.b64encode(tabby_jpeg).decode()
-    code, base = one(served, {"body": {"image": b64, "concepts": ["mammal"], "top_k": 40}})
+    code, base = one(served, {"body": {"image": b64, "concepts": ["mammal"], "top_k": 40, "return_maps": True}})
     assert code == 200
     before = base["concepts"][0]
     top = [n["neuron"] for n in before["neurons"] if n["shapley"] > 0]
     assert top
-    code, abl = one(served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top + top[:1]}})
+    code, abl = one(served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top + top[:1], "return_maps": True}})
     assert code == 200
-    after = abl["concepts"][0]
+    after, block = abl["concepts"][0], abl["ablation"]
     assert after["score"] < before["score"] - 0.01, (before["score"], after["score"])
-    assert abl["model"]["ablated"] == sorted(set(top))
-    assert abl["prediction"] == base["prediction"], "ablation acts on the concept classifiers, not the class head"
+    assert abl["model"]["ablated"] == sorted(set(top)) == block["neurons"] and block["mode"] == "network"
+    # the class head sees the ablated layer: the predicted class loses probability
+    cls = block["class"]
+    assert cls["index"] == base["prediction"][0]["index"]
+    assert cls["probability_before"] == pytest.approx(base["prediction"][0]["probability"], abs=1e-4)
+    assert cls["probability_after"] < cls["probability_before"] - 0.01
+    assert cls["change"] == pytest.approx(cls["probability_after"] - cls["probability_before"], abs=2e-6)
+    after_p = {p["index"]: p["probability"] for p in abl["prediction"]}
+    if cls["index"] in after_p:
+        assert after_p[cls["index"]] == pytest.approx(cls["probability_after"], abs=1e-5)
+    # before = the unablated answer
+    assert_same_answer(block["before"]["prediction"], base["prediction"])
+    b0 = block["before"]["concepts"][0]
+    assert (b0["wnid"], b0["score"], b0["present"]) == (before["wnid"], before["score"], before["present"])
+    assert np.allclose(b0["map"], before["map"], atol=2e-4) and not np.allclose(after["map"], before["map"], atol=1e-3)
+    # ablated channels contribute nothing on this image any more
+    assert not {n["neuron"] for n in after["image_neurons"] if n["shapley"] > 0} & set(top)
+    # the old probe-only edit: maps change, the class prediction does not
+    code, probe = one(served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top, "ablate_probe_only": True}})
+    assert code == 200 and probe["ablation"]["mode"] == "probe"
+    assert probe["prediction"] == probe["ablation"]["before"]["prediction"]
+    assert probe["ablation"]["class"]["change"] == 0
+    assert probe["concepts"][0]["score"] < before["score"] - 0.01
+
+
+def test_network_ablation_equals_a_plain_forward_hook(served, tabby):
+    """ablate = the hooked layer's channel set to the bank's baseline by a forward hook, and the
+    network continues: the logits equal those of a plain hook doing exactly that."""
+    ex = served[0].explainer
+    x = ex.backbone.preprocess([tabby, tabby.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    channel = int(ex.bank.top_neurons(MAMMAL, 1)[0][0])
+    probs, maps, z = ex.forward_tensor(x, edits=[[channel], [channel, 7]])
+    ours = ex.logits.clone()
+
+    def plain(module, inputs, output):
+        out = output.clone()
+        out[0, channel] = ex.baseline[channel]
+        out[1, [channel, 7]] = ex.baseline[[channel, 7]].view(-1, 1, 1)
+        return out
+
+    handle = ex.backbone.layer_module().register_forward_hook(plain)
+    try:
+        with torch.no_grad():
+            theirs = ex.model(x).float()
+    finally:
+        handle.remove()
+    assert torch.equal(ours, theirs)
+    assert torch.equal(probs, torch.softmax(theirs, 1))
+    assert torch.all(z[0, channel] == ex.baseline[channel]) and torch.all(z[1, 7] == ex.baseline[7])
+    clean = ex.forward_tensor(x)[0]
+    assert not torch.equal(clean, probs), "the ablation changed the prediction"
+    assert (clean - ex.forward_tensor(x, edits=[None, None])[0]).abs().max() == 0
+
+
+def test_image_neurons_options_and_regions(served, tabby_jpeg):
+    b64 = base64.b64encode(tabby_jpeg).decode()
+    req = {"image": b64, "concepts": ["mammal", "feline"], "top_k": 320, "return_maps": True}
+    code, full = one(served, {"body": req})
+    assert code == 200 and full["image_shapley"] == {"permutations": 8, "seed": 0, "region": "concept_map"}
+    for c in full["concepts"]:
+        assert sorted(n["neuron"] for n in c["image_neurons"]) == list(range(320)), "every neuron ranked"
+        assert sorted(n["global_rank"] for n in c["image_neurons"])[0] == 1
+    # seeded: the same answer again; another seed or M: other Monte-Carlo noise
+    code, again = one(served, {"body": req})
+    assert again["concepts"][0]["image_neurons"] == full["concepts"][0]["image_neurons"]
+    code, other = one(served, {"body": {**req, "seed": 5, "permutations": 32}})
+    assert other["image_shapley"] == {"permutations": 32, "seed": 5, "region": "concept_map"}
+    assert other["concepts"][0]["image_neurons"] != full["concepts"][0]["image_neurons"]
+    # off: the old answer, without the new fields
+    code, off = one(served, {"body": {**req, "image_neurons": False}})
+    assert "image_shapley" not in off and all("image_neurons" not in c for c in off["concepts"])
+    # the step-1 responsible region, as a map, shared by every concept
+    code, reg = one(served, {"body": {**req, "regions": True, "top_k": 3}})
+    assert code == 200 and reg["image_shapley"]["region"] == "responsible"
+    r = reg["responsible"]
+    assert r["class"]["index"] == reg["prediction"][0]["index"] and r["method"] == "guided"
+    m = np.asarray(r["map"])
+    assert m.shape == (7, 7) and m.min() >= 0 and m.max() == 1 and r["cells"] == int((m > 0.5).sum())
+    assert all(c["region_cells"] == r["cells"] for c in reg["concepts"])
+    # multipart text forms
+    code, mp = one(served, {"data": tabby_jpeg, "concepts": b"mammal", "permutations": b"12", "seed": b"3",
+                            "image_neurons": b"true", "regions": b"false", "ablate_probe_only": b"false"})  # fmt: skip
+    assert code == 200 and mp["image_shapley"] == {"permutations": 12, "seed": 3, "region": "concept_map"}
 
 
 def test_neuron_reverse_lookup(served, tabby_result):
@@ -276,17 +378,18 @@ def test_gif_first_frame_is_explained(served, tabby):
 def test_batch_is_one_forward_and_answers_each_request(served, tabby_jpeg, tabby_result, monkeypatch):
     h, _ = served
     calls = []
-    forward = h.explainer.forward
-    monkeypatch.setattr(h.explainer, "forward", lambda images, *a, **k: calls.append(len(images)) or forward(images, *a, **k))
+    forward = h.explainer.forward_tensor
+    monkeypatch.setattr(h.explainer, "forward_tensor", lambda x, *a, **k: calls.append(len(x)) or forward(x, *a, **k))
     rows = [{"body": tabby_jpeg}, {"body": b"not an image"}, {"body": {"image": base64.b64encode(tabby_jpeg).decode(),
             "ablate": [3]}}, {"body": {"neuron": 3}}, {"body": b""}, {"data": tabby_jpeg, "top_k": b"1"}]  # fmt: skip
     res = call(served, *rows)
     assert [c for c, _ in res] == [200, 400, 200, 200, 400, 200]
-    assert calls == [3], "the three valid images share one forward pass"
+    assert calls == [4], "the three valid images and the ablated copy of one share one forward pass"
     for i in (0, 2, 5):
         doc = res[i][1]
-        assert doc["prediction"][0]["wnid"] == tabby_result["prediction"][0]["wnid"]
-        assert abs(doc["prediction"][0]["probability"] - tabby_result["prediction"][0]["probability"]) < 1e-4
+        pred = doc["ablation"]["before"]["prediction"] if i == 2 else doc["prediction"]  # 2: unablated side
+        assert pred[0]["wnid"] == tabby_result["prediction"][0]["wnid"]
+        assert abs(pred[0]["probability"] - tabby_result["prediction"][0]["probability"]) < 1e-4
     assert res[2][1]["model"]["ablated"] == [3] and res[0][1]["model"]["ablated"] == []
     assert len(res[5][1]["concepts"][0]["neurons"]) == 1
 
@@ -399,6 +502,16 @@ def malformed_corpus(tabby: Image.Image) -> list[tuple[str, dict, int | None]]:
         ("ablate int", {"body": {"image": b64, "ablate": 5}}, 400),
         ("ablate nested", {"body": {"image": b64, "ablate": [[1]]}}, 400),
         ("ablate null", {"body": {"image": b64, "ablate": None}}, 400),
+        ("ablate_probe_only int", {"body": {"image": b64, "ablate_probe_only": 1}}, 400),
+        ("ablate_mode unknown option", {"body": {"image": b64, "ablate_mode": "network"}}, 400),
+        ("image_neurons string", {"body": {"image": b64, "image_neurons": "yes"}}, 400),
+        ("permutations zero", {"body": {"image": b64, "permutations": 0}}, 400),
+        ("permutations too many", {"body": {"image": b64, "permutations": 100000}}, 400),
+        ("permutations float", {"body": {"image": b64, "permutations": 16.0}}, 400),
+        ("seed negative", {"body": {"image": b64, "seed": -1}}, 400),
+        ("seed too large", {"body": {"image": b64, "seed": 2**40}}, 400),
+        ("regions string", {"body": {"image": b64, "regions": "true"}}, 400),
+        ("multipart permutations text", {"data": good_jpeg, "permutations": b"many"}, 400),
         ("concepts string", {"body": {"image": b64, "concepts": "dog"}}, 400),
         ("concepts empty", {"body": {"image": b64, "concepts": []}}, 400),
         ("concepts blank name", {"body": {"image": b64, "concepts": [""]}}, 400),

@@ -178,6 +178,11 @@ def test_json_base64_with_maps(ts, photo):
     r = post(ts, json={"image": b64, "concepts": [MAMMAL], "return_maps": True, "ablate": [0, 1]})
     doc = check_ok(r, 226, 150)
     assert len(doc["concepts"][0]["map"]) == doc["map_size"][0] and doc["model"]["ablated"] == [0, 1]
+    # the ablation acts through the network; the unablated side comes with it; this image's neurons too
+    block = doc["ablation"]
+    assert block["mode"] == "network" and block["neurons"] == [0, 1] and block["class"]["index"] >= 0
+    assert block["before"]["concepts"][0]["wnid"] == MAMMAL and len(block["before"]["concepts"][0]["map"]) == doc["map_size"][0]
+    assert doc["image_shapley"]["permutations"] == 8 and len(doc["concepts"][0]["image_neurons"]) == 5
 
 
 def test_neuron_reverse(ts):

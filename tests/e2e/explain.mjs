@@ -4,8 +4,9 @@
 //   [CHROMIUM=/usr/bin/chromium] node tests/e2e/explain.mjs
 //
 // MODE=explain: upload IMAGE, click Explain, wait for the overlays; check the prediction, the concept
-// names, the magenta box pixels (and, with BIG_IMAGE, the upload size limit) in an overlay, the neuron bar chart, one ablation and one neuron
-// look-up; screenshots under OUT_DIR. MODE=unreachable: the page must say "service unreachable".
+// names, the magenta box pixels (and, with BIG_IMAGE, the upload size limit) in an overlay, the neuron bar
+// charts (this image's and the bank's), the concept search, one ablation through the network and one
+// neuron look-up; screenshots under OUT_DIR. MODE=unreachable: the page must say "service unreachable".
 // Prints one JSON line of findings; exits 1 with a message when a check fails.
 import fs from "node:fs";
 import os from "node:os";
@@ -109,9 +110,25 @@ try {
     check(findings.box.n > 50, `an overlay has box-coloured pixels (${findings.box.n})`);
     check(/›/.test(findings.chain), "the WordNet chain is shown");
 
-    // The neuron bar chart of the focused concept (a matplotlib PNG).
+    // The neuron bar charts of the focused concept (matplotlib PNGs): this image's and the bank's.
+    await page.locator("#image-neurons img").first().waitFor();
     await page.locator("#neurons img").first().waitFor();
     findings.focus = (await page.locator("#focus input").first().inputValue()).trim();
+    findings.conceptTable = (await page.locator("#concept-table").innerText()).replace(/\s+/g, " ").slice(0, 400);
+
+    // The concept picker covers every built concept and is searchable by name.
+    const pick = page.locator("#picker input").first();
+    await pick.click();
+    await pick.fill("retriev");
+    const option = page.locator("ul[role=listbox] li", { hasText: "retriever" }).first();
+    await option.waitFor();
+    findings.searched = (await option.innerText()).trim();
+    await pick.fill("person");
+    const person = page.locator("ul[role=listbox] li", { hasText: /(^|\s)person\s+·/ }).first();
+    await person.waitFor();
+    findings.unreliable = (await person.innerText()).trim();
+    await pick.fill("");
+    await page.keyboard.press("Escape");
 
     // Live ablation: click the slider a quarter of the way → about 5 neurons removed.
     const range = page.locator("#ablate input[type=range]");
@@ -119,16 +136,19 @@ try {
     const box = await range.boundingBox();
     await page.mouse.click(box.x + box.width * 0.26, box.y + box.height / 2);
     await page.locator("#after img").first().waitFor({ timeout: TIMEOUT });
-    await page.locator("#ablation").getByText("score", { exact: false }).first().waitFor();
-    findings.ablation = (await page.locator("#ablation").innerText()).trim().split("\n")[0];
-    check(/→/.test(findings.ablation), `ablation text shows the score change: ${findings.ablation}`);
+    await page.locator("#ablation").getByText("probe score", { exact: false }).first().waitFor();
+    const ablationText = (await page.locator("#ablation").innerText()).trim();
+    findings.ablation = ablationText.split("\n")[0];
+    findings.ablationScore = ablationText.split("\n").find((l) => l.includes("probe score")) || "";
+    check(/Class .*→/.test(findings.ablation), `ablation text shows the class change: ${findings.ablation}`);
+    check(/→/.test(findings.ablationScore), `ablation text shows the score change: ${findings.ablationScore}`);
 
     // Neuron look-up.
     await page.locator("#neuron-no input").fill("45");
     await page.getByRole("button", { name: "Look up" }).click();
     await page.waitForFunction(() => {
       const t = document.querySelector("#neuron-table");
-      return t && /structure|bird|fish|animal|whole/.test(t.innerText);
+      return t && /n\d{8}/.test(t.innerText);
     });
     findings.neuronTable = (await page.locator("#neuron-table").innerText()).replace(/\s+/g, " ").slice(0, 300);
     check(!/Traceback/.test(await page.content()), "no stack trace in the page");

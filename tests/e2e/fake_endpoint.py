@@ -1,10 +1,11 @@
 """A stand-in for TorchServe's ``POST /predictions/hint`` that answers with the REAL explainer.
 
-The answers are computed by ``hint.explain.Explainer`` with the committed bank
-``model_store/hint-bank`` and its backbone, so the app can be tested (and tried) without Java or
-TorchServe. It mimics what the app relies on: token auth (``Authorization: Bearer KEY`` checked
-against a ``key_file.json`` it writes), TorchServe's error bodies ``{"code", "type", "message"}``,
-``GET /ping``, 404 for an unknown model.
+Requests are parsed by ``hint.request.parse_request`` and answered by
+``hint.explain.Explainer.answer`` with the committed bank ``model_store/hint-bank`` and its backbone —
+the handler's own code path — so the app can be tested (and tried) without Java or TorchServe. It
+mimics what the app relies on: token auth (``Authorization: Bearer KEY`` checked against a
+``key_file.json`` it writes), TorchServe's error bodies ``{"code", "type", "message"}``, ``GET /ping``,
+404 for an unknown model.
 
     python tests/e2e/fake_endpoint.py --port 0 [--key-file DIR/key_file.json] [--bank model_store/hint-bank]
 
@@ -14,9 +15,6 @@ prints ``READY http://127.0.0.1:PORT`` on stdout once it serves (with ``--port 0
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import io
 import json
 import secrets
 import sys
@@ -31,14 +29,10 @@ def load_explainer(bank_dir: str | Path):
     sys.path.insert(0, str(REPO))
     import torch
 
-    from hint.backbones import get_backbone
-    from hint.bank import ConceptBank
     from hint.explain import Explainer
 
     torch.set_num_threads(1)
-    bank = ConceptBank.load(bank_dir)
-    backbone = get_backbone(bank.meta["backbone"], bank.meta["layer"])
-    return Explainer(backbone, bank)
+    return Explainer.from_bank(bank_dir, fast=True, box_grid=112)  # as handlers/model-config.yaml
 
 
 def write_key_file(path: str | Path) -> str:
@@ -49,35 +43,12 @@ def write_key_file(path: str | Path) -> str:
     return key
 
 
-class BadRequest(ValueError):
-    pass
-
-
 def make_handler(explainer, model: str, key: str | None):
-    from PIL import Image, UnidentifiedImageError
+    from hint import request as rq
 
     lock = threading.Lock()  # the explainer keeps the hooked activation on itself
-    by_name = {c["name"]: c["wnid"] for c in explainer.bank.concepts}
-
-    def concepts_arg(values) -> list[str] | None:
-        if values is None:
-            return None
-        if not isinstance(values, list) or not values:
-            raise BadRequest("concepts: a non-empty list of concept names or WNIDs")
-        out = []
-        for v in values:
-            w = v if v in explainer.bank.wnids else by_name.get(v)
-            if w is None:
-                raise BadRequest(f"concepts: unknown concept {v!r}")
-            out.append(w)
-        return out
-
-    def decode(raw: bytes):
-        try:
-            im = Image.open(io.BytesIO(raw))
-            return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise BadRequest(f"cannot decode the image: {e}") from None
+    limits = rq.Limits(channels=explainer.channels, work_size=2 * explainer.backbone.input_size,
+                       concept=rq.bank_concepts(explainer.h, explainer.bank))  # fmt: skip
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -116,40 +87,15 @@ def make_handler(explainer, model: str, key: str | None):
                 return self._error(401, "InvalidKeyException",
                                    "Token Authorization failed. Token either incorrect, expired, or not provided correctly")  # fmt: skip
             try:
-                body = self._answer(raw)
-            except BadRequest as e:
-                return self._error(400, "BadRequest", str(e))
-            except (KeyError, ValueError) as e:
-                return self._error(400, "BadRequest", str(e.args[0] if e.args else e))
+                req = rq.parse_request({"body": raw}, limits, {"Content-Type": self.headers.get("Content-Type", "")})
+                with lock:
+                    if isinstance(req, rq.NeuronRequest):
+                        body = explainer.neuron(req.neuron)
+                    else:
+                        body = explainer.answer([req.image], [req.size], [req.options])[0]
+            except rq.RequestError as e:
+                return self._send(e.code, e.body())
             return self._send(200, body)
-
-        def _answer(self, raw: bytes) -> dict:
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            if ctype == "application/json" or raw[:1] == b"{":
-                try:
-                    req = json.loads(raw)
-                except ValueError:
-                    raise BadRequest("the body is not valid JSON") from None
-                if "neuron" in req:
-                    with lock:
-                        return explainer.neuron(int(req["neuron"]))
-                if "image" not in req:
-                    raise BadRequest("JSON body needs 'image' (base64) or 'neuron'")
-                try:
-                    img = decode(base64.b64decode(req["image"], validate=False))
-                except binascii.Error:
-                    raise BadRequest("image: not base64") from None
-                opts = {
-                    "concepts": concepts_arg(req.get("concepts")),
-                    "top_k": int(req.get("top_k", 5)),
-                    "threshold": float(req.get("threshold", 0.5)),
-                    "return_maps": bool(req.get("return_maps", False)),
-                    "ablate": [int(a) for a in req.get("ablate") or []],
-                }
-            else:
-                img, opts = decode(raw), {}
-            with lock:
-                return explainer.explain([img], **opts)[0]
 
     return Handler
 
