@@ -86,7 +86,6 @@ class Explainer:
         self._leafmat = torch.zeros(len(bank.concepts), len(self.h.classes), device=self.device)
         for i, w in enumerate(bank.wnids):
             self._leafmat[i, list(self.h[w].leaves)] = 1.0
-        self._parent_row = [self._row.get(c.get("parent", "")) for c in bank.concepts]
         self._by_depth = sorted(range(len(bank.concepts)), key=lambda r: self.h[bank.wnids[r]].depth)
         self._depth_pos = {r: i for i, r in enumerate(self._by_depth)}
         self._phi_se = bank.phi_se.to(self.device)

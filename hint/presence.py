@@ -103,22 +103,24 @@ def prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def auroc(scores: np.ndarray, truth: np.ndarray) -> float | None:
     """Area under the ROC curve (ties count half); None without both classes."""
-    pos, neg = int(truth.sum()), int((~truth).sum())
-    if not pos or not neg:
+    if not truth.any() or truth.all():
         return None
     order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    s = scores[order]  # average ranks over ties
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        if j > i:
-            ranks[order[i : j + 1]] = (i + j + 2) / 2
-        i = j + 1
-    return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return float(_weighted_auroc(scores[order], truth[order], np.ones((1, len(scores))))[0])
+
+
+def _weighted_auroc(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUROC (Mann-Whitney, a negative tied with a positive counts half) of scores ``s`` sorted ascending
+    with their truth ``t``, under each row of weights ``w`` (B, n) given in that sorted order; NaN for a
+    row that weighs no positive or no negative."""
+    starts = np.r_[0, np.nonzero(s[1:] != s[:-1])[0] + 1]  # groups of equal scores
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(s)]))
+    wn, wp = w * ~t, w * t
+    neg_in_group = np.add.reduceat(wn, starts, axis=1)
+    neg_below = np.cumsum(neg_in_group, axis=1) - neg_in_group  # strictly lower groups
+    num = (wp * (neg_below[:, group] + 0.5 * neg_in_group[:, group])).sum(1)
+    den = wp.sum(1) * wn.sum(1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 @dataclass
@@ -256,26 +258,13 @@ def cross_validate(
 
 def auroc_interval(scores: np.ndarray, truth: np.ndarray, seed: int = 0, draws: int = BOOTSTRAP) -> list[float] | None:
     """95 % bootstrap interval (over images) of the AUROC; None without both classes."""
-    pos, neg = int(truth.sum()), int((~truth).sum())
-    if not pos or not neg:
+    if not truth.any() or truth.all():
         return None
+    n = len(scores)
     order = np.argsort(scores, kind="mergesort")
-    s, t = scores[order], truth[order]
-    n = len(s)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)  # (B, n) counts
-    # ties: a negative tied with a positive counts half; group equal scores
-    starts = np.r_[0, np.nonzero(s[1:] != s[:-1])[0] + 1]
-    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
-    wn = w * ~t
-    wp = w * t
-    neg_in_group = np.add.reduceat(wn, starts, axis=1)
-    neg_below = np.cumsum(neg_in_group, axis=1) - neg_in_group  # strictly lower groups
-    credit = neg_below[:, group] + 0.5 * neg_in_group[:, group]
-    num = (wp * credit).sum(1)
-    den = wp.sum(1) * wn.sum(1)
-    ok = den > 0
-    vals = num[ok] / den[ok]
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)
+    vals = _weighted_auroc(scores[order], truth[order], w)
+    vals = vals[~np.isnan(vals)]
     return [round(float(np.quantile(vals, q)), 4) for q in (0.025, 0.975)]
 
 
