@@ -146,27 +146,35 @@ KEPT_COLOR = "#4c78a8"
 REMOVED_COLOR = "#e45756"
 
 
-def neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None):
-    """A matplotlib Figure: the neurons' Shapley values as bars (± their standard error), the first
-    ``removed`` ones in red. Built without pyplot, so nothing is kept after it is drawn."""
+def _bar_axes(values: list[float], colors: list[str], ylabel: str, xlabel: str, title: str | None, **bar):
+    """(figure, axes) with ``values`` as bars in the house frame (``bar``: more ``Axes.bar`` arguments)."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     fig = Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    labels = [f"#{n['neuron']}" for n in neurons]
-    values = [float(n["shapley"]) for n in neurons]
-    errors = [float(n.get("shapley_se", 0.0)) for n in neurons]
-    colors = [REMOVED_COLOR if i < removed else KEPT_COLOR for i in range(len(neurons))]
-    ax.bar(range(len(values)), values, yerr=errors, color=colors, ecolor="#333333", capsize=2, width=0.8)
-    ax.set_xticks(range(len(values)), labels, rotation=60, fontsize=8)
+    ax.bar(range(len(values)), values, color=colors, width=0.8, **bar)
     ax.set_xlim(-0.6, max(len(values), 1) - 0.4)
-    ax.set_ylabel("Shapley value")
-    ax.set_xlabel("neuron (largest Shapley value first)")
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     if title:
         ax.set_title(title, fontsize=10)
+    return fig, ax
+
+
+def neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None):
+    """A matplotlib Figure: the neurons' Shapley values as bars (± their standard error), the first
+    ``removed`` ones in red. Built without pyplot, so nothing is kept after it is drawn."""
+    from matplotlib.patches import Patch
+
+    labels = [f"#{n['neuron']}" for n in neurons]
+    values = [float(n["shapley"]) for n in neurons]
+    errors = [float(n.get("shapley_se", 0.0)) for n in neurons]
+    colors = [REMOVED_COLOR if i < removed else KEPT_COLOR for i in range(len(neurons))]
+    fig, ax = _bar_axes(values, colors, "Shapley value", "neuron (largest Shapley value first)", title,
+                        yerr=errors, ecolor="#333333", capsize=2)  # fmt: skip
+    ax.set_xticks(range(len(values)), labels, rotation=60, fontsize=8)
     if removed:
         ax.legend(handles=[Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"),
                            Patch(color=KEPT_COLOR, label="kept")], fontsize=8, frameon=False)  # fmt: skip
@@ -181,25 +189,16 @@ def image_neuron_bars(neurons: list[dict], removed: int = 0, title: str | None =
     """A matplotlib Figure: this image's signed Shapley values (``image_neurons``), green when the neuron
     raises the concept's probability here, purple when it lowers it, the first ``removed`` in red; each
     tick reads ``#neuron`` over ``g<global rank>`` (its rank in the bank's global table)."""
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
     values = [float(n["signed"]) for n in neurons]
     labels = [f"#{n['neuron']}\ng{n.get('global_rank', '?')}" for n in neurons]
     colors = [REMOVED_COLOR if i < removed else POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR
               for i, v in enumerate(values)]  # fmt: skip
-    ax.bar(range(len(values)), values, color=colors, width=0.8)
+    fig, ax = _bar_axes(values, colors, "signed Shapley value (this image)",
+                        "neuron, g = its rank in the bank's global table", title)  # fmt: skip
     ax.axhline(0, color="#333333", linewidth=0.8)
     ax.set_xticks(range(len(values)), labels, fontsize=7)
-    ax.set_xlim(-0.6, max(len(values), 1) - 0.4)
-    ax.set_ylabel("signed Shapley value (this image)")
-    ax.set_xlabel("neuron, g = its rank in the bank's global table")
-    ax.grid(axis="y", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10)
     handles = [Patch(color=POSITIVE_COLOR, label="raises the concept here"),
                Patch(color=NEGATIVE_COLOR, label="lowers it")]  # fmt: skip
     if removed:

@@ -95,19 +95,21 @@ def test_side_by_side(gap):
     assert out.shape == (30, 25 + gap, 3)
 
 
-def test_neuron_bars_colours_the_removed_ones():
+def count(fig, hex_colour: str) -> int:
+    """Pixels of a drawn matplotlib figure within 6 levels of a colour."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    a = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    want = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return int((np.abs(a - want).sum(-1) <= 6).sum())
+
+
+def test_neuron_bars_colours_the_removed_ones():
     from app.drawing import KEPT_COLOR, REMOVED_COLOR, neuron_bars
 
     neurons = [{"neuron": n, "shapley": 0.1 - n / 200, "shapley_se": 0.002} for n in range(10)]
-
-    def count(fig, hex_colour):
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        a = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
-        want = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
-        return int((np.abs(a - want).sum(-1) <= 6).sum())
 
     none = neuron_bars(neurons, 0, "feline")
     assert count(none, REMOVED_COLOR) == 0 and count(none, KEPT_COLOR) > 1000
@@ -117,18 +119,9 @@ def test_neuron_bars_colours_the_removed_ones():
 
 
 def test_image_neuron_bars_sign_and_removed_colours():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     from app.drawing import NEGATIVE_COLOR, POSITIVE_COLOR, REMOVED_COLOR, image_neuron_bars
 
     neurons = [{"neuron": n, "signed": 0.05 - n / 100, "global_rank": 3 * n + 1} for n in range(10)]
-
-    def count(fig, hex_colour):
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        a = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
-        want = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
-        return int((np.abs(a - want).sum(-1) <= 6).sum())
 
     fig = image_neuron_bars(neurons, 0, "feline")
     assert count(fig, POSITIVE_COLOR) > 500 and count(fig, NEGATIVE_COLOR) > 500 and count(fig, REMOVED_COLOR) == 0
