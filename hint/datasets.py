@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from .backbones import to_rgb
 from .hierarchy import Hierarchy
+from .views import make_view
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 _WNID = re.compile(r"^(n\d{8})")
@@ -24,6 +25,19 @@ class Sample:
     path: Path
     wnid: str
     label: int  # ImageNet class index (sorted WNIDs)
+    view: int = 0  # augmented view (hint.views); 0 is the photo itself
+
+    @property
+    def key(self) -> str:
+        """The sample's name in caches and reservoirs: the file name, with ``#v`` for a view v > 0."""
+        return self.path.name if self.view == 0 else f"{self.path.name}#{self.view}"
+
+
+def with_views(samples: list[Sample], views: int) -> list[Sample]:
+    """Each sample followed by its views 1..views-1 (``views`` = 1: the samples unchanged)."""
+    if views < 1:
+        raise ValueError(f"views must be at least 1, not {views}")
+    return [Sample(s.path, s.wnid, s.label, v) for s in samples for v in range(views)]
 
 
 @dataclass
@@ -115,7 +129,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         s = self.samples[i]
         try:
-            x = self.preprocess(load_rgb(s.path))
+            x = self.preprocess(make_view(load_rgb(s.path), s.path.name, s.view))
             if x.ndim == 4:
                 x = x[0]
             ok = True

@@ -94,7 +94,7 @@ def _load_meta(path: Path) -> dict:
 
 def samples_key(samples: list[Sample]) -> str:
     """Content key of an image list: file names, labels and sizes (not where the folder lies)."""
-    return _key([(s.path.name, s.label, s.path.stat().st_size) for s in samples])
+    return _key([(s.key, s.label, s.path.stat().st_size) for s in samples])
 
 
 def extract_regions(
