@@ -11,7 +11,7 @@ import torch
 
 from hint.backbones import get_backbone
 from hint.datasets import discover
-from hint.pipeline import BuildConfig, extract_regions
+from hint.pipeline import BuildConfig, region_table
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     for m in args.methods:
         cfg = BuildConfig(method=m, batch_size=args.batch_size, workers=args.workers, device=args.device,
                           amp=args.device == "cuda")  # fmt: skip
-        _, st = extract_regions(bb, samples, cfg, progress=False)
+        _, st = region_table(bb, samples, cfg, progress=False)
         print(f"| {m} | {st['images_per_s']:.1f} | {st['seconds']:.1f} | {st['top1']:.3f} | "
               f"{st['foreground_fraction']:.3f} |")  # fmt: skip
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .concepts import DEFAULT_CONCEPTS
+from .concepts import paper_concepts
 from .datasets import ImageDataset, Sample
 from .explain import Explainer
 from .outputs import write_texts
@@ -46,7 +46,7 @@ def collect(explainer: Explainer, samples: list[Sample], batch_size: int = 32, w
 def report(arrays: dict[str, np.ndarray], explainer: Explainer) -> dict:
     """Per-concept precision, recall, F1, FPR and AUROC of the three answers, and their macro means."""
     bank, h = explainer.bank, explainer.h
-    paper = {h.find(n).wnid for n in DEFAULT_CONCEPTS}
+    paper = set(paper_concepts(h))
     label = arrays["label"]
     rows = []
     for e, c in enumerate(bank.concepts):

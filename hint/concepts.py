@@ -21,6 +21,18 @@ DEFAULT_CONCEPTS = (
 )  # fmt: skip
 
 
+def paper_concepts(hierarchy: Hierarchy) -> list[str]:
+    """The WNIDs of the paper's levels (:data:`DEFAULT_CONCEPTS`) that ``hierarchy`` has (none in a
+    user-defined hierarchy without those names)."""
+    out = []
+    for n in DEFAULT_CONCEPTS:
+        try:
+            out.append(hierarchy.find(n).wnid)
+        except KeyError:
+            pass
+    return list(dict.fromkeys(out))
+
+
 def resolve(names: list[str] | tuple[str, ...], hierarchy: Hierarchy | None = None) -> list[str]:
     """WNIDs of concepts given by WNID or name; KeyError names the first unknown one."""
     h = hierarchy or Hierarchy.load()
@@ -39,10 +51,23 @@ class RegionTable:
     image: torch.Tensor
     foreground: torch.Tensor
     label: torch.Tensor
+    index: torch.Tensor | None = None  # (I,) each image's index in the build's sample list (None: 0..I-1)
+    source: torch.Tensor | None = None  # (I,) the photo an augmented view comes from, numbered 0.. in order
+    view: torch.Tensor | None = None  # (I,) augmented view number (0: the photo itself)
 
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def photos(self) -> torch.Tensor:
+        """(I,) the photo of each image: views of one photo share a number (cross-validation folds)."""
+        return torch.arange(len(self.label)) if self.source is None else self.source
+
+    @property
+    def originals(self) -> torch.Tensor:
+        """(I,) bool: the image is a photo itself, not an augmented view (calibration uses these)."""
+        return torch.ones(len(self.label), dtype=torch.bool) if self.view is None else self.view == 0
 
     def rows_of(self, images: torch.Tensor) -> torch.Tensor:
         """Row indices (sorted) of the given image indices (sorted); rows of one image are contiguous
@@ -173,7 +198,7 @@ def select_concepts(
     """
     h = hierarchy
     cands = candidate_concepts(h) if candidates is None else list(candidates)
-    pref = [h.find(p).wnid for p in prefer]
+    pref = [w for p in prefer for w in _found(h, p)]
     ok = labels >= 0
     counts = torch.bincount(labels[ok], minlength=len(h.classes))
     fg = torch.zeros(len(h.classes), dtype=torch.long).index_add_(0, labels[ok], foreground_per_image[ok].long())
@@ -198,6 +223,13 @@ def select_concepts(
             status[w] = "built"
             built.append(w)
     return built, status
+
+
+def _found(h: Hierarchy, name: str) -> list[str]:
+    try:
+        return [h.find(name).wnid]
+    except KeyError:
+        return []
 
 
 def _take(idx: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

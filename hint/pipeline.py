@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,12 +32,14 @@ from .concepts import (
     ConceptSamples,
     RegionTable,
     concept_samples,
+    paper_concepts,
     select_concepts,
 )
 from .datasets import ImageDataset, Sample
 from .faithfulness import top_k_f1
 from .hierarchy import Hierarchy
 from .regions import METHODS, responsible_regions
+from .reservoir import ImageReservoir
 from .shapley import NeuronShapley
 
 log = logging.getLogger("hint.pipeline")
@@ -67,6 +69,8 @@ class BuildConfig:
     device: str = "cpu"
     amp: bool = False
     workers: int = 2
+    per_class: int = 8  # step-1 reservoir: images kept per class (hint.reservoir; memory bound)
+    checkpoint_every: int = 2000  # step-1 checkpoint interval, images
     faithfulness_k: int = 20  # 0 turns the top-k retraining test off
     faithfulness_draws: int = 5
 
@@ -102,76 +106,96 @@ def extract_regions(
     samples: list[Sample],
     cfg: BuildConfig,
     progress: bool = True,
-) -> tuple[RegionTable, dict]:
-    """Step 1 on ``samples``: features at every position, responsible-region flags, per-image stats."""
+    todo: list[int] | None = None,
+    checkpoint: Path | None = None,
+) -> tuple[ImageReservoir, dict]:
+    """Step 1, streamed: features at every position and responsible-region flags of ``samples[i]`` for
+    ``i`` in ``todo`` (default: all), offered to a per-class :class:`~hint.reservoir.ImageReservoir`
+    (``cfg.per_class`` images per class), so memory does not grow with the number of images. With
+    ``checkpoint``, the reservoir and running statistics are saved every ``cfg.checkpoint_every`` images
+    and a rerun resumes after the last save. Returns the reservoir and the running statistics."""
+    todo = list(range(len(samples))) if todo is None else todo
+    run = {"done": 0, "images": 0, "unreadable": [], "seconds": 0.0, "correct": 0, "fg": 0, "positions": 0}
+    res = ImageReservoir(cfg.per_class, cfg.seed)
+    if checkpoint is not None and checkpoint.exists():
+        t = load_file(str(checkpoint))
+        run = _load_meta(checkpoint)
+        res = ImageReservoir.from_state(t, cfg.per_class, cfg.seed)
+        log.info("step 1: resuming after %d of %d images", run["done"], len(todo))
+    first = {}
+    source = [first.setdefault(s.path, i) for i, s in enumerate(samples)]
     device = torch.device(cfg.device)
     model = backbone.model.to(device).eval()
-    method_cls = METHODS[cfg.method]
-    ds = ImageDataset(samples, backbone.preprocess, backbone.input_size)
+    rest = todo[run["done"] :]
+    ds = ImageDataset([samples[i] for i in rest], backbone.preprocess, backbone.input_size)
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, shuffle=False)
-    feats, fgs, imgs, labels, bad, correct = [], [], [], [], [], 0
-    t0 = time.perf_counter()
-    with method_cls(model, backbone.layer_module()) as attr:
-        for x, y, idx, ok in tqdm(loader, desc="step 1: regions", unit="batch", disable=not progress):
-            bad += [samples[i].path.name for i in idx[~ok].tolist()]
-            if not ok.any():
-                continue
-            x, y, idx = x[ok].to(device), y[ok].to(device), idx[ok]
-            with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
-                z, a = attr.attribute(x, y)
-            correct += int((attr.logits.argmax(1) == y).sum())
-            _, mask = responsible_regions(a, cfg.threshold, cfg.quantile)
-            n, c, h, w = z.shape
-            feats.append(z.permute(0, 2, 3, 1).reshape(-1, c).half().cpu())
-            fgs.append(mask.reshape(-1).cpu())
-            imgs.append(idx.repeat_interleave(h * w))
-            labels.append(torch.stack([idx, y.cpu()], 1))
-    elapsed = time.perf_counter() - t0
-    if not feats:
+    since_save, t0 = 0, time.perf_counter() - run["seconds"]
+    with METHODS[cfg.method](model, backbone.layer_module()) as attr:
+        bar = tqdm(loader, desc="step 1: regions", unit="batch", disable=not progress)
+        for x, y, idx, ok in bar:
+            run["unreadable"] += [samples[rest[i]].path.name for i in idx[~ok].tolist()]
+            run["done"] += len(idx)
+            since_save += len(idx)
+            if ok.any():
+                x, y, idx = x[ok].to(device), y[ok].to(device), idx[ok]
+                with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
+                    z, a = attr.attribute(x, y)
+                _, mask = responsible_regions(a, cfg.threshold, cfg.quantile)
+                run["correct"] += int((attr.logits.argmax(1) == y).sum())
+                run["fg"] += int(mask.sum())
+                run["positions"] += mask.numel()
+                run["images"] += len(idx)
+                run["map_size"] = list(z.shape[2:])
+                feats = z.permute(0, 2, 3, 1).reshape(len(idx), -1, z.shape[1]).half().cpu()
+                masks = mask.reshape(len(idx), -1).cpu()
+                for j, i in enumerate(idx.tolist()):
+                    g = rest[i]
+                    res.offer(g, samples[g].key, samples[g].label, feats[j].clone(), masks[j].clone(),
+                              source[g], samples[g].view)  # fmt: skip
+            if checkpoint is not None and since_save >= cfg.checkpoint_every:
+                run["seconds"] = time.perf_counter() - t0
+                _atomic_save(res.state(), checkpoint, run)
+                since_save = 0
+    run["seconds"] = time.perf_counter() - t0
+    if checkpoint is not None:
+        _atomic_save(res.state(), checkpoint, run)
+    return res, run
+
+
+def region_stats(run: dict, kept: int, world: int = 1) -> dict:
+    """The manifest's step-1 statistics from :func:`extract_regions`' running counts."""
+    n = run["images"]
+    return {
+        "images": n, "unreadable": run["unreadable"], "seconds": run["seconds"],
+        "images_per_s": n / max(run["seconds"], 1e-9), "top1": run["correct"] / max(n, 1),
+        "foreground_fraction": run["fg"] / max(run["positions"], 1), "map_size": run.get("map_size"),
+        "kept_images": kept, **({"world_size": world} if world > 1 else {}),
+    }  # fmt: skip
+
+
+def region_table(
+    backbone: Backbone, samples: list[Sample], cfg: BuildConfig, progress: bool = True
+) -> tuple[RegionTable, dict]:
+    """Step 1 in memory: the reservoir's table and the statistics (no checkpoint)."""
+    res, run = extract_regions(backbone, samples, cfg, progress)
+    if not len(res):
         raise ValueError("no readable images")
-    lab = torch.cat(labels)
-    label = torch.full((len(samples),), -1, dtype=torch.long)
-    label[lab[:, 0]] = lab[:, 1]
-    table = RegionTable(torch.cat(feats), torch.cat(imgs), torch.cat(fgs), label)
-    n_ok = len(samples) - len(bad)
-    stats = {
-        "images": n_ok,
-        "unreadable": bad,
-        "seconds": elapsed,
-        "images_per_s": n_ok / elapsed,
-        "top1": correct / max(n_ok, 1),
-        "foreground_fraction": float(table.foreground.float().mean()),
-        "map_size": [h, w],
-    }
-    return table, stats
+    return res.table(), region_stats(run, len(res))
 
 
 def save_table(table: RegionTable, path: Path, stats: dict) -> None:
-    _atomic_save(
-        {"features": table.features, "image": table.image, "foreground": table.foreground, "label": table.label},
-        path,
-        stats,
-    )
+    t = {"features": table.features, "image": table.image, "foreground": table.foreground, "label": table.label}
+    for k in ("index", "source", "view"):
+        if getattr(table, k) is not None:
+            t[k] = getattr(table, k)
+    _atomic_save(t, path, stats)
 
 
 def load_table(path: Path) -> tuple[RegionTable, dict]:
     t = load_file(str(path))
-    return RegionTable(t["features"], t["image"], t["foreground"], t["label"]), _load_meta(path)
-
-
-def merge_tables(parts: list[RegionTable], n_images: int) -> RegionTable:
-    """Join shards whose ``image`` indices refer to one global sample list."""
-    label = torch.full((n_images,), -1, dtype=torch.long)
-    for p in parts:
-        label = torch.where(p.label >= 0, p.label, label)
-    image = torch.cat([p.image for p in parts])
-    order = torch.argsort(image, stable=True)  # the order one process would have produced
     return RegionTable(
-        torch.cat([p.features for p in parts])[order],
-        image[order],
-        torch.cat([p.foreground for p in parts])[order],
-        label,
-    )
+        t["features"], t["image"], t["foreground"], t["label"], t.get("index"), t.get("source"), t.get("view")
+    ), _load_meta(path)
 
 
 def baseline_for(table: RegionTable, backbone: Backbone, mode: str) -> torch.Tensor:
@@ -201,11 +225,14 @@ def fit_concepts(
     hierarchy: Hierarchy,
     cfg: BuildConfig,
     progress: bool = True,
-) -> tuple[list[ClassifierFit], list[ConceptSamples], dict]:
+    keep: set[int] | frozenset[int] = frozenset(),
+) -> tuple[list[ClassifierFit], list[ConceptSamples], list[torch.Tensor], dict]:
     """Step 2: one probe per concept (against its siblings, background and other regions, see
     :func:`hint.concepts.concept_samples`), trained on every image; its held-out region precision /
     recall / F1, image threshold and reliability come from ``cfg.folds``-fold cross-validation by image
-    (:mod:`hint.presence`). Returns the fits, the samples, and ``{"scores", "fold", "metrics"}``."""
+    (:mod:`hint.presence`). Returns the fits, the samples (their counts only, except the concepts in
+    ``keep``), each concept's Shapley regions (:func:`shapley_regions`), and ``{"scores", "fold",
+    "metrics"}``."""
     parents = [hierarchy.group_parent(w, wnids) for w in wnids]
 
     def fit(s: ConceptSamples) -> tuple[torch.Tensor, float]:
@@ -213,7 +240,8 @@ def fit_concepts(
 
     with torch_threads(1):
         cv = presence.cross_validate(table, wnids, parents, hierarchy, fit, cfg.folds, cfg.seed, progress)
-        fits, sets, metrics = [], [], []
+        fits, sets, metrics, regions = [], [], [], []
+        gen = torch.Generator().manual_seed(cfg.seed)
         for e, w in enumerate(tqdm(wnids, desc="step 2: classifiers", disable=not progress)):
             s = concept_samples(table, w, parents[e], hierarchy, cfg.max_positives, cfg.seed)
             if s.n_pos == 0:
@@ -227,14 +255,20 @@ def fit_concepts(
                 **presence.region_quality(counts, cfg.seed),
             }
             fits.append(ClassifierFit(weight, bias, m["precision"], m["recall"], m["f1"], len(s.y), int(counts.n.sum())))
-            sets.append(s)
+            regions.append(shapley_regions(s, cfg.shapley_regions, gen))
+            sets.append(s if e in keep else _counts_only(s))
             metrics.append(m)
-        return fits, sets, {"scores": cv["scores"], "fold": cv["fold"], "metrics": metrics}
+        return fits, sets, regions, {"scores": cv["scores"], "fold": cv["fold"], "metrics": metrics}
+
+
+def _counts_only(s: ConceptSamples) -> ConceptSamples:
+    """The samples' counts without their rows (memory: only the faithfulness test needs rows)."""
+    return replace(s, x=s.x[:0], y=s.y[:0], image=s.image[:0], weight=s.weight[:0], kind=s.kind[:0])
 
 
 def shapley_tables(
     fits: list[ClassifierFit],
-    sets: list[ConceptSamples],
+    regions: list[torch.Tensor],
     baseline: torch.Tensor,
     cfg: BuildConfig,
     progress: bool = True,
@@ -243,11 +277,9 @@ def shapley_tables(
     r_E ∪ r_b* (its responsible regions and its background sample, as the paper's formula sums them;
     at most ``cfg.shapley_regions``, drawn in proportion)."""
     phi, se, used = [], [], []
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for fit, s in tqdm(list(zip(fits, sets, strict=True)), desc="step 3: Shapley", disable=not progress):
-        regions = shapley_regions(s, cfg.shapley_regions, gen)
+    for fit, r in tqdm(list(zip(fits, regions, strict=True)), desc="step 3: Shapley", disable=not progress):
         res = NeuronShapley(fit.weight, fit.bias, baseline).attribute(
-            regions.to(cfg.device), n_permutations=cfg.permutations, seed=cfg.seed,
+            r.to(cfg.device), n_permutations=cfg.permutations, seed=cfg.seed,
             top_k=cfg.top_k if cfg.patience else None, patience=cfg.patience,
         )  # fmt: skip
         phi.append(res.values.cpu())
@@ -274,27 +306,51 @@ def cached_regions(
     on_step: Callable[[str, bool], None] | None = None,
 ) -> tuple[RegionTable | None, dict, str]:
     """Step 1, read from ``cache_dir`` when an identical run finished before: (table, stats, cache key).
-    Under torchrun the ranks shard the images; ranks > 0 get ``(None, {}, key)``."""
+
+    Each process streams its images into its own reservoir with a checkpoint file beside the cache
+    (a killed build resumes there). Under torchrun rank r takes ``samples[r::world]``; after a barrier
+    rank 0 merges the ranks' reservoirs (the same images as one process keeps) and ranks > 0 get
+    ``(None, {}, key)``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     k1 = _key(
         "regions", STEP_REVISION["regions"], backbone.name, backbone.layer, backbone.weights_sha256, samples_key(samples),
-        cfg.params("method", "threshold", "quantile"),
+        cfg.params("method", "threshold", "quantile", "per_class", "seed"),
     )  # fmt: skip
     p1 = cache_dir / f"regions-{k1}.safetensors"
-    rank, world = _dist()
     if p1.exists():
         table, stats = load_table(p1)
         _note(on_step, "regions", True)
         return table, stats, k1
+    rank, world = _dist()
+    part = [cache_dir / f"regions-{k1}-part{r}of{world}.safetensors" for r in range(world)]
+    res, run = extract_regions(backbone, samples, cfg, progress and rank == 0, list(range(rank, len(samples), world)),
+                               part[rank])  # fmt: skip
     if world > 1:
-        table, stats = _sharded_regions(backbone, samples, cfg, cache_dir, k1, rank, world, progress)
+        torch.distributed.barrier()
         if rank != 0:
             return None, {}, k1
-    else:
-        table, stats = extract_regions(backbone, samples, cfg, progress)
+        runs = [run]
+        for p in part[1:]:
+            res.merge(ImageReservoir.from_state(load_file(str(p)), cfg.per_class, cfg.seed))
+            runs.append(_load_meta(p))
+        run = _combine_runs(runs)
+    if not len(res):
+        raise ValueError("no readable images")
+    table, stats = res.table(), region_stats(run, len(res), world)
     save_table(table, p1, stats)
+    for p in part:
+        p.unlink(missing_ok=True)
     _note(on_step, "regions", False)
     return table, stats, k1
+
+
+def _combine_runs(runs: list[dict]) -> dict:
+    """One set of step-1 running counts from the ranks' (time: the slowest rank's)."""
+    out = {k: sum(r[k] for r in runs) for k in ("done", "images", "correct", "fg", "positions")}
+    out["unreadable"] = sum((r["unreadable"] for r in runs), [])
+    out["seconds"] = max(r["seconds"] for r in runs)
+    out["map_size"] = next((r["map_size"] for r in runs if r.get("map_size")), None)
+    return out
 
 
 def build(
@@ -330,8 +386,9 @@ def build(
     timings["regions"] = time.perf_counter() - t
 
     fg_per_image = torch.zeros(len(table.label), dtype=torch.long).index_add_(0, table.image, table.foreground.long())
+    photo_label = torch.where(table.originals, table.label, -1)  # the rule counts photos, not their views
     built, status = select_concepts(
-        h, table.label, fg_per_image, DEFAULT_CONCEPTS, cfg.min_images, cfg.min_regions, wnids
+        h, photo_label, fg_per_image, DEFAULT_CONCEPTS, cfg.min_images, cfg.min_regions, wnids
     )  # fmt: skip
     if not built:
         raise ValueError(
@@ -345,8 +402,9 @@ def build(
     )  # fmt: skip
     p2 = cache_dir / f"classifiers-{k2}.safetensors"
     t = time.perf_counter()
-    fits, sets, cv = _cached_fits(p2, table, built, h, cfg, progress, on_step)
-    image_metrics = presence.image_metrics(cv["scores"], table.label, built, h, cfg.seed)
+    paper = [e for e, w in enumerate(built) if w in set(paper_concepts(h))] if cfg.faithfulness_k else []
+    fits, sets, regions, cv = _cached_fits(p2, table, built, h, cfg, set(paper), progress, on_step)
+    image_metrics = presence.image_metrics(cv["scores"], photo_label, built, h, cfg.seed)
     timings["classifiers"] = time.perf_counter() - t
 
     k3 = _key(k2, STEP_REVISION["shapley"], cfg.params("baseline", "permutations", "shapley_regions", "top_k", "patience", "seed"))
@@ -357,15 +415,15 @@ def build(
         phi, se, used = tt["phi"], tt["phi_se"], tt["n_permutations"]
         _note(on_step, "shapley", True)
     else:
-        phi, se, used = shapley_tables(fits, sets, baseline, cfg, progress)
+        phi, se, used = shapley_tables(fits, regions, baseline, cfg, progress)
         _atomic_save({"phi": phi, "phi_se": se, "n_permutations": used}, p3)
         _note(on_step, "shapley", False)
     timings["shapley"] = time.perf_counter() - t
 
     weight = torch.stack([f.weight for f in fits])
     faith = None
-    paper = [e for e, w in enumerate(built) if w in {h.find(n).wnid for n in DEFAULT_CONCEPTS}]
-    if cfg.faithfulness_k and paper:
+    del regions
+    if paper:
         t = time.perf_counter()
         faith = {
             "k": cfg.faithfulness_k, "draws": cfg.faithfulness_draws, "concepts": [built[e] for e in paper],
@@ -430,18 +488,20 @@ PRESENCE_RULE = (
 )
 
 
-def _cached_fits(p2, table, wnids, h, cfg, progress, on_step):
+def _cached_fits(p2, table, wnids, h, cfg, keep, progress, on_step):
     if p2.exists():
         tt = load_file(str(p2))
         metrics = _load_meta(p2)["metrics"]
-        sets = [_samples_for(table, w, h, wnids, cfg) for w in wnids]  # cheap and deterministic
-        fits = [
-            ClassifierFit(tt["weight"][i], float(tt["bias"][i]), m["precision"], m["recall"], m["f1"], len(s.y), 0)
-            for i, (m, s) in enumerate(zip(metrics, sets, strict=True))
-        ]
+        fits, sets, regions, gen = [], [], [], torch.Generator().manual_seed(cfg.seed)
+        for e, (w, m) in enumerate(zip(wnids, metrics, strict=True)):  # cheap, deterministic: fit_concepts' draws
+            s = concept_samples(table, w, h.group_parent(w, wnids), h, cfg.max_positives, cfg.seed)
+            regions.append(shapley_regions(s, cfg.shapley_regions, gen))
+            fits.append(ClassifierFit(tt["weight"][e], float(tt["bias"][e]), m["precision"], m["recall"], m["f1"],
+                                      len(s.y), 0))  # fmt: skip
+            sets.append(s if e in keep else _counts_only(s))
         _note(on_step, "classifiers", True)
-        return fits, sets, {"scores": tt["scores"], "fold": tt["fold"], "metrics": metrics}
-    fits, sets, cv = fit_concepts(table, wnids, h, cfg, progress)
+        return fits, sets, regions, {"scores": tt["scores"], "fold": tt["fold"], "metrics": metrics}
+    fits, sets, regions, cv = fit_concepts(table, wnids, h, cfg, progress, keep)
     _atomic_save(
         {"weight": torch.stack([f.weight for f in fits]), "bias": torch.tensor([f.bias for f in fits]),
          "scores": cv["scores"], "fold": cv["fold"]},
@@ -449,11 +509,7 @@ def _cached_fits(p2, table, wnids, h, cfg, progress, on_step):
         {"metrics": cv["metrics"]},
     )  # fmt: skip
     _note(on_step, "classifiers", False)
-    return fits, sets, cv
-
-
-def _samples_for(table, w, h, wnids, cfg) -> ConceptSamples:
-    return concept_samples(table, w, h.group_parent(w, wnids), h, cfg.max_positives, cfg.seed)
+    return fits, sets, regions, cv
 
 
 def _note(cb, step: str, cached: bool) -> None:
@@ -466,42 +522,3 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _sharded_regions(backbone, samples, cfg, cache_dir, key, rank, world, progress):
-    """Each rank extracts samples[rank::world] into a shard file; rank 0 merges them after a barrier."""
-    mine = list(range(rank, len(samples), world))
-    shard = cache_dir / f"regions-{key}-shard{rank}of{world}.safetensors"
-    if not shard.exists():
-        part, stats = extract_regions(backbone, [samples[i] for i in mine], cfg, progress and rank == 0)
-        remap = torch.tensor(mine)
-        part = RegionTable(part.features, remap[part.image], part.foreground, _scatter(part.label, remap, len(samples)))
-        save_table(part, shard, stats)
-    torch.distributed.barrier()
-    if rank != 0:
-        return None, {}
-    parts, stats = [], []
-    for r in range(world):
-        t, s = load_table(cache_dir / f"regions-{key}-shard{r}of{world}.safetensors")
-        parts.append(t)
-        stats.append(s)
-    table = merge_tables(parts, len(samples))
-    secs = max(s["seconds"] for s in stats)
-    n = sum(s["images"] for s in stats)
-    merged = {
-        "images": n,
-        "unreadable": sum((s["unreadable"] for s in stats), []),
-        "seconds": secs,
-        "images_per_s": n / secs,
-        "top1": sum(s["top1"] * s["images"] for s in stats) / max(n, 1),
-        "foreground_fraction": float(table.foreground.float().mean()),
-        "map_size": stats[0]["map_size"],
-        "world_size": world,
-    }
-    return table, merged
-
-
-def _scatter(label: torch.Tensor, remap: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.full((n,), -1, dtype=torch.long)
-    out[remap] = label
-    return out

@@ -229,7 +229,8 @@ def cross_validate(
     from .concepts import concept_samples
 
     n_img = len(table.label)
-    fold = fold_of(n_img, folds, seed)
+    photos = table.photos  # the views of one photo share its fold
+    fold = fold_of(int(photos.max()) + 1, folds, seed)[photos]
     positions = int(torch.bincount(table.image).max())
     ids = table.image[::positions]
     scores = torch.full((n_img, len(wnids)), float("nan"))

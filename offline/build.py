@@ -17,22 +17,27 @@ import torch
 
 from hint.backbones import get_backbone
 from hint.concepts import resolve
-from hint.datasets import discover
-from hint.hierarchy import Hierarchy
+from hint.datasets import discover, with_views
+from hint.hierarchy import hierarchy_for
 from hint.pipeline import BuildConfig, build
 from hint.regions import METHODS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a concept bank from labelled images")
-    p.add_argument("--data", required=True, help="ImageNet-layout folder, flat nXXXXXXXX_* folder, or CSV (file,wnid)")
+    p.add_argument("--data", required=True, help="class folders (nested or not: root/animal/dog/*.jpg), a flat "
+                   "nXXXXXXXX_* folder, or a CSV (file,wnid or file,label)")
+    p.add_argument("--hierarchy", default="wordnet", help="the concept hierarchy: 'wordnet' (the default, over the "
+                   "ImageNet-1k classes), a JSON file, or 'folders' (the nested folder tree --data); see docs/custom.md")
+    p.add_argument("--classes", default=None, help="the model's class ids in output order (one per line), or "
+                   "'imagenet'; replaces the hierarchy's list")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--layer", default=None, help="hooked layer (default: the backbone's)")
     p.add_argument("--weights", default=None, help="weights file for the backbone")
     p.add_argument("--random-init", action="store_true", help="random weights (tests)")
     p.add_argument(
         "--concepts", nargs="+", default=None,
-        help="candidate concepts, WNIDs or names (default: every concept with 2+ classes; the data-sufficiency "
+        help="candidate concepts, ids or names (default: every concept with 2+ classes; the data-sufficiency "
         "rule picks those built)",
     )  # fmt: skip
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (held-out F1, thresholds)")
@@ -51,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    p.add_argument("--views", type=int, default=1,
+                   help="augmented views per image (flips, crops, scales; hint.views): they add training regions, "
+                   "calibration uses the photos")  # fmt: skip
+    p.add_argument("--per-class", type=int, default=8,
+                   help="step-1 reservoir: images kept per class (memory bound, hint.reservoir)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, default=2000, help="step-1 checkpoint interval (images)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -63,6 +74,12 @@ def pick_device(name: str) -> str:
     return name
 
 
+def n_outputs(backbone) -> int:
+    """The backbone's number of class outputs (one forward pass of a blank image)."""
+    with torch.inference_mode():
+        return int(backbone.model(torch.zeros(1, 3, backbone.input_size, backbone.input_size)).shape[1])
+
+
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -72,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank = torch.distributed.get_rank() if world > 1 else 0
-    h = Hierarchy.load()
+    h = hierarchy_for(args.hierarchy, args.data, args.classes)
     try:
         wnids = resolve(args.concepts, h) if args.concepts else None
     except KeyError as e:
@@ -83,15 +100,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped: {reason}", file=sys.stderr)
         if len(found.skipped) > 10:
             print(f"skipped: ... {len(found.skipped) - 10} more", file=sys.stderr)
-    samples = found.samples[: args.limit] if args.limit else found.samples
+    samples = with_views(found.samples[: args.limit] if args.limit else found.samples, args.views)
     if not samples:
         raise ValueError(f"no labelled images found in {args.data}")
     backbone = get_backbone(args.backbone, args.layer, args.weights, args.random_init)
+    h.check_outputs(n_outputs(backbone), f"backbone {backbone.name}")
     cfg = BuildConfig(
         method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
         folds=args.folds, min_images=args.min_images, min_regions=args.min_regions,
-        faithfulness_k=args.faithfulness_k,
+        faithfulness_k=args.faithfulness_k, per_class=args.per_class, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=device, amp=device == "cuda",
     )  # fmt: skip
     cache = args.cache or args.out.parent / ".hint-cache"
@@ -108,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     bank.meta["build"]["wall_s"] = round(time.perf_counter() - t0, 2)
     bank.meta["build"]["data"] = str(args.data)
     bank.meta["build"]["skipped"] = len(found.skipped)
+    bank.meta["build"]["hierarchy"] = str(args.hierarchy)
+    bank.hierarchy = None if h.builtin else h  # saved as the bank's hierarchy.json
+    bank.meta["build"]["views"] = args.views
     bank.save(args.out)
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -65,8 +65,9 @@ def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path)
            "--out", str(out), "--device", "cpu", *ARGS]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shards = list((tmp_path / ".hint-cache").glob("regions-*-shard*of2.safetensors"))
-    assert len(shards) == 2
+    cache = tmp_path / ".hint-cache"
+    assert not list(cache.glob("regions-*-part*of2.safetensors"))  # the ranks' checkpoints, merged and removed
+    assert len(list(cache.glob("regions-*.safetensors"))) == 1
     dist, single = ConceptBank.load(out), ConceptBank.load(cli_bank)
     assert dist.meta["build"]["step1"]["world_size"] == 2
     assert dist.meta["build"]["step1"]["images"] == single.meta["build"]["step1"]["images"] == 16
