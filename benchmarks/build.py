@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "command": " ".join(cmd[1:]), "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
         "steps_s": {k: round(v, 1) for k, v in m["build"]["timings_s"].items()},
+        "images": m["build"]["step1"]["images"], "kept_images": m["build"]["step1"].get("kept_images"),
+        "views": m["build"].get("views", 1), "per_class": m["build"].get("per_class"),
         "concepts": len(m["concepts"]), "reliable": sum(c.get("reliable", True) for c in m["concepts"]),
         "load_avg_at_end": os.getloadavg()[0],
     }  # fmt: skip

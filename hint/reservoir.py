@@ -2,7 +2,7 @@
 
 Step 1 streams the images; this store keeps, for each class, the region rows (features at every
 position and the responsible-region flags) of at most ``per_class`` images — the ones with the smallest
-**priority**, a seeded hash of the image's key. Memory is therefore bounded by
+**priority**, a seeded hash of the image's key (photos before augmented views). Memory is therefore bounded by
 ``per_class × classes × positions × channels × 2`` bytes whatever the number of images, and the kept set
 depends only on the keys: the same for one process or many (each rank keeps its own bottom-K and the
 merge keeps the bottom-K of the union), for any order of arrival, and across a resume from a checkpoint.
@@ -24,9 +24,10 @@ import torch
 from .concepts import RegionTable
 
 
-def priority(key: str, seed: int) -> int:
-    """The image's place in its class's reservoir (smaller is kept): 63 bits of sha256(seed, key)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") >> 1
+def priority(key: str, seed: int, view: int = 0) -> int:
+    """The image's place in its class's reservoir (smaller is kept): 62 bits of sha256(seed, key), behind
+    every photo when the image is an augmented view (``view > 0``), so photos are kept first."""
+    return (int(view > 0) << 62) | int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") >> 2
 
 
 @dataclass(order=True)
@@ -57,7 +58,7 @@ class ImageReservoir:
         source: int | None = None, view: int = 0, prio: int | None = None,
     ) -> bool:  # fmt: skip
         """Offer one image's rows; True when it is kept (for now)."""
-        p = priority(key, self.seed) if prio is None else prio
+        p = priority(key, self.seed, view) if prio is None else prio
         heap = self._heaps.setdefault(label, [])
         e = _Entry(-p, index, label, index if source is None else source, view, features, foreground)
         if len(heap) < self.per_class:
