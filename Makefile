@@ -42,19 +42,25 @@ demo: archive apt-java  ## TorchServe + the Gradio app on 127.0.0.1; prints both
 
 # ---- TorchServe: model archives and the server (docs/api.md) -----------------------------------------
 BANK        ?= model_store/hint-bank
+# where `make archive` writes hint.mar
+STORE       ?= model_store
 MAR_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' hint/__init__.py)
-MAR_SRC     := build/mar-src
+MAR_SRC     ?= build/mar-src
+COMMA       := ,
+# the bank's own hierarchy (docs/custom.md), when it has one
+BANK_HIER    = $(if $(wildcard $(BANK)/hierarchy.json),$(BANK)/hierarchy.json$(COMMA))
 # a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir)
 COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hint $(MAR_SRC)/hint \
 	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
 
-archive: venv  ## model_store/hint.mar: handler + bank files (sha256 checked now) + hint package
+archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its hierarchy.json; sha256 checked now) + hint package
 	@test -f $(BANK)/manifest.json || (echo "no concept bank at $(BANK) (build one, or make archive BANK=...)" >&2; exit 1)
 	$(BIN)/python -c "exec('import sys\nfrom hint.bank import BankError, ConceptBank\ntry:\n b = ConceptBank.load(sys.argv[1])\nexcept BankError as e:\n sys.exit(f\"bad bank: {e}\")\nprint(\"bank\", b.id, len(b.concepts), \"concepts\")')" $(BANK)
 	$(COPY_HINT)
+	mkdir -p $(STORE)
 	$(BIN)/torch-model-archiver --force --model-name hint --version $(MAR_VERSION) \
 		--handler handlers/hint_handler.py --config-file handlers/model-config.yaml \
-		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(MAR_SRC) --export-path model_store
+		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
 
 bare-archive: venv  ## model_store/bare.mar: the plain top-5 classifier (benchmark baseline)
 	$(COPY_HINT)

@@ -1,5 +1,6 @@
-"""The Gradio Blocks page: upload → explain through the endpoint → prediction and WordNet chain,
-concept picker (every built concept, searchable, with its WordNet path), overlays with boxes, this
+"""The Gradio Blocks page: upload → explain through the endpoint → prediction and its concept chain,
+concept picker (every built concept, searchable, with its path in the bank's hierarchy: WordNet by
+default, or the bank's own, docs/custom.md — names and paths come from the service), overlays with boxes, this
 image's neurons beside the bank's global ones, live ablation through the network, neuron look-up.
 
 Everything model-side comes from :class:`app.client.HintClient`; this module only draws and lays out.
@@ -143,14 +144,15 @@ def display_image(path: str, width: int, height: int) -> np.ndarray:
 
 
 def concept_path(c: dict) -> list[str]:
-    """The concept's WordNet path, most general first, without the universal root (``entity``)."""
+    """The concept's path in the bank's hierarchy, most general first, without the root every path
+    ends in (``entity`` in WordNet)."""
     path = list(reversed(c.get("path") or [c["name"]]))
-    return path[1:] if len(path) > 1 and path[0] == "entity" else path
+    return path[1:] if len(path) > 1 else path
 
 
 def concept_labels(concepts: list[dict]) -> dict[str, str]:
     """wnid -> 'feline · physical entity › … › mammal › placental › carnivore': the name first (what one
-    types to search), then its WordNet path; a name two concepts share gets its WNID."""
+    types to search), then its hierarchy path; a name two concepts share gets its id."""
     names = [c["name"] for c in concepts]
     out = {}
     for c in concepts:
@@ -198,7 +200,7 @@ def _pct(p: float) -> str:
 
 
 def prediction_markdown(result: dict) -> str:
-    """The top-5 prediction and the WordNet chain with each level's probability and concept score."""
+    """The top-5 prediction and the hierarchy chain with each level's probability and concept score."""
     preds = result.get("prediction") or []
     if not preds:
         return "_no prediction_"
@@ -215,7 +217,7 @@ def prediction_markdown(result: dict) -> str:
             else:
                 parts.append(lvl["name"])
         lines.append("")
-        lines.append("**WordNet chain** (bold: bank concepts with their probe score)  ")
+        lines.append("**Hierarchy chain** (bold: bank concepts with their probe score)  ")
         lines.append(SEP.join(parts))
         rows = "".join(
             f"<tr><td>{lvl['name']}</td><td>{_pct(lvl.get('probability', 0.0))}</td>"
@@ -251,7 +253,7 @@ def concept_overlay(image: np.ndarray, c: dict, size: tuple[int, int]) -> np.nda
 
 
 CONCEPT_COLUMNS = ["concept", "probe score", "probe threshold", "probe present", "model probability", "present",
-                   "reliable", "region %", "WordNet path"]  # fmt: skip
+                   "reliable", "region %", "hierarchy path"]  # fmt: skip
 
 
 def concepts_frame(concepts: list[dict], wnids: list[str]) -> pd.DataFrame:
@@ -264,7 +266,7 @@ def concepts_frame(concepts: list[dict], wnids: list[str]) -> pd.DataFrame:
         if c is None:
             continue
         rows.append({
-            "concept": c["name"], "WordNet path": SEP.join(concept_path(c)), "reliable": c.get("reliable", True),
+            "concept": c["name"], "hierarchy path": SEP.join(concept_path(c)), "reliable": c.get("reliable", True),
             "probe score": round(float(c["score"]), 3), "probe threshold": round(float(c.get("threshold", 0.5)), 3),
             "probe present": c.get("probe_present"), "model probability": round(float(c.get("model_probability", 0)), 3),
             "present": c.get("present"), "region %": round(100 * float(c.get("area_fraction", 0)), 1),
@@ -575,7 +577,7 @@ class HintApp:
             state = gr.State(None)
             gr.Markdown(
                 "# HINT — hierarchical neuron concept explainer\n"
-                "Which hidden neurons of the CNN respond to which concepts of the WordNet hierarchy, and where "
+                "Which hidden neurons of the CNN respond to which concepts of a hierarchy (WordNet by default), and where "
                 "(Wang et al., CVPR 2022). Upload an image and press **Explain**."
             )
             status = gr.Markdown(self.status_line(), elem_id="status")
@@ -594,12 +596,12 @@ class HintApp:
                     explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")
                 with gr.Column(scale=3):
                     prediction = gr.Markdown(
-                        "_The prediction and its WordNet chain appear here._", elem_id="prediction"
+                        "_The prediction and its hierarchy chain appear here._", elem_id="prediction"
                     )
             with gr.Column(visible=False) as results:
                 picker = gr.Dropdown(
                     choices=[], value=[], multiselect=True, filterable=True, elem_id="picker",
-                    label="Concepts: every built concept, name · WordNet path (probe score, model probability)",
+                    label="Concepts: every built concept, name · hierarchy path (probe score, model probability)",
                     info="type a name to search; pick several to compare them side by side; (unreliable): its "
                          "probe does not beat chance on held-out images, it is never present",
                 )  # fmt: skip

@@ -1,10 +1,11 @@
-"""TorchServe handler for HINT: prediction, WordNet chain, concept scores, boxes and Shapley neurons.
+"""TorchServe handler for HINT: prediction, concept chain, concept scores, boxes and Shapley neurons.
 
 Requests are parsed and validated by :func:`hint.request.parse_request` (docs/api.md) and answered by
 :meth:`hint.explain.Explainer.answer`. Each request of a batch gets one answer, the explanation
 (docs/response.schema.json) or its own JSON error and status; valid images share one forward pass (an
 image with a network ablation runs in it twice). A bad bank fails the worker start with one line. The
-archive (``make archive``) holds this file, the bank and the ``hint`` package; options: :data:`DEFAULTS`.
+archive (``make archive``) holds this file, the bank (with its ``hierarchy.json`` when it has its own
+hierarchy; else the WordNet default is used) and the ``hint`` package; options: :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ class HintHandler(BaseHandler):
         from hint.backbones import get_backbone
         from hint.bank import ConceptBank
         from hint.explain import Explainer
-        from hint.hierarchy import Hierarchy
 
         folder = (model_dir / str(self.cfg["bank"])).resolve()
         bank = ConceptBank.load(folder)  # verifies every sha256; BankError with one line otherwise
@@ -100,11 +100,12 @@ class HintHandler(BaseHandler):
         want, have = bank.meta.get("weights_sha256"), backbone.weights_sha256
         if want and have and want != have:
             raise ValueError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
-        self.hierarchy = Hierarchy.load()
+        self.hierarchy = bank.load_hierarchy()  # its hierarchy.json, else the WordNet default
         self.explainer = Explainer(backbone, bank, self.hierarchy, device=self.device, fast=bool(self.cfg["fast"]),
                                    box_grid=int(self.cfg["box_grid"]) or None)  # fmt: skip
-        _, _, z = self.explainer.forward([Image.new("RGB", (backbone.input_size,) * 2)])  # warm-up
+        probs, _, z = self.explainer.forward([Image.new("RGB", (backbone.input_size,) * 2)])  # warm-up
         bank.check_backbone(backbone.name, backbone.layer, int(z.shape[1]))
+        self.hierarchy.check_outputs(int(probs.shape[1]), f"backbone {name}")
         logger.info("HINT handler ready: %s:%s, bank %s (%d concepts), torch threads %d",
                     name, layer, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
         return self.limits_for(backbone.input_size, channels=int(z.shape[1]),

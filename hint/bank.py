@@ -6,6 +6,8 @@ A bank is one folder::
                         build parameters, library version, and the sha256 of every file
     bank.safetensors    weight (E, D), bias (E,), phi (E, D), phi_se (E, D), baseline (D,),
                         n_permutations (E,)
+    hierarchy.json      the concept hierarchy the bank was built with (hint.hierarchy's user format);
+                        absent: the bundled WordNet/ImageNet one (banks from before it)
 
 Writes are atomic (a temporary folder renamed into place); loading verifies every sha256.
 """
@@ -24,10 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .hierarchy import Hierarchy
 
 FORMAT = "hint-concept-bank/1"
 TENSORS = "bank.safetensors"
 MANIFEST = "manifest.json"
+HIERARCHY = "hierarchy.json"
 
 
 class BankError(ValueError):
@@ -53,6 +57,11 @@ class ConceptBank:
     concepts: list[dict]  # wnid, name, path, parent, n_pos, n_neg, precision, recall, f1
     meta: dict = field(default_factory=dict)  # backbone, layer, input_size, mean, std, weights_sha256, build
     sha256: str | None = None  # of bank.safetensors, set on save/load
+    hierarchy: Hierarchy | None = None  # its own hierarchy (hierarchy.json); None: the WordNet default
+
+    def load_hierarchy(self) -> Hierarchy:
+        """The hierarchy the bank's concepts and classes belong to (its own, else the WordNet default)."""
+        return self.hierarchy or Hierarchy.load()
 
     @property
     def wnids(self) -> list[str]:
@@ -108,16 +117,23 @@ class ConceptBank:
         try:
             save_file(self.tensors(), str(tmp / TENSORS))
             self.sha256 = sha256_file(tmp / TENSORS)
+            files = {TENSORS: self.sha256}
+            meta = {k: v for k, v in self.meta.items() if k != "hierarchy"}
+            if self.hierarchy is not None and not self.hierarchy.builtin:
+                self.hierarchy.save(tmp / HIERARCHY)
+                files[HIERARCHY] = sha256_file(tmp / HIERARCHY)
+                h = self.hierarchy
+                meta["hierarchy"] = {"file": HIERARCHY, "root": h.root, "classes": len(h.classes), "concepts": len(h)}
             manifest = {
                 "format": FORMAT,
                 "library_version": __version__,
                 "bank_id": self.id,
-                **self.meta,
+                **meta,
                 "concepts": self.concepts,
-                "files": {TENSORS: self.sha256},
+                "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False))
-            for p in (tmp, tmp / TENSORS, tmp / MANIFEST):  # mkdtemp makes 0700; a bank is shareable
+            for p in (tmp, *tmp.iterdir()):  # mkdtemp makes 0700; a bank is shareable
                 p.chmod(0o755 if p.is_dir() else 0o644)
             old = None
             if folder.exists():
@@ -153,8 +169,19 @@ class ConceptBank:
         if TENSORS not in manifest.get("files", {}):
             raise BankError(f"{mpath}: manifest lists no {TENSORS}")
         t = load_file(str(folder / TENSORS))
+        hierarchy = None
+        if HIERARCHY in manifest["files"]:
+            try:
+                hierarchy = Hierarchy.load(folder / HIERARCHY)
+            except ValueError as e:
+                raise BankError(f"bad {HIERARCHY}: {e}") from None
+        elif (folder / HIERARCHY).exists():
+            raise BankError(f"{folder}: {HIERARCHY} is not listed in the manifest (no sha256 to check it by)")
         concepts = manifest.pop("concepts")
-        for k in ("format", "library_version", "bank_id", "files"):
+        known = hierarchy or Hierarchy.load()
+        if missing := [c["wnid"] for c in concepts if c["wnid"] not in known][:3]:
+            raise BankError(f"{folder}: concept(s) {missing} are not in the bank's hierarchy")
+        for k in ("format", "library_version", "bank_id", "files", "hierarchy"):
             manifest.pop(k, None)
         e, d = t["weight"].shape
         if len(concepts) != e or t["phi"].shape != (e, d) or t["baseline"].shape != (d,):
@@ -162,7 +189,7 @@ class ConceptBank:
         return cls(
             weight=t["weight"], bias=t["bias"], phi=t["phi"], phi_se=t["phi_se"], baseline=t["baseline"],
             n_permutations=t["n_permutations"], concepts=concepts, meta=manifest,
-            sha256=sha256_file(folder / TENSORS),
+            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy,
         )  # fmt: skip
 
     def check_backbone(self, backbone_name: str, layer: str, channels: int) -> None:

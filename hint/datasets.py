@@ -1,4 +1,4 @@
-"""Labelled image inputs for the offline pipeline: ImageNet folders, WNID-prefixed files, or a CSV."""
+"""Labelled image inputs for the offline pipeline: class folders (nested or not), WNID-prefixed files, or a CSV."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .backbones import to_rgb
-from .hierarchy import Hierarchy
+from .hierarchy import IMAGE_EXTS, Hierarchy
 from .views import make_view
 
-IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 _WNID = re.compile(r"^(n\d{8})")
 
 
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    wnid: str
-    label: int  # ImageNet class index (sorted WNIDs)
+    wnid: str  # class id (a WNID in the default hierarchy)
+    label: int  # class index (the model's output order; ImageNet's sorted WNIDs by default)
     view: int = 0  # augmented view (hint.views); 0 is the photo itself
 
     @property
@@ -47,10 +46,12 @@ class Discovery:
 
 
 def discover(source: str | Path, hierarchy: Hierarchy | None = None) -> Discovery:
-    """Find labelled images in ``root/nXXXXXXXX/*``, a flat folder of ``nXXXXXXXX_*`` files, or a CSV
-    with ``file`` and ``wnid`` columns (files relative to the CSV, or to an ``images/`` folder beside it).
+    """Find labelled images: class folders ``root/CLASS/*``, at any depth (``root/animal/dog/*.jpg``:
+    the folder holding an image names its class), a flat folder of ``nXXXXXXXX_*`` (or ``CLASS_*``)
+    files, or a CSV with ``file`` and ``wnid`` (or ``label``) columns (files relative to the CSV, or to
+    an ``images/`` folder beside it). Labels are class ids of ``hierarchy`` (default: ImageNet WNIDs).
 
-    Unknown WNIDs and missing files are skipped with a reason; a bad ``source`` raises ValueError.
+    Unknown classes and missing files are skipped with a reason; a bad ``source`` raises ValueError.
     """
     h = hierarchy or Hierarchy.load()
     index = {w: i for i, w in enumerate(h.classes)}
@@ -64,10 +65,11 @@ def discover(source: str | Path, hierarchy: Hierarchy | None = None) -> Discover
         entries = _from_csv(src, out)
     else:
         csvs = [src / n for n in ("labels.csv", "annotations.csv") if (src / n).is_file()]
-        entries = _from_csv(csvs[0], out) if csvs else _from_folder(src)
+        entries = _from_csv(csvs[0], out) if csvs else _from_folder(src, index)
+    unknown = "not an ImageNet-1k class" if h.builtin else f"not one of the hierarchy's {len(index)} classes"
     for path, wnid in entries:
         if wnid not in index:
-            out.skipped.append(f"{path}: unknown WNID {wnid!r} (not an ImageNet-1k class)")
+            out.skipped.append(f"{path}: unknown {'WNID' if _WNID.match(wnid) else 'class'} {wnid!r} ({unknown})")
         elif not path.is_file():
             out.skipped.append(f"{path}: no such file")
         else:
@@ -75,32 +77,42 @@ def discover(source: str | Path, hierarchy: Hierarchy | None = None) -> Discover
     return out
 
 
-def _from_folder(root: Path) -> list[tuple[Path, str]]:
+def _from_folder(root: Path, classes: dict[str, int]) -> list[tuple[Path, str]]:
+    """(image, class id): the image's folder when it is a class id, else a WNID at the start of the
+    folder's or the file's name, else the file name's part before ``_`` when it is a class id."""
     entries = []
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
             continue
-        m = _WNID.match(p.parent.name) if p.parent != root else None
+        folder = p.parent.name if p.parent != root else None
+        if folder in classes:
+            entries.append((p, folder))
+            continue
+        m = _WNID.match(folder) if folder else None
         m = m or _WNID.match(p.name)
         if m:
             entries.append((p, m.group(1)))
+        elif (prefix := p.stem.split("_", 1)[0]) in classes:
+            entries.append((p, prefix))
     return entries
 
 
 def _from_csv(path: Path, out: Discovery) -> list[tuple[Path, str]]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"file", "wnid"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a CSV needs 'file' and 'wnid' columns")
+        cols = set(reader.fieldnames or ())
+        if "file" not in cols or not cols & {"wnid", "label"}:
+            raise ValueError(f"{path}: a CSV needs 'file' and 'wnid' (or 'label') columns")
         rows = list(reader)
+    col = "wnid" if "wnid" in cols else "label"
     base = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     entries = []
     for i, r in enumerate(rows, start=2):
-        if not r.get("file") or not r.get("wnid"):
-            out.skipped.append(f"{path}:{i}: empty file or wnid")
+        if not r.get("file") or not r.get(col):
+            out.skipped.append(f"{path}:{i}: empty file or {col}")
             continue
         f = Path(r["file"])
-        entries.append((f if f.is_absolute() else base / f, r["wnid"].strip()))
+        entries.append((f if f.is_absolute() else base / f, r[col].strip()))
     return entries
 
 

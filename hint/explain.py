@@ -57,7 +57,7 @@ class Explainer:
         self,
         backbone: Backbone,
         bank: ConceptBank,
-        hierarchy: Hierarchy | None = None,
+        hierarchy: Hierarchy | None = None,  # None: the bank's own (ConceptBank.load_hierarchy)
         device="cpu",
         fast: bool = False,
         box_grid: int | None = None,
@@ -65,7 +65,7 @@ class Explainer:
         self.backbone, self.bank = backbone, bank
         self.fast = bool(fast)
         self.box_grid = int(box_grid or backbone.input_size)
-        self.h = hierarchy or Hierarchy.load()
+        self.h = hierarchy or bank.load_hierarchy()
         self.device = torch.device(device)
         self.model = backbone.model.to(self.device).eval()
         self._z: torch.Tensor | None = None
@@ -99,8 +99,8 @@ class Explainer:
     @classmethod
     def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
                   weights: str | None = None) -> Explainer:  # fmt: skip
-        """Load a bank folder (sha256 checked) and the backbone it names; BankError / ValueError with
-        one readable line when they do not fit."""
+        """Load a bank folder (sha256 checked), with its hierarchy, and the backbone it names; BankError /
+        ValueError with one readable line when they do not fit."""
         from .backbones import get_backbone
         from .bank import BankError
 
@@ -113,7 +113,7 @@ class Explainer:
         if want and have and want != have:
             raise BankError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
         bank.check_backbone(backbone.name, backbone.layer, int(bank.weight.shape[1]))
-        return cls(backbone, bank, device=device, fast=fast, box_grid=box_grid)
+        return cls(backbone, bank, bank.load_hierarchy(), device=device, fast=fast, box_grid=box_grid)
 
     def _keep(self, module, inputs, output):
         if self._edit is not None:  # network ablation: the rest of the network sees the edited map
@@ -300,7 +300,7 @@ class Explainer:
         ]
 
     def relevant(self, cls: int, present: list[bool]) -> list[int]:
-        """The rows a response lists by default: the bank's concepts on the predicted class's WordNet
+        """The rows a response lists by default: the bank's concepts on the predicted class's hierarchy
         path and every concept marked present, most general first."""
         if cls not in self._paths:
             self._paths[cls] = self.h.path(self.h.classes[cls])
@@ -425,7 +425,7 @@ class Explainer:
         ]
 
     def chain(self, cls: int, probs: torch.Tensor, scores: list[float]) -> list[dict]:
-        """The predicted class's WordNet path up to the bank's top concept, each level with its
+        """The predicted class's hierarchy path up to the bank's top concept, each level with its
         hierarchical probability (sum over its leaf classes) and, where the bank has it, concept score."""
         out = []
         if cls not in self._paths:

@@ -181,8 +181,8 @@ class NeuronRequest:
 
 
 def bank_concepts(hierarchy: Any, bank: Any) -> Callable[[str], str]:
-    """``Limits.concept`` for a concept bank: a name or WNID -> its bank WNID (``Hierarchy.find``); an
-    alias (a concept with the same classes as a built one) answers with the built concept."""
+    """``Limits.concept`` for a concept bank: a name or id -> its bank id (``Hierarchy.find`` in the
+    bank's hierarchy); an alias (a concept with the same classes as a built one) answers with the built concept."""
     built = {w: w for w in bank.wnids}
     for c in bank.concepts:
         for a in c.get("aliases", []):
@@ -193,7 +193,8 @@ def bank_concepts(hierarchy: Any, bank: Any) -> Callable[[str], str]:
         try:
             wnid = hierarchy.find(name).wnid
         except KeyError:
-            raise RequestError(400, f"unknown concept {name[:80]!r}: no ImageNet class or ancestor") from None
+            what = getattr(hierarchy, "what", "ImageNet class or ancestor")
+            raise RequestError(400, f"unknown concept {name[:80]!r}: no {what} has that name or id") from None
         if wnid not in built:
             why = status.get(wnid, "not a candidate (fewer than two classes)")
             raise RequestError(400, f"concept {name[:80]!r} ({wnid}) is not in this bank: {why}")

@@ -108,7 +108,7 @@ def test_probe_beside_model(concepts):
     assert list(f["concept"]) == [c["name"], bad["name"]]
     row = f.iloc[0]
     assert (row["probe score"], row["model probability"], row["present"]) == (round(c["score"], 3), round(c["model_probability"], 3), True)
-    assert row["WordNet path"].endswith(c["name"]) and not f.iloc[1]["reliable"]
+    assert row["hierarchy path"].endswith(c["name"]) and not f.iloc[1]["reliable"]
 
 
 def test_default_selection_spreads_over_the_predicted_chain(concepts):
