@@ -9,6 +9,7 @@ are WNIDs in the default hierarchy and any strings in yours (``Concept.wnid`` ho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -195,6 +196,10 @@ class Hierarchy:
                 entry["description"] = c.gloss
             concepts[c.wnid] = entry
         return {"format": FORMAT, "root": self.root, "classes": list(self.classes), "concepts": concepts}
+
+    def digest(self) -> str:
+        """sha256 of :meth:`to_json` (keys sorted): equal for equal hierarchies."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` atomically (a temporary file renamed into place); returns the path."""

@@ -308,6 +308,23 @@ def test_bank_built_from_the_user_hierarchy(archive):
     assert manifest["build"]["hierarchy"].endswith("pets.json") and manifest["build"]["n_images"] == 16
 
 
+def test_an_edited_hierarchy_is_not_served_from_the_step_cache(archive, pets_data, tmp_path):
+    """Same images and concept ids, another structure (Egyptian cat and golden retriever swapped): new
+    classifiers, not the first bank's from the cache."""
+    edited = json.loads(json.dumps(PETS))
+    edited["concepts"][EGYPTIAN]["parents"], edited["concepts"][GOLDEN]["parents"] = ["dogs"], ["cats"]
+    spec = tmp_path / "edited.json"
+    spec.write_text(json.dumps(edited))
+    first = ConceptBank.load(archive.parent.parent / "bank")
+    out = archive.parent.parent / "edited-bank"  # beside the first bank: the same default cache folder
+    assert main(["build", "--data", str(pets_data), "--hierarchy", str(spec), "--out", str(out), *BUILD]) == 0
+    again = ConceptBank.load(out)
+    assert again.wnids == first.wnids == ["pets", "cats", "dogs"]
+    assert again.hierarchy["cats"].leaves == (207, 281) and first.hierarchy["cats"].leaves == (281, 285)
+    assert "classifiers" not in again.meta["build"]["reused_from_cache"]
+    assert not torch.allclose(again.weight[1], first.weight[1], atol=1e-3), "the cats probe is trained anew"
+
+
 def test_served_answer_names_the_user_concepts(served):
     from handler_kit import jpeg, one, tabby
 
