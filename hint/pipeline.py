@@ -396,13 +396,14 @@ def build(
             f"({len(status)} candidates)"
         )
     baseline = baseline_for(table, backbone, cfg.baseline)
+    structure = [(h[w].leaves, h[h.group_parent(w, built)].leaves) for w in built]  # what the samples follow
     k2 = _key(
-        k1, STEP_REVISION["classifiers"], built, SHARES,
+        k1, STEP_REVISION["classifiers"], built, structure, SHARES,
         cfg.params("max_positives", "folds", "l2", "seed"),
     )  # fmt: skip
     p2 = cache_dir / f"classifiers-{k2}.safetensors"
     t = time.perf_counter()
-    paper = [e for e, w in enumerate(built) if w in set(paper_concepts(h))] if cfg.faithfulness_k else []
+    paper = faithfulness_concepts(built, h) if cfg.faithfulness_k else []
     fits, sets, regions, cv = _cached_fits(p2, table, built, h, cfg, set(paper), progress, on_step)
     image_metrics = presence.image_metrics(cv["scores"], photo_label, built, h, cfg.seed)
     timings["classifiers"] = time.perf_counter() - t
@@ -479,6 +480,14 @@ def build(
         concepts=concepts,
         meta=meta,
     )
+
+
+def faithfulness_concepts(built: list[str], h: Hierarchy, n: int = len(DEFAULT_CONCEPTS)) -> list[int]:
+    """Indices of the concepts the top-k faithfulness test retrains: the paper's levels in the WordNet
+    hierarchy, the ``n`` most general built concepts in a user's."""
+    if h.builtin:
+        return [e for e, w in enumerate(built) if w in set(paper_concepts(h))]
+    return list(range(min(n, len(built))))
 
 
 #: How the service decides ``present`` (docs/api.md, docs/concepts.md); stored in the manifest.

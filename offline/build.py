@@ -113,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=device, amp=device == "cuda",
     )  # fmt: skip
     cache = args.cache or args.out.parent / ".hint-cache"
-    if not h.builtin:  # the step caches do not key on the hierarchy's structure: one cache per hierarchy
-        cache = cache / f"hierarchy-{h.digest()[:12]}"
     t0 = time.perf_counter()
 
     def say(step: str, cached: bool) -> None:
