@@ -5,7 +5,9 @@ Requests are parsed and validated by :func:`hint.request.parse_request` (docs/ap
 (docs/response.schema.json) or its own JSON error and status; valid images share one forward pass (an
 image with a network ablation runs in it twice). A bad bank fails the worker start with one line. The
 archive (``make archive``) holds this file, the bank (with its ``hierarchy.json`` when it has its own
-hierarchy; else the WordNet default is used) and the ``hint`` package; options: :data:`DEFAULTS`.
+hierarchy; else the WordNet default is used; with ``backbone-weights.pt``/``.safetensors`` when its
+backbone was built from a weights file, sha256 checked against the manifest before it is read; else the
+backbone's named weights are used) and the ``hint`` package; options: :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class HintHandler(BaseHandler):
 
     def _load(self, model_dir: Path) -> Limits:
         from hint.backbones import get_backbone
-        from hint.bank import ConceptBank
+        from hint.bank import ConceptBank, backbone_weights
         from hint.explain import Explainer
 
         folder = (model_dir / str(self.cfg["bank"])).resolve()
@@ -96,7 +98,8 @@ class HintHandler(BaseHandler):
         name, layer = bank.meta.get("backbone"), bank.meta.get("layer")
         if not name or not layer:
             raise ValueError(f"{folder}/manifest.json names no backbone/layer")
-        backbone = get_backbone(name, layer)
+        # built from a weights file: the archive's backbone-weights.* (sha256 checked before it is read)
+        backbone = get_backbone(name, layer, backbone_weights(bank, folder))
         want, have = bank.meta.get("weights_sha256"), backbone.weights_sha256
         if want and have and want != have:
             raise ValueError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
@@ -106,8 +109,8 @@ class HintHandler(BaseHandler):
         probs, _, z = self.explainer.forward([Image.new("RGB", (backbone.input_size,) * 2)])  # warm-up
         bank.check_backbone(backbone.name, backbone.layer, int(z.shape[1]))
         self.hierarchy.check_outputs(int(probs.shape[1]), f"backbone {name}")
-        logger.info("HINT handler ready: %s:%s, bank %s (%d concepts), torch threads %d",
-                    name, layer, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
+        logger.info("HINT handler ready: %s:%s (weights %s), bank %s (%d concepts), torch threads %d",
+                    name, layer, backbone.weights, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
         return self.limits_for(backbone.input_size, channels=int(z.shape[1]),
                                concept=rq.bank_concepts(self.hierarchy, bank))  # fmt: skip
 

