@@ -196,3 +196,22 @@ def test_named_weights_banks_need_no_file(tmp_path):
     with pytest.raises(BankError, match="not built from a weights file"):
         stage_weights(named, BANK / "bank.safetensors", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_weights_are_staged_and_found_as_safetensors(tmp_path):
+    """A ``.safetensors`` file keeps its suffix (the loader reads it by suffix); staged beside a bank it
+    is what ``backbone_weights`` returns, and a second ``backbone-weights.*`` is refused."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "w.safetensors"
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(src))
+    bank = SimpleNamespace(id="0123456789ab", meta={"weights": f"file {src} (7 classes)", "weights_sha256": sha256(src)})
+    staged = stage_weights(bank, src, tmp_path / "dest")
+    assert staged == tmp_path / "dest" / f"{WEIGHTS}.safetensors" and sha256(staged) == sha256(src)
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [staged.name], "no temporary file left"
+    assert backbone_weights(bank, tmp_path / "dest") == staged
+    (tmp_path / "dest" / SHIPPED).write_bytes(b"x")
+    with pytest.raises(BankError, match="both"):
+        backbone_weights(bank, tmp_path / "dest")
