@@ -44,6 +44,8 @@ def test_build_and_report(cli_bank, tmp_path, capsys):
         (["build", "--data", "{tiny}", "--out", "x", "--concepts", "nothing-like-this"], "unknown concept"),
         (["build", "--data", "{tiny}", "--out", "x", "--layer", "no.such.layer"], "unknown layer"),
         (["report", "/nonexistent"], "not a concept bank"),
+        (["build", "--data", "{tiny}", "--out", "x", "--views", "0"], "views must be at least 1"),
+        (["build", "--data", "{tiny}", "--out", "x", "--per-class", "0"], "per_class must be at least 1"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, tiny_data, capsys):
