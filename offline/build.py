@@ -74,12 +74,6 @@ def pick_device(name: str) -> str:
     return name
 
 
-def n_outputs(backbone) -> int:
-    """The backbone's number of class outputs (one forward pass of a blank image)."""
-    with torch.inference_mode():
-        return int(backbone.model(torch.zeros(1, 3, backbone.input_size, backbone.input_size)).shape[1])
-
-
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -104,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError(f"no labelled images found in {args.data}")
     backbone = get_backbone(args.backbone, args.layer, args.weights, args.random_init)
-    h.check_outputs(n_outputs(backbone), f"backbone {backbone.name}")
+    h.check_outputs(backbone.n_outputs(), f"backbone {backbone.name}")
     cfg = BuildConfig(
         method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,

@@ -1,4 +1,5 @@
-"""``python -m offline predict IMAGE [IMAGE ...]``: a backbone's top-k ImageNet classes per image."""
+"""``python -m offline predict IMAGE [IMAGE ...]``: a backbone's top-k classes per image (ImageNet's, or
+the classes of ``--hierarchy FILE.json`` / ``--classes FILE`` for your own model)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("predict", help="print the top-k ImageNet classes of images")
+    p = sub.add_parser("predict", help="print the top-k classes of images")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any PIL format)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
     p.add_argument("--weights", default=None, help="weights file (.pth state_dict or .safetensors)")
+    p.add_argument("--hierarchy", default=None, help="a user hierarchy JSON naming the model's classes (docs/custom.md)")
+    p.add_argument("--classes", default=None, help="the model's class ids in output order, one per line")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16)
     return p
@@ -37,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hint.backbones import get_backbone
-    from hint.hierarchy import Hierarchy
+    from hint.hierarchy import hierarchy_for
 
     if args.topk < 1:
         raise ValueError("--topk must be at least 1")
     images = load_images(args.images)
+    hierarchy = hierarchy_for(args.hierarchy, None, args.classes)
     bb = get_backbone(args.backbone, weights=args.weights)
-    hierarchy = Hierarchy.load()
+    hierarchy.check_outputs(bb.n_outputs(), f"backbone {bb.name}")
     k = min(args.topk, len(hierarchy.classes))
     print(f"# {bb.name} ({bb.weights})")
     for start in range(0, len(images), args.batch_size):

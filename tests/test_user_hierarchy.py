@@ -378,3 +378,23 @@ def test_torchserve_serves_the_user_bank(archive, tmp_path):
         assert [lvl["name"] for lvl in doc["chain"]][1:] == ["cats", "pets"]
         labels = [label.removesuffix(UNRELIABLE) for label, _ in concept_choices(doc["concepts"], with_scores=False)]
         assert labels == ["pets", "cats  ·  pets", "dogs  ·  pets"]
+
+
+def test_predict_names_classes_from_a_user_class_list(tmp_path, capsys):
+    """`offline predict --hierarchy FILE --classes FILE`: output i is named by the user's class list;
+    a list whose length is not the model's number of outputs is one readable error."""
+    photo("chelsea").save(tmp_path / "cat.png")
+    names = [f"class{i:04d}" for i in range(1000)]
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    spec = tmp_path / "flat.json"
+    spec.write_text(json.dumps({"root": "all", "concepts": {"all": {"name": "all"}}}))
+    assert main(["predict", str(tmp_path / "cat.png"), "--topk", "1"]) == 0
+    wnid = capsys.readouterr().out.splitlines()[2].split()[2]
+    argv = ["predict", str(tmp_path / "cat.png"), "--topk", "1", "--hierarchy", str(spec)]
+    assert main([*argv, "--classes", str(tmp_path / "classes.txt")]) == 0
+    rank, _, cls, *_ = capsys.readouterr().out.splitlines()[2].split()
+    assert cls == names[Hierarchy.load().classes.index(wnid)]  # the same output, the user's name for it
+    (tmp_path / "short.txt").write_text("\n".join(names[:10]))
+    assert main([*argv, "--classes", str(tmp_path / "short.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "10" in err

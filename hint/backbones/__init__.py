@@ -91,6 +91,11 @@ class Backbone:
         """The hooked module ``self.layer``."""
         return dict(self.model.named_modules())[self.layer]
 
+    def n_outputs(self) -> int:
+        """The number of class outputs (one forward pass of a blank image)."""
+        with torch.inference_mode():
+            return int(self.model(torch.zeros(1, 3, self.input_size, self.input_size)).shape[1])
+
     def preprocess(self, images: list[Image.Image] | Image.Image) -> torch.Tensor:
         """PIL image(s) -> normalised float tensor (N, 3, S, S).
 
