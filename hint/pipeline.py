@@ -157,8 +157,6 @@ def extract_regions(
                 _atomic_save(res.state(), checkpoint, run)
                 since_save = 0
     run["seconds"] = time.perf_counter() - t0
-    if checkpoint is not None:
-        _atomic_save(res.state(), checkpoint, run)
     return res, run
 
 
@@ -255,15 +253,21 @@ def fit_concepts(
                 **presence.region_quality(counts, cfg.seed),
             }
             fits.append(ClassifierFit(weight, bias, m["precision"], m["recall"], m["f1"], len(s.y), int(counts.n.sum())))
-            regions.append(shapley_regions(s, cfg.shapley_regions, gen))
-            sets.append(s if e in keep else _counts_only(s))
+            r, s = _keep_for_step3(s, e in keep, cfg, gen)
+            regions.append(r)
+            sets.append(s)
             metrics.append(m)
         return fits, sets, regions, {"scores": cv["scores"], "fold": cv["fold"], "metrics": metrics}
 
 
-def _counts_only(s: ConceptSamples) -> ConceptSamples:
-    """The samples' counts without their rows (memory: only the faithfulness test needs rows)."""
-    return replace(s, x=s.x[:0], y=s.y[:0], image=s.image[:0], weight=s.weight[:0], kind=s.kind[:0])
+def _keep_for_step3(
+    s: ConceptSamples, rows: bool, cfg: BuildConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, ConceptSamples]:
+    """What later steps keep of a concept's samples: its Shapley regions (drawn with ``gen``, concept
+    after concept, so the fitting and the cached path draw the same) and the samples, with their rows
+    only when ``rows`` (the faithfulness test needs them), else their counts alone (memory)."""
+    kept = s if rows else replace(s, x=s.x[:0], y=s.y[:0], image=s.image[:0], weight=s.weight[:0], kind=s.kind[:0])
+    return shapley_regions(s, cfg.shapley_regions, gen), kept
 
 
 def shapley_tables(
@@ -326,6 +330,8 @@ def cached_regions(
     res, run = extract_regions(backbone, samples, cfg, progress and rank == 0, list(range(rank, len(samples), world)),
                                part[rank])  # fmt: skip
     if world > 1:
+        if rank != 0:  # hand the reservoir to rank 0
+            _atomic_save(res.state(), part[rank], run)
         torch.distributed.barrier()
         if rank != 0:
             return None, {}, k1
@@ -486,7 +492,8 @@ def faithfulness_concepts(built: list[str], h: Hierarchy, n: int = len(DEFAULT_C
     """Indices of the concepts the top-k faithfulness test retrains: the paper's levels in the WordNet
     hierarchy, the ``n`` most general built concepts in a user's."""
     if h.builtin:
-        return [e for e, w in enumerate(built) if w in set(paper_concepts(h))]
+        paper = set(paper_concepts(h))
+        return [e for e, w in enumerate(built) if w in paper]
     return list(range(min(n, len(built))))
 
 
@@ -504,10 +511,11 @@ def _cached_fits(p2, table, wnids, h, cfg, keep, progress, on_step):
         fits, sets, regions, gen = [], [], [], torch.Generator().manual_seed(cfg.seed)
         for e, (w, m) in enumerate(zip(wnids, metrics, strict=True)):  # cheap, deterministic: fit_concepts' draws
             s = concept_samples(table, w, h.group_parent(w, wnids), h, cfg.max_positives, cfg.seed)
-            regions.append(shapley_regions(s, cfg.shapley_regions, gen))
             fits.append(ClassifierFit(tt["weight"][e], float(tt["bias"][e]), m["precision"], m["recall"], m["f1"],
                                       len(s.y), 0))  # fmt: skip
-            sets.append(s if e in keep else _counts_only(s))
+            r, s = _keep_for_step3(s, e in keep, cfg, gen)
+            regions.append(r)
+            sets.append(s)
         _note(on_step, "classifiers", True)
         return fits, sets, regions, {"scores": tt["scores"], "fold": tt["fold"], "metrics": metrics}
     fits, sets, regions, cv = fit_concepts(table, wnids, h, cfg, progress, keep)
