@@ -89,11 +89,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None
     tmp.replace(path)
 
 
-def _load_meta(path: Path) -> dict:
+def load_meta(path: Path) -> dict:
+    """The JSON metadata a step file was saved with (``{}`` when it has none)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata().get("meta", "{}"))
+        return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
 def samples_key(samples: list[Sample]) -> str:
@@ -119,7 +120,7 @@ def extract_regions(
     res = ImageReservoir(cfg.per_class, cfg.seed)
     if checkpoint is not None and checkpoint.exists():
         t = load_file(str(checkpoint))
-        run = _load_meta(checkpoint)
+        run = load_meta(checkpoint)
         res = ImageReservoir.from_state(t, cfg.per_class, cfg.seed)
         log.info("step 1: resuming after %d of %d images", run["done"], len(todo))
     first = {}
@@ -190,10 +191,14 @@ def save_table(table: RegionTable, path: Path, stats: dict) -> None:
 
 
 def load_table(path: Path) -> tuple[RegionTable, dict]:
+    """A step-1 table file and its statistics; ValueError when the file is not a region table."""
     t = load_file(str(path))
+    missing = {"features", "image", "foreground", "label"} - set(t)
+    if missing:
+        raise ValueError(f"{path}: not a region table (no {', '.join(sorted(missing))})")
     return RegionTable(
         t["features"], t["image"], t["foreground"], t["label"], t.get("index"), t.get("source"), t.get("view")
-    ), _load_meta(path)
+    ), load_meta(path)
 
 
 def baseline_for(table: RegionTable, backbone: Backbone, mode: str) -> torch.Tensor:
@@ -338,7 +343,7 @@ def cached_regions(
         runs = [run]
         for p in part[1:]:
             res.merge(ImageReservoir.from_state(load_file(str(p)), cfg.per_class, cfg.seed))
-            runs.append(_load_meta(p))
+            runs.append(load_meta(p))
         run = _combine_runs(runs)
     if not len(res):
         raise ValueError("no readable images")
@@ -507,7 +512,7 @@ PRESENCE_RULE = (
 def _cached_fits(p2, table, wnids, h, cfg, keep, progress, on_step):
     if p2.exists():
         tt = load_file(str(p2))
-        metrics = _load_meta(p2)["metrics"]
+        metrics = load_meta(p2)["metrics"]
         fits, sets, regions, gen = [], [], [], torch.Generator().manual_seed(cfg.seed)
         for e, (w, m) in enumerate(zip(wnids, metrics, strict=True)):  # cheap, deterministic: fit_concepts' draws
             s = concept_samples(table, w, h.group_parent(w, wnids), h, cfg.max_positives, cfg.seed)

@@ -27,7 +27,6 @@ Maps (rows of the report), all from one forward pass per batch:
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import wsol
@@ -47,6 +44,8 @@ from .classifiers import train_classifier
 from .concepts import ConceptSamples, RegionTable, concept_samples
 from .faithfulness import select_neurons
 from .hierarchy import Hierarchy
+from .pipeline import BuildConfig, load_meta, load_table, save_table
+from .pipeline import region_table as pipeline_region_table
 
 CAM_LAYERS = {  # backbone -> (module whose output are the final conv features, the FC classifier)
     "efficientnet_lite0": ("_head_act", "_fc"),
@@ -327,11 +326,6 @@ def _kwargs(fn: Callable, params: dict, skip: set[str]) -> dict:
     return {k: v for k, v in params.items() if k in names}
 
 
-def _table_meta(path: Path) -> dict:
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("meta", "{}"))
-
-
 def own_table_name(bank: ConceptBank, method: str | None = None) -> str:
     """File name of a step-1 table this module computed for a bank (``method``: another step-1 method)."""
     return f"regions-wsol-{bank.id}{'-' + method if method else ''}.safetensors"
@@ -351,63 +345,16 @@ def find_region_table(bank: ConceptBank, cache_dir: Path, method: str | None = N
     keys = ("images", "seconds", "top1")
     if method is None and want:
         for p in sorted(cache_dir.glob("regions-*.safetensors")):
-            if "-shard" in p.name or p.name.startswith("regions-wsol-"):
+            if "-part" in p.name or p.name.startswith("regions-wsol-"):
                 continue
             try:
-                meta = _table_meta(p)
+                meta = load_meta(p)
             except Exception:  # unreadable or foreign file: not the bank's
                 continue
             if all(k in want and meta.get(k) == want[k] for k in keys):
                 return p
     own = cache_dir / own_table_name(bank, method)
     return own if own.is_file() else None
-
-
-def read_region_table(path: Path) -> RegionTable:
-    """A step-1 table file (safetensors ``features``, ``image``, ``foreground``, ``label``)."""
-    t = load_file(str(path))
-    missing = {"features", "image", "foreground", "label"} - set(t)
-    if missing:
-        raise ValueError(f"{path}: not a region table (no {', '.join(sorted(missing))})")
-    return RegionTable(t["features"], t["image"], t["foreground"], t["label"])
-
-
-def extract_region_table(bb, paths: list[Path], labels: list[int], method: str, threshold: float = 0.5,
-                         quantile: float = 0.99, batch_size: int = 32,
-                         progress: bool = False) -> tuple[RegionTable, dict]:  # fmt: skip
-    """HINT step 1 on labelled images: features at every position of the backbone's layer and the
-    responsible-region flags from ``method`` (:data:`hint.regions.METHODS`), as the bank build does."""
-    from .datasets import load_rgb
-    from .regions import METHODS, responsible_regions
-
-    model = bb.model.eval()
-    feats, fgs, imgs, label, correct = [], [], [], torch.full((len(paths),), -1, dtype=torch.long), 0
-    t0 = time.perf_counter()
-    with METHODS[method](model, bb.layer_module()) as attr:
-        for s in tqdm(range(0, len(paths), batch_size), desc=f"step 1 ({method})", disable=not progress):
-            idx, ims = [], []
-            for i in range(s, min(s + batch_size, len(paths))):
-                try:
-                    ims.append(load_rgb(paths[i]))
-                    idx.append(i)
-                except ValueError:
-                    continue
-            if not idx:
-                continue
-            y = torch.tensor([labels[i] for i in idx])
-            z, a = attr.attribute(bb.preprocess(ims), y)
-            correct += int((attr.logits.argmax(1) == y).sum())
-            mask = responsible_regions(a, threshold, quantile)[1]
-            n, c, hh, ww = z.shape
-            feats.append(z.permute(0, 2, 3, 1).reshape(-1, c).half())
-            fgs.append(mask.reshape(-1))
-            imgs.append(torch.tensor(idx).repeat_interleave(hh * ww))
-            label[idx] = y
-    if not feats:
-        raise ValueError("step 1: no readable images")
-    n_ok = int((label >= 0).sum())
-    stats = {"images": n_ok, "seconds": time.perf_counter() - t0, "top1": correct / n_ok, "method": method}
-    return RegionTable(torch.cat(feats), torch.cat(imgs), torch.cat(fgs), label), stats
 
 
 def region_table(ctx: Context, method: str | None = None) -> tuple[RegionTable | None, str]:
@@ -417,7 +364,7 @@ def region_table(ctx: Context, method: str | None = None) -> tuple[RegionTable |
     path = find_region_table(bank, cfg.cache_dir, method)
     if path is not None:
         try:
-            return read_region_table(path), str(path)
+            return load_table(path)[0], str(path)
         except (ValueError, OSError) as e:
             return None, str(e)
     params = build_params(bank)
@@ -435,13 +382,13 @@ def region_table(ctx: Context, method: str | None = None) -> tuple[RegionTable |
     samples = samples[:total] if total else samples  # built with --limit
     use = method or params.get("method", "guided")
     _warn(f"step 1 ({use}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)")
-    table, stats = extract_region_table(ctx.backbone, [s.path for s in samples], [s.label for s in samples], use,
-                                        params.get("threshold", 0.5), params.get("quantile", 0.99),
-                                        cfg.batch_size, cfg.progress)  # fmt: skip
+    step1 = BuildConfig(method=use, threshold=params.get("threshold", 0.5), quantile=params.get("quantile", 0.99),
+                        batch_size=cfg.batch_size, seed=params.get("seed", 0),
+                        per_class=params.get("per_class") or len(samples))  # banks before the reservoirs kept all
+    table, stats = pipeline_region_table(ctx.backbone, samples, step1, cfg.progress)
     out = cfg.cache_dir / own_table_name(bank, method)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"features": table.features, "image": table.image, "foreground": table.foreground, "label": table.label}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata={"meta": json.dumps(stats)})
+    save_table(table, out, {**stats, "method": use})
     return table, str(out)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from hint.backbones import get_backbone
 from hint.datasets import ImageDataset, discover, with_views
-from hint.pipeline import BuildConfig, _load_meta, extract_regions, load_table, region_table
+from hint.pipeline import BuildConfig, extract_regions, load_meta, load_table, region_table
 from hint.reservoir import ImageReservoir, priority
 from hint.views import make_view
 
@@ -138,7 +138,7 @@ def test_a_killed_step_one_resumes_at_its_checkpoint(lite0, tiny_data, tmp_path,
     with pytest.raises(_Interrupt):
         extract_regions(lite0, samples, cfg, progress=False, checkpoint=ckpt)
     monkeypatch.setattr(ImageDataset, "__getitem__", real)
-    assert _load_meta(ckpt)["done"] == 8
+    assert load_meta(ckpt)["done"] == 8
     seen = {"n": 0}
 
     def counting(self, i):
