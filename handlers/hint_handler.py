@@ -89,28 +89,20 @@ class HintHandler(BaseHandler):
                       default_permutations=int(c["default_permutations"]), options=self.OPTIONS, **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
-        from hint.backbones import get_backbone
-        from hint.bank import ConceptBank, backbone_weights
         from hint.explain import Explainer
 
-        folder = (model_dir / str(self.cfg["bank"])).resolve()
-        bank = ConceptBank.load(folder)  # verifies every sha256; BankError with one line otherwise
-        name, layer = bank.meta.get("backbone"), bank.meta.get("layer")
-        if not name or not layer:
-            raise ValueError(f"{folder}/manifest.json names no backbone/layer")
-        # built from a weights file: the archive's backbone-weights.* (sha256 checked before it is read)
-        backbone = get_backbone(name, layer, backbone_weights(bank, folder))
-        want, have = bank.meta.get("weights_sha256"), backbone.weights_sha256
-        if want and have and want != have:
-            raise ValueError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
-        self.hierarchy = bank.load_hierarchy()  # its hierarchy.json, else the WordNet default
-        self.explainer = Explainer(backbone, bank, self.hierarchy, device=self.device, fast=bool(self.cfg["fast"]),
-                                   box_grid=int(self.cfg["box_grid"]) or None)  # fmt: skip
+        # the bank (every sha256 verified) with its hierarchy, and the backbone it names: a bank built from a
+        # weights file takes the archive's backbone-weights.* (sha256 checked before it is read), never a path
+        # recorded at build time; BankError with one line otherwise
+        self.explainer = Explainer.from_bank((model_dir / str(self.cfg["bank"])).resolve(), device=self.device,
+                                             fast=bool(self.cfg["fast"]), box_grid=int(self.cfg["box_grid"]) or None,
+                                             recorded=False)  # fmt: skip
+        backbone, bank, self.hierarchy = self.explainer.backbone, self.explainer.bank, self.explainer.h
         probs, _, z = self.explainer.forward([Image.new("RGB", (backbone.input_size,) * 2)])  # warm-up
         bank.check_backbone(backbone.name, backbone.layer, int(z.shape[1]))
-        self.hierarchy.check_outputs(int(probs.shape[1]), f"backbone {name}")
+        self.hierarchy.check_outputs(int(probs.shape[1]), f"backbone {backbone.name}")
         logger.info("HINT handler ready: %s:%s (weights %s), bank %s (%d concepts), torch threads %d",
-                    name, layer, backbone.weights, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
+                    backbone.name, backbone.layer, backbone.weights, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
         return self.limits_for(backbone.input_size, channels=int(z.shape[1]),
                                concept=rq.bank_concepts(self.hierarchy, bank))  # fmt: skip
 

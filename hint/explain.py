@@ -98,11 +98,11 @@ class Explainer:
 
     @classmethod
     def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
-                  weights: str | None = None) -> Explainer:  # fmt: skip
+                  weights: str | None = None, recorded: bool = True) -> Explainer:  # fmt: skip
         """Load a bank folder (sha256 checked), with its hierarchy, and the backbone it names; BankError /
         ValueError with one readable line when they do not fit. A bank built from a weights file gets its
-        backbone from ``weights``, else the ``backbone-weights.*`` beside it, else the path recorded at
-        build time (:func:`hint.bank.backbone_weights`; sha256 checked)."""
+        backbone from ``weights``, else the ``backbone-weights.*`` beside it, else (``recorded``) the path
+        recorded at build time (:func:`hint.bank.backbone_weights`; sha256 checked)."""
         from .backbones import get_backbone
         from .bank import BankError, backbone_weights
 
@@ -110,7 +110,7 @@ class Explainer:
         name, layer = bank.meta.get("backbone"), bank.meta.get("layer")
         if not name or not layer:
             raise BankError(f"{folder}/manifest.json names no backbone/layer")
-        backbone = get_backbone(name, layer, backbone_weights(bank, folder, weights, recorded=True))
+        backbone = get_backbone(name, layer, backbone_weights(bank, folder, weights, recorded))
         want, have = bank.meta.get("weights_sha256"), backbone.weights_sha256
         if want and have and want != have:
             raise BankError(f"bank built with weights sha256 {want[:12]}, backbone has {have[:12]}")
