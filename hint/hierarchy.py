@@ -9,7 +9,6 @@ are WNIDs in the default hierarchy and any strings in yours (``Concept.wnid`` ho
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -196,10 +195,6 @@ class Hierarchy:
                 entry["description"] = c.gloss
             concepts[c.wnid] = entry
         return {"format": FORMAT, "root": self.root, "classes": list(self.classes), "concepts": concepts}
-
-    def digest(self) -> str:
-        """sha256 of :meth:`to_json` (keys sorted): equal for equal hierarchies."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` atomically (a temporary file renamed into place); returns the path."""
@@ -457,7 +452,7 @@ def _compile(root: str, nodes: dict[str, dict], classes: list[str], at: str) -> 
         if not leaves[cid]:
             raise ValueError(f"{at}concept {cid!r} has no class under it (no child, and not in 'classes')")
     wn = _default()
-    names = [wn.class_names[wn.classes.index(c)] if _inherits(c, nodes[c], wn) else nodes[c]["name"] for c in classes]
+    names = [wn.class_names[wn[c].index] if _inherits(c, nodes[c], wn) else nodes[c]["name"] for c in classes]
     synsets = {
         cid: {"name": n["name"], "lemmas": n["lemmas"], "gloss": n["gloss"], "parents": n["parents"],
               "children": sorted(children[cid]), "depth": depth[cid], "index": index.get(cid),
