@@ -72,6 +72,8 @@ class EvalConfig:
     retrain: bool = True
     recompute_regions: bool = True  # step 1 again on the bank's build data when its table is not cached
     step1_methods: Sequence[str] = ()
+    layers: Sequence[str] = ()  # rows from classifiers fit at these layers of the backbone
+    fuse: Sequence[str] = ()  # rows of fused maps, each "LAYER+LAYER[+…]"
     cache: Path | None = None  # default BANK/../.hint-cache
     weights: str | None = None
     batch_size: int = 32
@@ -161,6 +163,7 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     labels = np.array([a.label for a in anns])
 
     bb = get_backbone(bank.meta["backbone"], bank.meta["layer"], cfg.weights)
+    check_layers(bb, cfg.layers, cfg.fuse)
     s = bb.input_size
     t = time.perf_counter()
     fwd = forward_all(bb, anns, cfg.batch_size, cfg.progress)
@@ -194,6 +197,12 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     methods = method_table(sets, cfg.percents, k_faith if retrain_info.get("done") else None, cfg.draws,
                            has_cam=fwd.cam_gt is not None)  # fmt: skip
     raw = raw_maps(fwd, bank, sets, methods, whole, ancestors)
+    if cfg.layers or cfg.fuse:
+        t = time.perf_counter()
+        more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw)
+        methods.update({m: (v, kind) for m, (v, kind, _) in more.items()})
+        raw.update({m: r for m, (_, _, r) in more.items()})
+        timings["layers"] = time.perf_counter() - t
     export = _export_set(cfg, methods)
 
     t = time.perf_counter()
@@ -257,35 +266,48 @@ def _single_thread() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ forward
 
 
-@torch.no_grad()
-def forward_all(bb, anns: list[wsol.Annotation], batch_size: int = 32, progress: bool = False) -> Forward:
-    """The bank layer's activations, the CAMs of the ground-truth and the predicted class, the top-1
-    class and the image sizes: one forward pass per batch (forward hooks)."""
+@contextmanager
+def _hooks(model: torch.nn.Module, names: dict[str, str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks keeping each module's output: ``names`` maps a key to a module name."""
+    mods = dict(model.named_modules())
+    keep: dict[str, torch.Tensor] = {}
+    handles = [mods[m].register_forward_hook(lambda _m, _i, o, k=k: keep.__setitem__(k, o.detach()))
+               for k, m in names.items()]  # fmt: skip
+    try:
+        yield keep
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+def _batches(bb, anns: list[wsol.Annotation], batch_size: int, progress: bool, desc: str):
+    """(annotations, image sizes, logits) per batch of images, evaluation mode, no gradients."""
     from .datasets import load_rgb
 
     model = bb.model.eval()
-    mods = dict(model.named_modules())
-    keep: dict[str, torch.Tensor] = {}
-    handles = [bb.layer_module().register_forward_hook(lambda _m, _i, o: keep.__setitem__("z", o.detach()))]
+    for s in tqdm(range(0, len(anns), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = anns[s : s + batch_size]
+        ims = [load_rgb(a.path) for a in batch]
+        with torch.no_grad():
+            yield batch, [im.size for im in ims], model(bb.preprocess(ims))
+
+
+def forward_all(bb, anns: list[wsol.Annotation], batch_size: int = 32, progress: bool = False) -> Forward:
+    """The bank layer's activations, the CAMs of the ground-truth and the predicted class, the top-1
+    class and the image sizes: one forward pass per batch (forward hooks)."""
     cam_spec = CAM_LAYERS.get(bb.name)
-    if cam_spec:
-        handles.append(mods[cam_spec[0]].register_forward_hook(lambda _m, _i, o: keep.__setitem__("f", o.detach())))
-        fc = mods[cam_spec[1]].weight.detach().float()
+    names = {"z": bb.layer, **({"f": cam_spec[0]} if cam_spec else {})}
+    fc = dict(bb.model.named_modules())[cam_spec[1]].weight.detach().float() if cam_spec else None
     zs, gts, preds_cam, preds, sizes = [], [], [], [], []
-    try:
-        for s in tqdm(range(0, len(anns), batch_size), desc="forward", unit="batch", disable=not progress):
-            batch = anns[s : s + batch_size]
-            ims = [load_rgb(a.path) for a in batch]
-            sizes += [im.size for im in ims]
-            pred = model(bb.preprocess(ims)).argmax(1)
+    with _hooks(bb.model, names) as keep:
+        for batch, size, logits in _batches(bb, anns, batch_size, progress, "forward"):
+            pred = logits.argmax(1)
+            sizes += size
             preds.append(pred)
             zs.append(keep["z"].half())
             if cam_spec:
                 gts.append(cam(keep["f"], fc, torch.tensor([a.label for a in batch])))
                 preds_cam.append(cam(keep["f"], fc, pred))
-    finally:
-        for hd in handles:
-            hd.remove()
     return Forward(torch.cat(zs), torch.cat(gts).numpy() if gts else None,
                    torch.cat(preds_cam).numpy() if preds_cam else None, torch.cat(preds).numpy(), sizes)  # fmt: skip
 
@@ -326,24 +348,27 @@ def _kwargs(fn: Callable, params: dict, skip: set[str]) -> dict:
     return {k: v for k, v in params.items() if k in names}
 
 
-def own_table_name(bank: ConceptBank, method: str | None = None) -> str:
-    """File name of a step-1 table this module computed for a bank (``method``: another step-1 method)."""
-    return f"regions-wsol-{bank.id}{'-' + method if method else ''}.safetensors"
+def own_table_name(bank: ConceptBank, method: str | None = None, layer: str | None = None) -> str:
+    """File name of a step-1 table this module computed for a bank (``method``: another step-1 method;
+    ``layer``: another layer of the bank's backbone)."""
+    return f"regions-wsol-{bank.id}{'-' + method if method else ''}{'-at-' + layer if layer else ''}.safetensors"
 
 
-def find_region_table(bank: ConceptBank, cache_dir: Path, method: str | None = None) -> Path | None:
+def find_region_table(bank: ConceptBank, cache_dir: Path, method: str | None = None,
+                      layer: str | None = None) -> Path | None:  # fmt: skip
     """The cached step-1 region table of a bank, or None.
 
     The build's table is the one whose metadata (its step-1 statistics: image count, seconds, top-1)
     equals the manifest's ``build.step1``, whatever its cache key; else this module's own
-    ``regions-wsol-<bank id>.safetensors``. With ``method`` (another step-1 method): only the latter.
+    ``regions-wsol-<bank id>.safetensors``. With ``method`` (another step-1 method) or ``layer`` (another
+    layer): only the latter.
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return None
     want = build_params(bank).get("step1", {})
     keys = ("images", "seconds", "top1")
-    if method is None and want:
+    if method is None and layer is None and want:
         for p in sorted(cache_dir.glob("regions-*.safetensors")):
             if "-part" in p.name or p.name.startswith("regions-wsol-"):
                 continue
@@ -353,15 +378,17 @@ def find_region_table(bank: ConceptBank, cache_dir: Path, method: str | None = N
                 continue
             if all(k in want and meta.get(k) == want[k] for k in keys):
                 return p
-    own = cache_dir / own_table_name(bank, method)
+    own = cache_dir / own_table_name(bank, method, layer)
     return own if own.is_file() else None
 
 
-def region_table(ctx: Context, method: str | None = None) -> tuple[RegionTable | None, str]:
-    """(the bank's step-1 table, or one made with another step-1 ``method``; where it is) or
-    (None, why not). Recomputed from the bank's build data and cached when allowed."""
+def region_table(ctx: Context, method: str | None = None, backbone=None) -> tuple[RegionTable | None, str]:
+    """(the bank's step-1 table, or one made with another step-1 ``method`` or at another layer,
+    ``backbone``; where it is) or (None, why not). Recomputed from the bank's build data and cached
+    when allowed."""
     cfg, bank = ctx.cfg, ctx.bank
-    path = find_region_table(bank, cfg.cache_dir, method)
+    layer = None if backbone is None or backbone.layer == bank.meta["layer"] else backbone.layer
+    path = find_region_table(bank, cfg.cache_dir, method, layer)
     if path is not None:
         try:
             return load_table(path)[0], str(path)
@@ -381,14 +408,15 @@ def region_table(ctx: Context, method: str | None = None) -> tuple[RegionTable |
     total = (params.get("n_images") or 0) + (params.get("unreadable") or 0)
     samples = samples[:total] if total else samples  # built with --limit
     use = method or params.get("method", "guided")
-    _warn(f"step 1 ({use}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)")
+    at = f" at {layer}" if layer else ""
+    _warn(f"step 1 ({use}{at}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)")
     step1 = BuildConfig(method=use, threshold=params.get("threshold", 0.5), quantile=params.get("quantile", 0.99),
                         batch_size=cfg.batch_size, seed=params.get("seed", 0),
                         per_class=params.get("per_class") or len(samples))  # banks before the reservoirs kept all
-    table, stats = pipeline_region_table(ctx.backbone, samples, step1, cfg.progress)
-    out = cfg.cache_dir / own_table_name(bank, method)
+    table, stats = pipeline_region_table(backbone or ctx.backbone, samples, step1, cfg.progress)
+    out = cfg.cache_dir / own_table_name(bank, method, layer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_table(table, out, {**stats, "method": use})
+    save_table(table, out, {**stats, "method": use, "layer": layer or bank.meta["layer"]})
     return table, str(out)
 
 
@@ -496,6 +524,96 @@ def step1_builder(methods: Sequence[str]) -> VariantBuilder:
         return out, info
 
     return build
+
+
+# --------------------------------------------------------------------------- other layers, fused maps
+
+
+def check_layers(bb, layers: Sequence[str], groups: Sequence[str]) -> None:
+    """ValueError (one line) for a layer the backbone lacks or a fused group of fewer than two layers."""
+    names = set(dict(bb.model.named_modules()))
+    for g in groups:
+        if len(set(g.split("+"))) < 2:
+            raise ValueError(f"--fuse {g}: give two or more layers joined by '+', e.g. _blocks.15+_blocks.10")
+    unknown = [x for x in dict.fromkeys([*layers, *(x for g in groups for x in g.split("+"))]) if x not in names]
+    if unknown:
+        raise ValueError(f"{bb.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {bb.name})")
+
+
+def fuse(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of (N, h_i, w_i) maps, each resized (bilinear) to the finest grid among them."""
+    h = max(m.shape[1] for m in maps)
+    w = max(m.shape[2] for m in maps)
+    up = [torch.nn.functional.interpolate(torch.from_numpy(np.asarray(m, np.float32))[:, None], size=(h, w),
+                                          mode="bilinear", align_corners=False)[:, 0] for m in maps]  # fmt: skip
+    return torch.stack(up).mean(0).numpy()
+
+
+def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: torch.Tensor,
+                 rows: Sequence[torch.Tensor], batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:  # fmt: skip
+    """One forward pass: for each ``r`` of ``rows``, (N, h, w) maps σ(αᵀz + b) at ``bb``'s layer, image n
+    with classifier ``r[n]``."""
+    out: list[list[torch.Tensor]] = [[] for _ in rows]
+    with _hooks(bb.model, {"z": bb.layer}) as keep:
+        for i, (batch, _, _) in enumerate(_batches(bb, anns, batch_size, progress, f"maps at {bb.layer}")):
+            z = keep["z"].float()
+            for o, r in zip(out, rows, strict=True):
+                r = r[i * batch_size : i * batch_size + len(batch)]
+                o.append(torch.sigmoid(torch.einsum("ndhw,nd->nhw", z, weight[r]) + bias[r].view(-1, 1, 1)))
+    return [torch.cat(o).numpy() for o in out]
+
+
+def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors: list[str],
+               raw: dict[str, np.ndarray]) -> tuple[dict[str, tuple[str, str, np.ndarray]], dict]:  # fmt: skip
+    """Rows ``HINT-whole [layer L]`` and ``HINT-ancestor [layer L]`` for each layer of ``ctx.cfg.layers``
+    and ``[fused L1+L2…]`` for each group of ``ctx.cfg.fuse``: the mean of the group's maps on its finest
+    grid (:func:`fuse`).
+
+    At another layer than the bank's, the concepts in use are fit with the bank's samples and settings on
+    that layer's step-1 table (the bank's step-1 method on its build data, cached), then one forward pass
+    draws their maps; the bank's own layer is the bank's classifiers. Returns method → (variant, map kind,
+    maps) and what was done per layer."""
+    from .backbones import get_backbone
+
+    cfg, bank = ctx.cfg, ctx.bank
+    used = [whole, *sorted(set(ctx.used) - {whole})]
+    rows = torch.tensor([used.index(a) for a in ancestors])
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    info: dict[str, dict] = {}
+    groups = [g.split("+") for g in cfg.fuse]
+    for layer in dict.fromkeys([*cfg.layers, *(x for g in groups for x in g)]):
+        if layer == bank.meta["layer"]:
+            maps[layer] = {"whole": raw["HINT-whole"], "ancestor": raw["HINT-ancestor"]}
+            info[layer] = {"done": True, "classifiers": "the bank's", "map_size": list(raw["HINT-whole"].shape[1:])}
+            continue
+        bb = get_backbone(bank.meta["backbone"], layer, cfg.weights)
+        table, where = region_table(ctx, None, bb)
+        if table is None:
+            info[layer] = {"done": False, "reason": where}
+            _warn(f"rows at layer {layer} skipped: {where}")
+            continue
+        sets = concept_sets(bank, table, used, ctx.hierarchy)
+        fits = []
+        for w in tqdm(used, desc=f"classifiers at {layer}", disable=not cfg.progress):
+            with _single_thread():
+                fits.append(fit(bank, sets[w]))
+        weight = torch.stack([f.weight for f in fits])
+        bias = torch.tensor([float(f.bias) for f in fits])
+        whole_map, anc_map = concept_maps(bb, anns, weight, bias, [torch.zeros(len(anns), dtype=torch.long), rows],
+                                          cfg.batch_size, cfg.progress)  # fmt: skip
+        maps[layer] = {"whole": whole_map, "ancestor": anc_map}
+        info[layer] = {"done": True, "table": where, "neurons": table.dim, "map_size": list(whole_map.shape[1:]),
+                       "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
+    out: dict[str, tuple[str, str, np.ndarray]] = {}
+    for layer in [x for x in dict.fromkeys(cfg.layers) if x in maps and x != bank.meta["layer"]]:
+        for kind in ("whole", "ancestor"):
+            out[f"HINT-{kind} [layer {layer}]"] = (f"layer {layer}", kind, maps[layer][kind])
+    for g in groups:
+        if all(x in maps for x in g):
+            name = "fused " + "+".join(g)
+            for kind in ("whole", "ancestor"):
+                out[f"HINT-{kind} [{name}]"] = (name, kind, fuse([maps[x][kind] for x in g]))
+    return out, info
 
 
 # ------------------------------------------------------------------------------------- maps, scoring

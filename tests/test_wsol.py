@@ -529,6 +529,60 @@ def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path
     assert again["retrain"]["done"] and again["methods"]["HINT-whole (20%)"] == rep["methods"]["HINT-whole (20%)"]
 
 
+def test_layer_and_fused_rows(tiny_boxes, tmp_path):
+    """``--layers``/``--fuse``: classifiers fit at another layer on that layer's step-1 table (recomputed
+    from the build data, cached under the layer's name), its maps at its own grid, and the fused rows."""
+    build = {"method": "guided", "threshold": 0.5, "quantile": 0.99, "max_positives": 4000, "test_fraction": 0.2,
+             "l2": 1e-3, "seed": 0, "data": str(tiny_boxes), "n_images": 6, "unreadable": 0}  # fmt: skip
+    bank = _random_bank(tmp_path / "bank", build)
+    cache = tmp_path / "cache"
+    rep = _run(tmp_path, bank, tiny_boxes, "--no-retrain", "--cache", str(cache), "--layers", "_blocks.5._act0",
+               "--fuse", "_blocks.10+_blocks.5._act0", "--export-methods", "all")  # fmt: skip
+    layers = rep["extra_variants"]["layers"]
+    assert layers["_blocks.5._act0"]["done"] and layers["_blocks.5._act0"]["map_size"] == [28, 28]
+    assert layers["_blocks.5._act0"]["neurons"] == 240 and layers["_blocks.10"]["classifiers"] == "the bank's"
+    bank_id = json.loads((bank / "manifest.json").read_text())["bank_id"]
+    assert [p.name for p in cache.iterdir()] == [f"regions-wsol-{bank_id}-at-_blocks.5._act0.safetensors"]
+    rows = ["HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
+            "HINT-whole [fused _blocks.10+_blocks.5._act0]", "HINT-ancestor [fused _blocks.10+_blocks.5._act0]"]  # fmt: skip
+    assert list(rep["methods"])[4:] == rows
+    assert rep["methods"][rows[2]]["variant"] == "fused _blocks.10+_blocks.5._act0"
+    for m in rows:
+        assert np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy").shape == (224, 224)
+    assert rep["bootstrap"]["minus_cam_ci95"][rows[2]]
+
+
+def test_fuse_averages_maps_on_the_finest_grid():
+    from hint.wsol_eval import fuse
+
+    coarse = np.random.default_rng(0).random((2, 7, 7)).astype(np.float32)
+    fine = np.random.default_rng(1).random((2, 14, 14)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(coarse)[:, None], size=(14, 14), mode="bilinear")[:, 0]
+    np.testing.assert_allclose(fuse([coarse, fine]), (up.numpy() + fine) / 2, atol=1e-6)
+    np.testing.assert_allclose(fuse([np.full((1, 7, 7), 0.2), np.full((1, 28, 28), 0.6)]), 0.4, atol=1e-6)
+
+
+def test_concept_maps_are_the_classifier_at_the_layer(tiny_boxes):
+    from hint.backbones import get_backbone
+    from hint.datasets import load_rgb
+    from hint.wsol_eval import concept_maps
+
+    bb = get_backbone("efficientnet_lite0", "_blocks.5._act0")
+    anns = wsol.load_annotations(tiny_boxes / "annotations.csv", tiny_boxes)[:3]
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(2, 240, generator=g) * 0.1, torch.tensor([0.3, -0.2])
+    maps, zero = concept_maps(bb, anns, weight, bias, [torch.tensor([0, 1, 1]), torch.zeros(3, dtype=torch.long)], 2)
+    feats = {}
+    bb.layer_module().register_forward_hook(lambda _m, _i, o: feats.setdefault("z", o))
+    with torch.no_grad():
+        bb.model(bb.preprocess([load_rgb(anns[2].path)]))
+    want = torch.sigmoid(torch.einsum("chw,c->hw", feats["z"][0], weight[1]) + bias[1])
+    assert maps.shape == zero.shape == (3, 28, 28)
+    np.testing.assert_allclose(maps[2], want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(maps[0], zero[0], atol=1e-6)
+    assert np.abs(maps[2] - zero[2]).max() > 1e-3
+
+
 def test_evaluate_wsol_end_to_end_committed_bank(tiny_boxes, tmp_path):
     bank = REPO / "model_store" / "hint-bank"
     if not (bank / "manifest.json").is_file():
@@ -560,6 +614,11 @@ def test_cli_errors(tiny_boxes, tmp_path, capsys):
     argv = ["evaluate-wsol", "--bank", str(bank), "--data", str(tiny_boxes), "--annotations", str(bad)]
     assert main(argv) == 2
     assert "bad boxes_xyxy" in capsys.readouterr().err
+    argv = ["evaluate-wsol", "--bank", str(bank), "--data", str(tiny_boxes), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--layers", "_blocks.99"]) == 2
+    assert "has no layer _blocks.99" in capsys.readouterr().err
+    assert main([*argv, "--fuse", "_blocks.10"]) == 2
+    assert "two or more layers" in capsys.readouterr().err
 
 
 @pytest.mark.shared
