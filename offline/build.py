@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-regions", type=int, default=24, help="data-sufficiency rule: responsible regions")
     p.add_argument("--out", required=True, type=Path, help="bank folder to write")
     p.add_argument("--cache", type=Path, default=None, help="step cache (default: OUT/../.hint-cache)")
+    p.add_argument("--l2", type=float, default=1e-3, help="probe weight decay on standardised features")
     p.add_argument("--method", choices=sorted(METHODS), default="guided")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--permutations", type=int, default=256, help="Shapley permutations M")
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildConfig(
         method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
-        folds=args.folds, min_images=args.min_images, min_regions=args.min_regions,
+        folds=args.folds, min_images=args.min_images, min_regions=args.min_regions, l2=args.l2,
         faithfulness_k=args.faithfulness_k, per_class=args.per_class, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=device, amp=device == "cuda",
     )  # fmt: skip

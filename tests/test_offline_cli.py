@@ -37,6 +37,16 @@ def test_build_and_report(cli_bank, tmp_path, capsys):
     assert (tmp_path / "r" / "association.png").stat().st_size > 10_000
 
 
+def test_l2_option_reaches_the_probes(cli_bank, tiny_data, tmp_path):
+    """``--l2``: recorded in the manifest, and a stronger weight decay gives smaller probe weights."""
+    out = tmp_path / "bank"
+    argv = ["build", "--data", str(tiny_data), "--out", str(out), "--cache", str(cli_bank.parent / ".hint-cache")]
+    assert main([*argv, *ARGS, "--l2", "0.1"]) == 0
+    strong, default = ConceptBank.load(out), ConceptBank.load(cli_bank)
+    assert strong.meta["build"]["l2"] == 0.1 and default.meta["build"]["l2"] == 1e-3
+    assert strong.weight.norm(dim=1).sum() < default.weight.norm(dim=1).sum()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
