@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import wsol
 from .bank import ConceptBank
 from .classifiers import train_classifier
-from .concepts import ConceptSamples, RegionTable, concept_samples
+from .concepts import SHARES, ConceptSamples, RegionTable, concept_samples
 from .faithfulness import select_neurons
 from .hierarchy import Hierarchy
 from .pipeline import BuildConfig, load_meta, load_table, save_table
@@ -74,6 +74,7 @@ class EvalConfig:
     step1_methods: Sequence[str] = ()
     layers: Sequence[str] = ()  # rows from classifiers fit at these layers of the backbone
     fuse: Sequence[str] = ()  # rows of fused maps, each "LAYER+LAYER[+…]"
+    whole_negatives: Sequence[str] = ()  # also rows with `whole` trained against these negative kinds only
     cache: Path | None = None  # default BANK/../.hint-cache
     weights: str | None = None
     batch_size: int = 32
@@ -197,9 +198,9 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     methods = method_table(sets, cfg.percents, k_faith if retrain_info.get("done") else None, cfg.draws,
                            has_cam=fwd.cam_gt is not None)  # fmt: skip
     raw = raw_maps(fwd, bank, sets, methods, whole, ancestors)
-    if cfg.layers or cfg.fuse:
+    if cfg.layers or cfg.fuse or cfg.whole_negatives:
         t = time.perf_counter()
-        more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw)
+        more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw, fwd.z)
         methods.update({m: (v, kind) for m, (v, kind, _) in more.items()})
         raw.update({m: r for m, (_, _, r) in more.items()})
         timings["layers"] = time.perf_counter() - t
@@ -423,10 +424,13 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
 # ----------------------------------------------------------------------------------------- retraining
 
 
-def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str], h: Hierarchy) -> dict[str, ConceptSamples]:
+def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str], h: Hierarchy,
+                 shares: dict[str, float] | None = None) -> dict[str, ConceptSamples]:  # fmt: skip
     """Each concept's training samples, rebuilt as the bank build does: the manifest's group parent and
-    the build parameters that :func:`hint.concepts.concept_samples` takes."""
+    the build parameters that :func:`hint.concepts.concept_samples` takes (``shares``: other negative shares)."""
     kw = _kwargs(concept_samples, build_params(bank), {"table", "wnid", "parent", "hierarchy"})
+    if shares is not None:
+        kw["shares"] = shares
     out = {}
     for w in wnids:
         parent = bank.concepts[bank.index(w)].get("parent") or h.group_parent(w, bank.wnids)
@@ -542,6 +546,8 @@ def check_layers(bb, layers: Sequence[str], groups: Sequence[str]) -> None:
 
 def fuse(maps: Sequence[np.ndarray]) -> np.ndarray:
     """The mean of (N, h_i, w_i) maps, each resized (bilinear) to the finest grid among them."""
+    if len(maps) == 1:
+        return np.asarray(maps[0], np.float32)
     h = max(m.shape[1] for m in maps)
     w = max(m.shape[2] for m in maps)
     up = [torch.nn.functional.interpolate(torch.from_numpy(np.asarray(m, np.float32))[:, None], size=(h, w),
@@ -563,56 +569,76 @@ def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: to
     return [torch.cat(o).numpy() for o in out]
 
 
+def negatives_tag(kinds: Sequence[str]) -> str:
+    return "negatives: " + "+".join(kinds)
+
+
+def _fit_all(bank: ConceptBank, sets: dict[str, ConceptSamples], desc: str, progress: bool):
+    """(weight (E, D), bias (E,)) of the concepts in ``sets``, in their order, fit with the bank's settings."""
+    fits = []
+    for w in tqdm(list(sets), desc=desc, disable=not progress):
+        with _single_thread():
+            fits.append(fit(bank, sets[w]))
+    return torch.stack([f.weight for f in fits]), torch.tensor([float(f.bias) for f in fits])
+
+
 def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors: list[str],
-               raw: dict[str, np.ndarray]) -> tuple[dict[str, tuple[str, str, np.ndarray]], dict]:  # fmt: skip
-    """Rows ``HINT-whole [layer L]`` and ``HINT-ancestor [layer L]`` for each layer of ``ctx.cfg.layers``
-    and ``[fused L1+L2…]`` for each group of ``ctx.cfg.fuse``: the mean of the group's maps on its finest
-    grid (:func:`fuse`).
+               raw: dict[str, np.ndarray], z: torch.Tensor) -> tuple[dict[str, tuple[str, str, np.ndarray]], dict]:  # fmt: skip
+    """Rows ``HINT-whole [layer L]`` and ``HINT-ancestor [layer L]`` for each layer of ``ctx.cfg.layers``,
+    ``[fused L1+L2…]`` for each group of ``ctx.cfg.fuse`` (the mean of the group's maps on its finest grid,
+    :func:`fuse`) and, with ``ctx.cfg.whole_negatives``, the same ``HINT-whole`` rows (and one on the bank's
+    layer) with the ``whole`` classifier trained against those negative kinds only, in equal shares.
 
     At another layer than the bank's, the concepts in use are fit with the bank's samples and settings on
     that layer's step-1 table (the bank's step-1 method on its build data, cached), then one forward pass
-    draws their maps; the bank's own layer is the bank's classifiers. Returns method → (variant, map kind,
-    maps) and what was done per layer."""
+    draws their maps; the bank's own layer is the bank's classifiers (``z``: its activations). Returns
+    method → (variant, map kind, maps) and what was done per layer."""
     from .backbones import get_backbone
 
     cfg, bank = ctx.cfg, ctx.bank
+    neg = list(cfg.whole_negatives)
+    shares = {k: 1 / len(neg) if k in neg else 0.0 for k in SHARES} if neg else None
     used = [whole, *sorted(set(ctx.used) - {whole})]
     rows = torch.tensor([used.index(a) for a in ancestors])
     maps: dict[str, dict[str, np.ndarray]] = {}
     info: dict[str, dict] = {}
     groups = [g.split("+") for g in cfg.fuse]
-    for layer in dict.fromkeys([*cfg.layers, *(x for g in groups for x in g)]):
-        if layer == bank.meta["layer"]:
+    own = bank.meta["layer"]
+    for layer in dict.fromkeys([*cfg.layers, *(x for g in groups for x in g), *([own] if neg else [])]):
+        bb = None if layer == own else get_backbone(bank.meta["backbone"], layer, cfg.weights)
+        table, where = region_table(ctx, None, bb) if bb is not None or neg else (None, "the bank's classifiers")
+        if layer == own:
             maps[layer] = {"whole": raw["HINT-whole"], "ancestor": raw["HINT-ancestor"]}
             info[layer] = {"done": True, "classifiers": "the bank's", "map_size": list(raw["HINT-whole"].shape[1:])}
-            continue
-        bb = get_backbone(bank.meta["backbone"], layer, cfg.weights)
-        table, where = region_table(ctx, None, bb)
-        if table is None:
+        elif table is None:
             info[layer] = {"done": False, "reason": where}
             _warn(f"rows at layer {layer} skipped: {where}")
             continue
-        sets = concept_sets(bank, table, used, ctx.hierarchy)
-        fits = []
-        for w in tqdm(used, desc=f"classifiers at {layer}", disable=not cfg.progress):
-            with _single_thread():
-                fits.append(fit(bank, sets[w]))
-        weight = torch.stack([f.weight for f in fits])
-        bias = torch.tensor([float(f.bias) for f in fits])
-        whole_map, anc_map = concept_maps(bb, anns, weight, bias, [torch.zeros(len(anns), dtype=torch.long), rows],
-                                          cfg.batch_size, cfg.progress)  # fmt: skip
-        maps[layer] = {"whole": whole_map, "ancestor": anc_map}
-        info[layer] = {"done": True, "table": where, "neurons": table.dim, "map_size": list(whole_map.shape[1:]),
-                       "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
+        else:
+            weight, bias = _fit_all(bank, concept_sets(bank, table, used, ctx.hierarchy), f"classifiers at {layer}",
+                                    cfg.progress)  # fmt: skip
+            zero = torch.zeros(len(anns), dtype=torch.long)
+            maps[layer] = dict(zip(("whole", "ancestor"), concept_maps(bb, anns, weight, bias, [zero, rows],
+                                                                       cfg.batch_size, cfg.progress), strict=True))  # fmt: skip
+            info[layer] = {"done": True, "table": where, "neurons": table.dim, "map_size": list(maps[layer]["whole"].shape[1:]),
+                           "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
+        if neg and table is not None:
+            w, b = _fit_all(bank, concept_sets(bank, table, [whole], ctx.hierarchy, shares), f"whole ({negatives_tag(neg)})", False)
+            if bb is None:
+                maps[layer]["whole_neg"] = torch.sigmoid(torch.einsum("ndhw,d->nhw", z.float(), w[0]) + b[0]).numpy()
+            else:
+                maps[layer]["whole_neg"] = concept_maps(bb, anns, w, b, [torch.zeros(len(anns), dtype=torch.long)],
+                                                        cfg.batch_size, cfg.progress)[0]  # fmt: skip
+            info[layer]["whole_shares"] = shares
     out: dict[str, tuple[str, str, np.ndarray]] = {}
-    for layer in [x for x in dict.fromkeys(cfg.layers) if x in maps and x != bank.meta["layer"]]:
-        for kind in ("whole", "ancestor"):
-            out[f"HINT-{kind} [layer {layer}]"] = (f"layer {layer}", kind, maps[layer][kind])
-    for g in groups:
-        if all(x in maps for x in g):
-            name = "fused " + "+".join(g)
-            for kind in ("whole", "ancestor"):
-                out[f"HINT-{kind} [{name}]"] = (name, kind, fuse([maps[x][kind] for x in g]))
+    kinds = [("whole", "whole", ""), ("ancestor", "ancestor", ""), ("whole_neg", "whole", f", {negatives_tag(neg)}")]
+    if "whole_neg" in maps.get(own, {}):
+        out[f"HINT-whole [{negatives_tag(neg)}]"] = (negatives_tag(neg), "whole", maps[own]["whole_neg"])
+    for name, layers in [*((f"layer {x}", [x]) for x in dict.fromkeys(cfg.layers) if x != own),
+                         *(("fused " + "+".join(g), g) for g in groups)]:  # fmt: skip
+        for key, kind, tag in kinds:
+            if all(key in maps.get(x, {}) for x in layers):
+                out[f"HINT-{kind} [{name}{tag}]"] = (name + tag, kind, fuse([maps[x][key] for x in layers]))
     return out, info
 
 

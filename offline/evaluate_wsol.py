@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
       help="also rows with classifiers fit at these layers of the backbone (python -m hint.backbones layers NAME)")
     a("--fuse", nargs="+", default=[], metavar="L1+L2",
       help="also rows of fused maps: the mean of these layers' maps on the finest grid, e.g. _blocks.15+_blocks.10")
+    a("--whole-negatives", nargs="+", default=[], choices=["sibling", "background", "other"], metavar="KIND",
+      help="also HINT-whole rows (bank layer, --layers, --fuse) with the whole classifier trained against these "
+           "negative kinds only, in equal shares (sibling, background, other)")  # fmt: skip
     a("--no-retrain", action="store_true", help="skip the (x%%) rows, the faithfulness test and --step1-methods")
     a("--weights", help="backbone weights file (default: the packaged ones)")
     a("--batch-size", type=int, default=32)
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         split_seed=args.split_seed, upsample=args.upsample, percents=args.percents,
         faithfulness_k=args.faithfulness_k, draws=args.draws, retrain=not args.no_retrain,
         recompute_regions=not args.no_recompute_regions, step1_methods=args.step1_methods, cache=args.cache,
-        layers=args.layers, fuse=args.fuse,
+        layers=args.layers, fuse=args.fuse, whole_negatives=args.whole_negatives,
         weights=args.weights, batch_size=args.batch_size, jobs=args.jobs, export_npy=args.export_npy,
         export_methods=args.export_methods, overlays=args.overlays, progress=not args.no_progress,
         command=command_line(args),

@@ -530,26 +530,53 @@ def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path
 
 
 def test_layer_and_fused_rows(tiny_boxes, tmp_path):
-    """``--layers``/``--fuse``: classifiers fit at another layer on that layer's step-1 table (recomputed
-    from the build data, cached under the layer's name), its maps at its own grid, and the fused rows."""
+    """``--layers``/``--fuse``/``--whole-negatives``: classifiers fit at another layer on that layer's step-1
+    table (recomputed from the build data, cached under the layer's name), its maps at its own grid, the
+    fused rows, and HINT-whole rows with ``whole`` trained against background regions only."""
     build = {"method": "guided", "threshold": 0.5, "quantile": 0.99, "max_positives": 4000, "test_fraction": 0.2,
              "l2": 1e-3, "seed": 0, "data": str(tiny_boxes), "n_images": 6, "unreadable": 0}  # fmt: skip
     bank = _random_bank(tmp_path / "bank", build)
     cache = tmp_path / "cache"
     rep = _run(tmp_path, bank, tiny_boxes, "--no-retrain", "--cache", str(cache), "--layers", "_blocks.5._act0",
-               "--fuse", "_blocks.10+_blocks.5._act0", "--export-methods", "all")  # fmt: skip
+               "--fuse", "_blocks.10+_blocks.5._act0", "--whole-negatives", "background",
+               "--export-methods", "all")  # fmt: skip
     layers = rep["extra_variants"]["layers"]
     assert layers["_blocks.5._act0"]["done"] and layers["_blocks.5._act0"]["map_size"] == [28, 28]
     assert layers["_blocks.5._act0"]["neurons"] == 240 and layers["_blocks.10"]["classifiers"] == "the bank's"
+    assert layers["_blocks.10"]["whole_shares"] == {"sibling": 0.0, "background": 1.0, "other": 0.0}
     bank_id = json.loads((bank / "manifest.json").read_text())["bank_id"]
-    assert [p.name for p in cache.iterdir()] == [f"regions-wsol-{bank_id}-at-_blocks.5._act0.safetensors"]
-    rows = ["HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
-            "HINT-whole [fused _blocks.10+_blocks.5._act0]", "HINT-ancestor [fused _blocks.10+_blocks.5._act0]"]  # fmt: skip
+    assert sorted(p.name for p in cache.iterdir()) == [f"regions-wsol-{bank_id}-at-_blocks.5._act0.safetensors",
+                                                      f"regions-wsol-{bank_id}.safetensors"]  # fmt: skip
+    fused, neg = "fused _blocks.10+_blocks.5._act0", "negatives: background"
+    rows = [f"HINT-whole [{neg}]", "HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
+            f"HINT-whole [layer _blocks.5._act0, {neg}]", f"HINT-whole [{fused}]", f"HINT-ancestor [{fused}]",
+            f"HINT-whole [{fused}, {neg}]"]  # fmt: skip
     assert list(rep["methods"])[4:] == rows
-    assert rep["methods"][rows[2]]["variant"] == "fused _blocks.10+_blocks.5._act0"
+    assert rep["methods"][rows[4]]["variant"] == fused
     for m in rows:
         assert np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy").shape == (224, 224)
-    assert rep["bootstrap"]["minus_cam_ci95"][rows[2]]
+    assert rep["bootstrap"]["minus_cam_ci95"][rows[4]]
+    # the background-only whole map differs from the bank's whole map
+    a, b = (np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy") for m in ("HINT-whole", rows[0]))
+    assert np.abs(a - b).max() > 0.01
+
+
+def test_concept_sets_with_other_shares_keep_only_those_negatives(tmp_path):
+    from hint.bank import ConceptBank
+    from hint.concepts import KIND, RegionTable
+    from hint.hierarchy import Hierarchy
+
+    h = Hierarchy.load()
+    bank = ConceptBank.load(_random_bank(tmp_path / "bank"))  # whole, animal, carnivore, artifact
+    dog, bird, car = (h.find(n).leaves[0] for n in ("dog", "bird", "car"))
+    g = torch.Generator().manual_seed(0)
+    table = RegionTable(torch.randn(16, 112, generator=g).half(), torch.arange(4).repeat_interleave(4),
+                        torch.tensor([1, 1, 0, 0] * 4, dtype=torch.bool), torch.tensor([dog, bird, car, dog]))  # fmt: skip
+    w = h.find("carnivore").wnid
+    default = wsol_eval.concept_sets(bank, table, [w], h)[w]
+    only_bg = wsol_eval.concept_sets(bank, table, [w], h, {"sibling": 0.0, "background": 1.0, "other": 0.0})[w]
+    assert {int(k) for k in default.kind.unique()} == set(KIND.values())
+    assert {int(k) for k in only_bg.kind.unique()} == {KIND["positive"], KIND["background"]}
 
 
 def test_fuse_averages_maps_on_the_finest_grid():
