@@ -606,29 +606,36 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
     own = bank.meta["layer"]
     for layer in dict.fromkeys([*cfg.layers, *(x for g in groups for x in g), *([own] if neg else [])]):
         bb = None if layer == own else get_backbone(bank.meta["backbone"], layer, cfg.weights)
-        table, where = region_table(ctx, None, bb) if bb is not None or neg else (None, "the bank's classifiers")
-        if layer == own:
+        if bb is None:
             maps[layer] = {"whole": raw["HINT-whole"], "ancestor": raw["HINT-ancestor"]}
             info[layer] = {"done": True, "classifiers": "the bank's", "map_size": list(raw["HINT-whole"].shape[1:])}
-        elif table is None:
-            info[layer] = {"done": False, "reason": where}
+            if not neg:
+                continue
+        table, where = region_table(ctx, None, bb)
+        if table is None:
+            info.setdefault(layer, {}).update({"done": bb is None, "reason": where})
             _warn(f"rows at layer {layer} skipped: {where}")
             continue
-        else:
+        keys, weight, bias = [], torch.zeros(0, table.dim), torch.zeros(0)
+        if bb is not None:  # every concept in use, fit at this layer
+            keys = ["whole", "ancestor"]
             weight, bias = _fit_all(bank, concept_sets(bank, table, used, ctx.hierarchy), f"classifiers at {layer}",
                                     cfg.progress)  # fmt: skip
-            zero = torch.zeros(len(anns), dtype=torch.long)
-            maps[layer] = dict(zip(("whole", "ancestor"), concept_maps(bb, anns, weight, bias, [zero, rows],
-                                                                       cfg.batch_size, cfg.progress), strict=True))  # fmt: skip
-            info[layer] = {"done": True, "table": where, "neurons": table.dim, "map_size": list(maps[layer]["whole"].shape[1:]),
+        if neg:  # and `whole` against the chosen negatives only
+            w, b = _fit_all(bank, concept_sets(bank, table, [whole], ctx.hierarchy, shares), negatives_tag(neg), False)
+            keys.append("whole_neg")
+            weight, bias = torch.cat([weight, w]), torch.cat([bias, b])
+        if bb is None:
+            maps[layer]["whole_neg"] = torch.sigmoid(torch.einsum("ndhw,d->nhw", z.float(), weight[0]) + bias[0]).numpy()
+        else:
+            rowsets = {"whole": 0, "ancestor": rows, "whole_neg": len(weight) - 1}
+            rowsets = [torch.full((len(anns),), r) if isinstance(r, int) else r for r in map(rowsets.get, keys)]
+            maps[layer] = dict(zip(keys, concept_maps(bb, anns, weight, bias, rowsets, cfg.batch_size, cfg.progress),
+                                   strict=True))  # fmt: skip
+            info[layer] = {"done": True, "table": where, "neurons": table.dim,
+                           "map_size": list(maps[layer]["whole"].shape[1:]),
                            "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
-        if neg and table is not None:
-            w, b = _fit_all(bank, concept_sets(bank, table, [whole], ctx.hierarchy, shares), f"whole ({negatives_tag(neg)})", False)
-            if bb is None:
-                maps[layer]["whole_neg"] = torch.sigmoid(torch.einsum("ndhw,d->nhw", z.float(), w[0]) + b[0]).numpy()
-            else:
-                maps[layer]["whole_neg"] = concept_maps(bb, anns, w, b, [torch.zeros(len(anns), dtype=torch.long)],
-                                                        cfg.batch_size, cfg.progress)[0]  # fmt: skip
+        if neg:
             info[layer]["whole_shares"] = shares
     out: dict[str, tuple[str, str, np.ndarray]] = {}
     kinds = [("whole", "whole", ""), ("ancestor", "ancestor", ""), ("whole_neg", "whole", f", {negatives_tag(neg)}")]
