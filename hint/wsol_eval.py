@@ -290,7 +290,8 @@ def _batches(bb, anns: list[wsol.Annotation], batch_size: int, progress: bool, d
         batch = anns[s : s + batch_size]
         ims = [load_rgb(a.path) for a in batch]
         with torch.no_grad():
-            yield batch, [im.size for im in ims], model(bb.preprocess(ims))
+            logits = model(bb.preprocess(ims))
+        yield batch, [im.size for im in ims], logits
 
 
 def forward_all(bb, anns: list[wsol.Annotation], batch_size: int = 32, progress: bool = False) -> Forward:
