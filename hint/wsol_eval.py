@@ -566,7 +566,7 @@ def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: to
             z = keep["z"].float()
             for o, r in zip(out, rows, strict=True):
                 r = r[i * batch_size : i * batch_size + len(batch)]
-                o.append(torch.sigmoid(torch.einsum("ndhw,nd->nhw", z, weight[r]) + bias[r].view(-1, 1, 1)))
+                o.append(classifier_maps(z, weight[r], bias[r]))
     return [torch.cat(o).numpy() for o in out]
 
 
@@ -627,7 +627,7 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
             keys.append("whole_neg")
             weight, bias = torch.cat([weight, w]), torch.cat([bias, b])
         if bb is None:
-            maps[layer]["whole_neg"] = torch.sigmoid(torch.einsum("ndhw,d->nhw", z.float(), weight[0]) + bias[0]).numpy()
+            maps[layer]["whole_neg"] = classifier_maps(z.float(), weight[0], bias[0]).numpy()
         else:
             rowsets = {"whole": 0, "ancestor": rows, "whole_neg": len(weight) - 1}
             rowsets = [torch.full((len(anns),), r) if isinstance(r, int) else r for r in map(rowsets.get, keys)]
@@ -686,12 +686,17 @@ def raw_maps(fwd: Forward, bank: ConceptBank, sets: dict[str, ClassifierSet], me
             out[m] = fwd.cam_gt if kind == "cam" else fwd.cam_pred
             continue
         c = sets[v]
-        if kind == "whole":
-            logit = torch.einsum("ndhw,d->nhw", z, c.weight[iw]) + c.bias[iw]
-        else:
-            logit = torch.einsum("ndhw,nd->nhw", z, c.weight[ia]) + c.bias[ia].view(-1, 1, 1)
-        out[m] = torch.sigmoid(logit).numpy()
+        i = iw if kind == "whole" else ia
+        out[m] = classifier_maps(z, c.weight[i], c.bias[i]).numpy()
     return out
+
+
+def classifier_maps(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """σ(αᵀz + b) at every position of activations z (N, D, h, w) → (N, h, w): one classifier for every
+    image (weight (D,), bias ()) or one per image (weight (N, D), bias (N,))."""
+    if weight.dim() == 1:
+        return torch.sigmoid(torch.einsum("ndhw,d->nhw", z, weight) + bias)
+    return torch.sigmoid(torch.einsum("ndhw,nd->nhw", z, weight) + bias.view(-1, 1, 1))
 
 
 def _score_chunk(chunk: list, size: tuple[int, int], upsample: str, export_to) -> list:
