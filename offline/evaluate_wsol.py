@@ -13,6 +13,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from hint.concepts import SHARES
 from hint.localization import UPSAMPLING
 from hint.regions import METHODS
 from hint.wsol_eval import MAIN, EvalConfig
@@ -46,9 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
       help="also rows with classifiers fit at these layers of the backbone (python -m hint.backbones layers NAME)")
     a("--fuse", nargs="+", default=[], metavar="L1+L2",
       help="also rows of fused maps: the mean of these layers' maps on the finest grid, e.g. _blocks.15+_blocks.10")
-    a("--whole-negatives", nargs="+", default=[], choices=["sibling", "background", "other"], metavar="KIND",
+    a("--whole-negatives", nargs="+", default=[], choices=list(SHARES), metavar="KIND",
       help="also HINT-whole rows (bank layer, --layers, --fuse) with the whole classifier trained against these "
-           "negative kinds only, in equal shares (sibling, background, other)")  # fmt: skip
+           f"negative kinds only, in equal shares ({', '.join(SHARES)})")  # fmt: skip
     a("--no-retrain", action="store_true", help="skip the (x%%) rows, the faithfulness test and --step1-methods")
     a("--weights", help="backbone weights file (default: the packaged ones)")
     a("--batch-size", type=int, default=32)
