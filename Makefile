@@ -49,13 +49,15 @@ MAR_SRC     ?= build/mar-src
 COMMA       := ,
 # the bank's own hierarchy (docs/custom.md), when it has one
 BANK_HIER    = $(if $(wildcard $(BANK)/hierarchy.json),$(BANK)/hierarchy.json$(COMMA))
+# the bank's localisation head (hint/head.py), when it has one
+BANK_HEAD    = $(if $(wildcard $(BANK)/head.safetensors),$(BANK)/head.safetensors$(COMMA))
 # the weights file the bank's backbone was built from (offline build --weights FILE), when it was
 WEIGHTS     ?=
 # a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir)
 COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hint $(MAR_SRC)/hint \
 	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
 
-archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package
+archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package
 	@test -f $(BANK)/manifest.json || (echo "no concept bank at $(BANK) (build one, or make archive BANK=...)" >&2; exit 1)
 	$(COPY_HINT)
 	$(BIN)/python -c "import sys; from hint.bank import archive_main; sys.exit(archive_main(sys.argv[1:]))" \
@@ -63,7 +65,7 @@ archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its hierarchy.json,
 	mkdir -p $(STORE)
 	$(BIN)/torch-model-archiver --force --model-name hint --version $(MAR_VERSION) \
 		--handler handlers/hint_handler.py --config-file handlers/model-config.yaml \
-		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
+		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HEAD)$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
 
 bare-archive: venv  ## model_store/bare.mar: the plain top-5 classifier (benchmark baseline)
 	$(COPY_HINT)

@@ -6,6 +6,9 @@ A bank is one folder::
                         build parameters, library version, and the sha256 of every file
     bank.safetensors    weight (E, D), bias (E,), phi (E, D), phi_se (E, D), baseline (D,),
                         n_permutations (E,)
+    head.safetensors    the localisation head (hint.head): per head layer, classifiers weight.i (E, D_i),
+                        bias.i (E,); its settings in the manifest's ``localisation``; absent: maps and
+                        boxes come from the bank's own layer (banks from before it)
     hierarchy.json      the concept hierarchy the bank was built with (hint.hierarchy's user format);
                         absent: the bundled WordNet/ImageNet one (banks from before it)
 
@@ -34,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from . import head as loc_head
 from .hierarchy import Hierarchy
 
 FORMAT = "hint-concept-bank/1"
@@ -68,6 +72,7 @@ class ConceptBank:
     meta: dict = field(default_factory=dict)  # backbone, layer, input_size, mean, std, weights_sha256, build
     sha256: str | None = None  # of bank.safetensors, set on save/load
     hierarchy: Hierarchy | None = None  # its own hierarchy (hierarchy.json); None: the WordNet default
+    head: loc_head.LocalisationHead | None = None  # maps and boxes (head.safetensors); None: the bank layer's
 
     def load_hierarchy(self) -> Hierarchy:
         """The hierarchy the bank's concepts and classes belong to (its own, else the WordNet default)."""
@@ -128,7 +133,11 @@ class ConceptBank:
             save_file(self.tensors(), str(tmp / TENSORS))
             self.sha256 = sha256_file(tmp / TENSORS)
             files = {TENSORS: self.sha256}
-            meta = {k: v for k, v in self.meta.items() if k != "hierarchy"}
+            meta = {k: v for k, v in self.meta.items() if k not in ("hierarchy", "localisation")}
+            if self.head is not None:
+                save_file(self.head.tensors(), str(tmp / loc_head.FILE))
+                files[loc_head.FILE] = sha256_file(tmp / loc_head.FILE)
+                meta["localisation"] = self.head.manifest()
             if self.hierarchy is not None and not self.hierarchy.builtin:
                 self.hierarchy.save(tmp / HIERARCHY)
                 files[HIERARCHY] = sha256_file(tmp / HIERARCHY)
@@ -187,11 +196,21 @@ class ConceptBank:
                 raise BankError(f"bad {HIERARCHY}: {e}") from None
         elif (folder / HIERARCHY).exists():
             raise BankError(f"{folder}: {HIERARCHY} is not listed in the manifest (no sha256 to check it by)")
+        head = None
+        if loc_head.FILE in manifest["files"]:
+            try:
+                head = loc_head.LocalisationHead.from_files(manifest["localisation"], load_file(str(folder / loc_head.FILE)))
+            except (KeyError, TypeError, ValueError) as e:
+                raise BankError(f"{folder}: bad localisation head ({e})") from None
+            if any(w.shape[0] != t["weight"].shape[0] for w in head.weight):
+                raise BankError(f"{folder}: the localisation head does not have one classifier per concept")
+        elif (folder / loc_head.FILE).exists():
+            raise BankError(f"{folder}: {loc_head.FILE} is not listed in the manifest (no sha256 to check it by)")
         concepts = manifest.pop("concepts")
         known = hierarchy or Hierarchy.load()
         if missing := [c["wnid"] for c in concepts if c["wnid"] not in known][:3]:
             raise BankError(f"{folder}: concept(s) {missing} are not in the bank's hierarchy")
-        for k in ("format", "library_version", "bank_id", "files", "hierarchy"):
+        for k in ("format", "library_version", "bank_id", "files", "hierarchy", "localisation"):
             manifest.pop(k, None)
         e, d = t["weight"].shape
         if len(concepts) != e or t["phi"].shape != (e, d) or t["baseline"].shape != (d,):
@@ -199,7 +218,7 @@ class ConceptBank:
         return cls(
             weight=t["weight"], bias=t["bias"], phi=t["phi"], phi_se=t["phi_se"], baseline=t["baseline"],
             n_permutations=t["n_permutations"], concepts=concepts, meta=manifest,
-            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy,
+            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy, head=head,
         )  # fmt: skip
 
     def check_backbone(self, backbone_name: str, layer: str, channels: int) -> None:

@@ -19,9 +19,11 @@ from PIL import Image
 from . import __version__
 from .backbones import Backbone
 from .bank import ConceptBank
+from .head import box_on_grid
 from .hierarchy import Hierarchy
 from .localization import box_from_map
 from .neurons import ChannelEdit, image_shapley, rank_of, ranks, responsible_region
+from .presence import apply_rule as presence_rule
 from .presence import pool
 
 #: request options (hint.request.OPTIONS names) and their defaults, as :meth:`Explainer.answer` reads them
@@ -36,6 +38,8 @@ DEFAULTS = {
     "permutations": 8,
     "seed": 0,
     "regions": False,
+    "box_threshold": None,  # None: the bank head's calibrated threshold
+    "all_boxes": False,
 }
 ALL = "all"
 
@@ -70,6 +74,15 @@ class Explainer:
         self.model = backbone.model.to(self.device).eval()
         self._z: torch.Tensor | None = None
         backbone.layer_module().register_forward_hook(self._keep)
+        self.head = bank.head  # the localisation head (hint.head): maps and boxes; None: the bank layer's
+        self._feats: dict[str, torch.Tensor] = {}
+        self.feats: list[torch.Tensor] | None = None  # the head layers' activations of the last forward pass
+        if self.head is not None:
+            modules = dict(self.model.named_modules())
+            if missing := [n for n in self.head.layers if n not in modules]:
+                raise ValueError(f"the bank's localisation head needs layer(s) {missing}, which {backbone.name} lacks")
+            for name in self.head.layers:
+                modules[name].register_forward_hook(lambda _m, _i, o, k=name: self._feats.__setitem__(k, o.detach()))
         self.weight = bank.weight.to(self.device)
         self.bias = bank.bias.to(self.device)
         self.baseline = bank.baseline.to(self.device)
@@ -83,6 +96,7 @@ class Explainer:
         self._thr = [float(c.get("threshold", 0.5)) for c in bank.concepts]
         self._veto = [float(c.get("veto_threshold", c.get("threshold", 0.5))) for c in bank.concepts]
         self._reliable = [bool(c.get("reliable", True)) for c in bank.concepts]
+        self._rule = bank.meta.get("presence", {}).get("model")  # the fitted presence rule (None: older banks)
         self._leafmat = torch.zeros(len(bank.concepts), len(self.h.classes), device=self.device)
         for i, w in enumerate(bank.wnids):
             self._leafmat[i, list(self.h[w].leaves)] = 1.0
@@ -151,6 +165,7 @@ class Explainer:
         finally:
             self._edit = None
         self.logits = logits.float()
+        self.feats = [self._feats[n].float() for n in self.head.layers] if self.head is not None else None
         maps, z = self.concept_maps(self._z.float(), ablate)
         return F.softmax(self.logits, dim=1), maps, z
 
@@ -212,18 +227,32 @@ class Explainer:
         net = [i for i, o in enumerate(opts) if o["ablate"] and not o["ablate_probe_only"]]
         edits = [None] * len(opts) + [opts[i]["ablate"] for i in net]
         probs, maps, z = self.forward_tensor(torch.cat([x, x[net]]) if net else x, edits=edits)
+        feats = self.feats
         out = []
         for i, o in enumerate(opts):
-            clean, after = (probs[i], maps[i], z[i]), None
+            clean, after = (probs[i], maps[i], z[i], self._image_feats(feats, i)), None
             if o["ablate"] and o["ablate_probe_only"]:
                 m, zz = self.concept_maps(z[i : i + 1], o["ablate"])
-                after = (probs[i], m[0], zz[0])
+                after = (probs[i], m[0], zz[0], clean[3])
             elif o["ablate"]:
                 j = len(opts) + net.index(i)
-                after = (probs[j], maps[j], z[j])
+                after = (probs[j], maps[j], z[j], self._image_feats(feats, j))
             region = self.responsible(x[i : i + 1], int(probs[i].argmax())) if o["regions"] else None
             out.append(self.describe(sizes[i], clean, o, after, region, topk_classes))
         return out
+
+    @staticmethod
+    def _image_feats(feats: list[torch.Tensor] | None, i: int) -> list[torch.Tensor] | None:
+        """Image ``i``'s head-layer activations, each (1, D_l, h_l, w_l)."""
+        return None if feats is None else [f[i : i + 1] for f in feats]
+
+    def localisation_maps(self, feats: list[torch.Tensor] | None, rows: list[int], maps: torch.Tensor) -> np.ndarray:
+        """The served maps (len(rows), h, w) of one image: the head's fused maps from its layers'
+        activations ``feats``; without a head, the bank layer's concept ``maps`` (E, h, w)."""
+        if self.head is None or feats is None:
+            return maps[rows].cpu().numpy()
+        idx = torch.tensor(rows, dtype=torch.long)
+        return self.head.maps(feats, idx)[0].cpu().numpy()
 
     def responsible(self, x: torch.Tensor, cls: int) -> dict:
         """Step 1 at request time: the guided-backprop responsible region of class ``cls`` for one
@@ -252,12 +281,12 @@ class Explainer:
             out["ablation"] = self._ablation(before, now, rows, o, topk_classes)
         return out
 
-    def _state(self, probs: torch.Tensor, maps: torch.Tensor, z: torch.Tensor) -> dict:
-        """What every field is read from: probabilities, maps, z, pooled scores, model probabilities,
-        the served presence and the predicted class."""
+    def _state(self, probs: torch.Tensor, maps: torch.Tensor, z: torch.Tensor, feats=None) -> dict:
+        """What every field is read from: probabilities, maps, z, the head layers' activations, pooled
+        scores, model probabilities, the served presence and the predicted class."""
         scores = pool(maps).tolist()
         model_p = (self._leafmat @ probs.float()).tolist()
-        return {"probs": probs, "maps": maps, "z": z, "scores": scores, "model_p": model_p,
+        return {"probs": probs, "maps": maps, "z": z, "feats": feats, "scores": scores, "model_p": model_p,
                 "present": self.presence(scores, model_p), "top1": int(probs.argmax())}  # fmt: skip
 
     def _prediction(self, probs: torch.Tensor, k: int) -> list[dict]:
@@ -272,14 +301,14 @@ class Explainer:
         clean side's prediction and concept scores (and maps) for the listed concepts."""
         c = before["top1"]
         p0, p1 = float(before["probs"][c]), float(now["probs"][c])
-        maps = before["maps"].cpu().numpy() if o["return_maps"] else None
+        maps = self.localisation_maps(before["feats"], rows, before["maps"]) if o["return_maps"] else None
         concepts = []
-        for r in rows:
+        for j, r in enumerate(rows):
             entry = {"wnid": self.bank.wnids[r], "name": self.bank.concepts[r]["name"],
                      "score": round(before["scores"][r], 5), "model_probability": round(before["model_p"][r], 5),
                      "present": before["present"][r]}  # fmt: skip
             if maps is not None:
-                entry["map"] = np.round(maps[r], 4).tolist()
+                entry["map"] = np.round(maps[j], 4).tolist()
             concepts.append(entry)
         return {
             "mode": "probe" if o["ablate_probe_only"] else "network",
@@ -291,11 +320,13 @@ class Explainer:
         }
 
     def presence(self, scores: list[float], model_probability: list[float]) -> list[bool]:
-        """The served ``present`` (docs/concepts.md): the concept is reliable, the model's summed softmax
-        over its classes is at least 0.5 (a parent's sum is never below its child's, so the answer reads
-        consistently down the hierarchy), and its probe's image score reaches the probe's veto threshold
-        (calibrated to keep 98 % of the held-out bank images that show the concept): the hidden layer
-        shows evidence of it."""
+        """The served ``present`` (docs/concepts.md). A bank with a fitted rule (manifest
+        ``presence.model``, :func:`hint.presence.fit_rule`): σ(a·logit p + b·logit s + c) >= 0.5 from the
+        model's summed softmax p over the concept's classes and the probe's image score s, whatever the
+        probe's reliability (``reliable`` says whether its map and box can be trusted). Older banks: the
+        concept is reliable, p >= 0.5 and s reaches the probe's veto threshold."""
+        if self._rule is not None:
+            return presence_rule(self._rule, torch.tensor(model_probability), torch.tensor(scores)).tolist()
         return [
             rel and p >= 0.5 and s >= v
             for rel, p, s, v in zip(self._reliable, model_probability, scores, self._veto, strict=True)
@@ -339,20 +370,22 @@ class Explainer:
         top_k, threshold, z = o["top_k"], o["threshold"], st["z"]
         scores, model_p, present = st["scores"], st["model_p"], st["present"]
         maps_np = st["maps"].cpu().numpy()
-        # where the concept lies: its map relative to its own maximum, cells >= threshold (never empty)
+        # the concept's region on the bank layer (its neurons): its map relative to its own maximum, cells
+        # >= threshold (never empty)
         rel = maps_np / np.maximum(maps_np.reshape(len(maps_np), -1).max(1), 1e-12)[:, None, None]
+        boxed = [r for r in rows if present[r] or o["all_boxes"]]
+        loc = self.localisation_maps(st["feats"], rows, st["maps"]) if self.head is not None else None
+        boxes = dict(zip(boxed, self._boxes(loc, rel, rows, boxed, size, o), strict=True))
         if self.fast:
-            boxes = _boxes_on_grid(rel, rows, present, width, height, threshold, self.box_grid)
             acts_all = _region_means(rel, z, rows, threshold)
         own = self._image_neurons(rel, z, rows, o, region) if o["image_neurons"] and rows else None
         concepts = []
         for j, r in enumerate(rows):
             top, nidx, w, b, se, fixed = self._top(r, top_k)
+            box, frac = boxes.get(r, (None, 0.0))
             if self.fast:
-                box, frac = boxes[j]
                 a = acts_all[j, nidx.cpu().numpy()]
             else:
-                box, frac = box_from_map(rel[r], width, height, threshold) if present[r] else (None, 0.0)
                 act = z[nidx][:, torch.from_numpy(rel[r] >= threshold).to(z.device)].mean(1)
                 a = act.cpu().numpy()
             acts, contrib = a.tolist(), (w * (a - b)).tolist()  # float32 ops, as torch does them
@@ -370,14 +403,14 @@ class Explainer:
             if own is not None:
                 entry["region_cells"], entry["image_neurons"] = own[j]
             if o["return_maps"]:
-                entry["map"] = np.round(maps_np[r], 4).tolist()
+                entry["map"] = np.round(loc[j] if loc is not None else maps_np[r], 4).tolist()
             concepts.append(entry)
         out = {
             "prediction": self._prediction(st["probs"], topk_classes),
             "chain": self.chain(st["top1"], st["probs"], scores),
             "concepts": concepts,
             "image": {"width": width, "height": height},
-            "map_size": list(maps_np.shape[1:]),
+            "map_size": list(loc.shape[1:] if loc is not None else maps_np.shape[1:]),
             "threshold": threshold,
             "model": {
                 "backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id,
@@ -395,6 +428,24 @@ class Explainer:
                 "map": np.round(region["saliency"].cpu().numpy(), 4).tolist(),
             }  # fmt: skip
         return out
+
+    def box_threshold(self, o: dict) -> float | None:
+        """The box threshold of a request: its ``box_threshold``, else the head's (None without a head)."""
+        if o.get("box_threshold") is not None:
+            return float(o["box_threshold"])
+        return None if self.head is None else self.head.box_threshold
+
+    def _boxes(self, loc, rel, rows, boxed, size, o) -> list[tuple[list[int] | None, float]]:
+        """(box, area fraction) of each row in ``boxed``: with a head, from its fused map ``loc`` (rows'
+        order), min-max normalised, >= :meth:`box_threshold`; without one, from the bank layer's relative
+        map ``rel`` >= the request's ``threshold`` (``fast``: on the box grid)."""
+        width, height = size
+        if loc is not None:
+            tau, grid = self.box_threshold(o), self.box_grid if self.fast else None
+            return [box_on_grid(loc[rows.index(r)], width, height, tau, grid) for r in boxed]
+        if self.fast:
+            return _boxes_on_grid(rel, boxed, width, height, o["threshold"], self.box_grid)
+        return [box_from_map(rel[r], width, height, o["threshold"]) for r in boxed]
 
     def _image_neurons(self, rel: np.ndarray, z: torch.Tensor, rows: list[int], o: dict, region: dict | None):
         """Per listed concept: (region cells, its ``top_k`` neurons by this image's signed Shapley value,
@@ -458,16 +509,13 @@ class Explainer:
         }
 
 
-def _boxes_on_grid(rel, rows, present, width, height, threshold, grid):
-    """``fast`` boxes: (box in image pixels, area fraction) per row of a present concept ((None, 0.0)
-    otherwise), from each relative map upsampled to at most ``grid`` pixels a side, the box scaled back."""
+def _boxes_on_grid(rel, rows, width, height, threshold, grid):
+    """``fast`` boxes: (box in image pixels, area fraction) per row, from each relative map upsampled to
+    at most ``grid`` pixels a side, the box scaled back."""
     gw, gh = min(width, grid), min(height, grid)
     out: list[tuple[list[int] | None, float]] = []
     sx, sy = width / gw, height / gh
     for r in rows:
-        if not present[r]:
-            out.append((None, 0.0))
-            continue
         box, frac = box_from_map(rel[r], gw, gh, threshold)
         if box is not None and (gw, gh) != (width, height):
             box = [

@@ -237,10 +237,7 @@ def fit_concepts(
     ``keep``), each concept's Shapley regions (:func:`shapley_regions`), and ``{"scores", "fold",
     "metrics"}``."""
     parents = [hierarchy.group_parent(w, wnids) for w in wnids]
-
-    def fit(s: ConceptSamples) -> tuple[torch.Tensor, float]:
-        return fit_logistic(s.x.to(cfg.device), s.y.to(cfg.device), s.weight.to(cfg.device), l2=cfg.l2)
-
+    fit = _probe_fit(cfg)
     with torch_threads(1):
         cv = presence.cross_validate(table, wnids, parents, hierarchy, fit, cfg.folds, cfg.seed, progress)
         fits, sets, metrics, regions = [], [], [], []
@@ -263,6 +260,24 @@ def fit_concepts(
             sets.append(s)
             metrics.append(m)
         return fits, sets, regions, {"scores": cv["scores"], "fold": cv["fold"], "metrics": metrics}
+
+
+def _probe_fit(cfg: BuildConfig) -> Callable[[ConceptSamples], tuple[torch.Tensor, float]]:
+    """Step 2's probe fit: weighted L2 logistic regression with the build's weight decay, on its device."""
+
+    def fit(s: ConceptSamples) -> tuple[torch.Tensor, float]:
+        return fit_logistic(s.x.to(cfg.device), s.y.to(cfg.device), s.weight.to(cfg.device), l2=cfg.l2)
+
+    return fit
+
+
+def out_of_fold_scores(table: RegionTable, wnids: list[str], hierarchy: Hierarchy, cfg: BuildConfig,
+                       progress: bool = True) -> torch.Tensor:  # fmt: skip
+    """(I, E) out-of-fold image scores of the probes, as step 2's cross-validation computes them."""
+    parents = [hierarchy.group_parent(w, wnids) for w in wnids]
+    with torch_threads(1):
+        return presence.cross_validate(table, wnids, parents, hierarchy, _probe_fit(cfg), cfg.folds, cfg.seed,
+                                       progress)["scores"]  # fmt: skip
 
 
 def _keep_for_step3(
@@ -418,6 +433,9 @@ def build(
     fits, sets, regions, cv = _cached_fits(p2, table, built, h, cfg, set(paper), progress, on_step)
     image_metrics = presence.image_metrics(cv["scores"], photo_label, built, h, cfg.seed)
     timings["classifiers"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rule = presence_rule(backbone, samples, table, cv["scores"], built, h, cfg.batch_size, progress)
+    timings["presence_rule"] = time.perf_counter() - t
 
     k3 = _key(k2, STEP_REVISION["shapley"], cfg.params("baseline", "permutations", "shapley_regions", "top_k", "patience", "seed"))
     p3 = cache_dir / f"shapley-{k3}.safetensors"
@@ -469,7 +487,7 @@ def build(
         "weights_sha256": backbone.weights_sha256,
         "post_relu": backbone.post_relu,
         "presence": {"pool_fraction": presence.POOL_FRACTION, "folds": cfg.folds, "veto_recall": presence.VETO_RECALL,
-                     "rule": PRESENCE_RULE},
+                     "rule": PRESENCE_RULE, "model": rule},
         "sample_shares": SHARES,
         "candidates": [
             {"wnid": w, "name": h[w].name, "n_classes": len(h[w].leaves), "status": st} for w, st in status.items()
@@ -504,8 +522,9 @@ def faithfulness_concepts(built: list[str], h: Hierarchy, n: int = len(DEFAULT_C
 
 #: How the service decides ``present`` (docs/api.md, docs/concepts.md); stored in the manifest.
 PRESENCE_RULE = (
-    "reliable, and the model's summed softmax over the concept's classes >= 0.5, and the probe's image "
-    "score >= its veto_threshold"
+    "sigmoid(a * logit(model_probability) + b * logit(score) + c) >= 0.5: the model's summed softmax over the "
+    "concept's classes and the probe's image score, one logistic model fit on the bank's build photos "
+    "(out-of-fold probe scores); presence.model holds a, b, c"
 )
 
 
@@ -544,3 +563,33 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def model_probabilities(backbone: Backbone, samples: list[Sample], table: RegionTable, wnids: list[str],
+                        hierarchy: Hierarchy, batch_size: int = 32, progress: bool = True) -> torch.Tensor:  # fmt: skip
+    """(I, E) the model's softmax summed over each concept's classes, for the images of ``table``
+    (``samples[table.index]``; NaN where an image does not read)."""
+    idx = table.index.tolist() if table.index is not None else list(range(len(table.label)))
+    leaves = torch.zeros(len(wnids), len(hierarchy.classes))
+    for e, w in enumerate(wnids):
+        leaves[e, list(hierarchy[w].leaves)] = 1.0
+    loader = DataLoader(ImageDataset([samples[i] for i in idx], backbone.preprocess, backbone.input_size),
+                        batch_size=batch_size)  # fmt: skip
+    out = torch.full((len(idx), len(wnids)), float("nan"))
+    model = backbone.model.eval()
+    with torch.no_grad():
+        for x, _, i, ok in tqdm(loader, desc="model probabilities", unit="batch", disable=not progress):
+            if ok.any():
+                out[i[ok]] = torch.softmax(model(x[ok]).float(), 1) @ leaves.T
+    return out
+
+
+def presence_rule(backbone: Backbone, samples: list[Sample], table: RegionTable, scores: torch.Tensor,
+                  wnids: list[str], hierarchy: Hierarchy, batch_size: int = 32, progress: bool = True) -> dict:  # fmt: skip
+    """The served presence rule (:func:`hint.presence.fit_rule`) from the out-of-fold probe ``scores``
+    (I, E) of the table's photos and the model's summed softmax on them."""
+    probs = model_probabilities(backbone, samples, table, wnids, hierarchy, batch_size, progress)
+    photos = table.originals & (table.label >= 0)
+    truth = torch.stack([torch.isin(table.label, torch.tensor(hierarchy[w].leaves)) for w in wnids], 1)
+    rule = presence.fit_rule(probs[photos], scores[photos], truth[photos])
+    return {**rule, "fit_on": "the bank's build photos: out-of-fold probe scores, the model's summed softmax"}

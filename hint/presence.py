@@ -280,3 +280,34 @@ def image_metrics(scores: torch.Tensor, labels: torch.Tensor, wnids: list[str], 
         oof = scores[readable, e].numpy().astype(np.float64)
         out.append({**image_quality(oof, truth, seed), "n_images": int(truth.sum())})
     return out
+
+
+# ----------------------------------------------------------------------------------- the served rule
+
+
+def rule_features(model_probability: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """(..., 2) inputs of the served rule: logit of the model's summed softmax and of the probe's score."""
+    p = model_probability.double().clamp(1e-6, 1 - 1e-6)
+    s = score.double().clamp(1e-6, 1 - 1e-6)
+    return torch.stack([torch.logit(p), torch.logit(s)], -1)
+
+
+def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor, l2: float = 1e-4) -> dict:
+    """The served ``present`` rule: one logistic model over all concepts, σ(a·logit p + b·logit s + c) >= 0.5,
+    fit on the bank's images (``model_probability``, out-of-fold probe ``score`` and ``truth``, each (I, E);
+    NaN scores, e.g. unreadable images, left out). Returns the rule for the manifest."""
+    from .classifiers import fit_logistic
+
+    x = rule_features(model_probability, score).reshape(-1, 2).float()
+    y = truth.reshape(-1).float()
+    ok = torch.isfinite(x).all(1) & ~torch.isnan(score.reshape(-1))
+    w, b = fit_logistic(x[ok], y[ok], torch.ones(int(ok.sum())), l2=l2)
+    return {"kind": "logistic", "coef": [round(float(v), 6) for v in w], "intercept": round(float(b), 6),
+            "features": ["logit(model_probability)", "logit(score)"], "pairs": int(ok.sum()),
+            "positives": int(y[ok].sum())}  # fmt: skip
+
+
+def apply_rule(rule: dict, model_probability: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Bool (..., E): the fitted rule (:func:`fit_rule`) on the model's summed softmax and the probe's score."""
+    coef = torch.tensor(rule["coef"], dtype=torch.float64)
+    return rule_features(model_probability, score) @ coef + float(rule["intercept"]) >= 0.0

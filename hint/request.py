@@ -136,8 +136,15 @@ OPTIONS: dict[str, Option] = {
         Option("top_k", "int", lambda lim: lim.default_top_k, lo=0, hi=lambda lim: lim.channels,
                help="neurons listed per concept"),
         Option("threshold", "number", lambda lim: lim.default_threshold, lo=0.0, hi=1.0,
-               help="share of a concept's map maximum that outlines its box and region"),
-        Option("return_maps", "bool", False, help="add each concept's score map"),
+               help="share of a concept's bank-layer map maximum that outlines its region (this image's neurons; "
+                    "and its box when the bank has no localisation head)"),
+        Option("return_maps", "bool", False,
+               help="add each concept's map: the bank's localisation head's fused map (map_size; 14x14 for the "
+                    "default bank), else the bank layer's concept map"),
+        Option("box_threshold", "number", None, lo=0.0, hi=1.0, nullable=True,
+               help="boxes: share of the min-max normalised localisation map that outlines a box (default: the "
+                    "bank head's calibrated threshold)"),
+        Option("all_boxes", "bool", False, help="a box for every listed concept, present or not"),
         Option("ablate", "ints", lambda lim: [], lo=0, hi=lambda lim: lim.channels - 1, max_items=lambda lim: lim.channels,
                help="neurons set to their baseline inside the network at the hooked layer (before and after returned)"),
         Option("ablate_probe_only", "bool", False,

@@ -46,13 +46,14 @@ from .faithfulness import select_neurons
 from .hierarchy import Hierarchy
 from .pipeline import BuildConfig, load_meta, load_table, save_table
 from .pipeline import region_table as pipeline_region_table
+from .wsol_served import SERVED, box_hits, served
 
 CAM_LAYERS = {  # backbone -> (module whose output are the final conv features, the FC classifier)
     "efficientnet_lite0": ("_head_act", "_fc"),
     "resnet50": ("layer4", "fc"),
     "inception_v3": ("Mixed_7c", "fc"),
 }
-MAIN = ("HINT-whole", "HINT-ancestor", "CAM")
+MAIN = (*SERVED.values(), "HINT-whole", "HINT-ancestor", "CAM")
 CAM_PRED = "CAM (predicted class)"
 
 
@@ -75,6 +76,7 @@ class EvalConfig:
     layers: Sequence[str] = ()  # rows from classifiers fit at these layers of the backbone
     fuse: Sequence[str] = ()  # rows of fused maps, each "LAYER+LAYER[+…]"
     whole_negatives: Sequence[str] = ()  # also rows with `whole` trained against these negative kinds only
+    served: bool = True  # the rows "HINT-whole (served)" / "HINT-ancestor (served)": the service's maps and boxes
     cache: Path | None = None  # default BANK/../.hint-cache
     weights: str | None = None
     batch_size: int = 32
@@ -198,6 +200,20 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     methods = method_table(sets, cfg.percents, k_faith if retrain_info.get("done") else None, cfg.draws,
                            has_cam=fwd.cam_gt is not None)  # fmt: skip
     raw = raw_maps(fwd, bank, sets, methods, whole, ancestors)
+    served_info: dict = {}
+    if cfg.served:
+        t = time.perf_counter()
+        from .explain import Explainer
+
+        ex = Explainer(bb, bank, h, fast=True)  # as the TorchServe handler builds it
+        got = served(ex, anns, whole, ancestors, cfg.batch_size, cfg.progress)
+        methods = {**{name: ("served", kind) for kind, name in SERVED.items()}, **methods}
+        raw.update({name: got[kind].maps for kind, name in SERVED.items()})
+        served_info = {name: {"hits": box_hits(got[kind].boxes, anns), "present": got[kind].present}
+                       for kind, name in SERVED.items()}  # fmt: skip
+        served_info["box_threshold"] = ex.box_threshold({})
+        served_info["head"] = None if bank.head is None else bank.head.manifest()
+        timings["served"] = time.perf_counter() - t
     if cfg.layers or cfg.fuse or cfg.whole_negatives:
         t = time.perf_counter()
         more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw, fwd.z)
@@ -241,6 +257,7 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
         "variants": {v.name: {"rule": v.rule, "k": v.k, "mean_f1_used": _mean_f1(v, used)} for v in sets.values()},
         "methods": {m: {"variant": methods[m][0], "map": methods[m][1], **results[m]} for m in methods},
         "bootstrap": bootstrap_report(scores, results, correct, test, cfg.split_seed),
+        "served": served_report(served_info, scores, results, test, cfg.split_seed) if served_info else None,
         "curves_test": {m: {"box_acc_largest_50": wsol.box_accuracy(scores[m].iou_largest[test]).round(5).tolist(),
                             **{f"box_acc_all_{d}": wsol.box_accuracy(scores[m].iou_all[test], d / 100).round(5).tolist()
                                for d in wsol.IOU_THRESHOLDS}} for m in methods},
@@ -799,4 +816,27 @@ def bootstrap_report(scores: dict[str, wsol.MethodScores], results: dict, correc
                                  "shapley_minus_random": {k: wsol.ci95(s[k] - r[k]) for k in s}}  # fmt: skip
     if faith:
         out["faithfulness_ci95"] = faith
+    return out
+
+
+def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dict, test: np.ndarray, seed: int,
+                  draws: int = 1000) -> dict:  # fmt: skip
+    """The served boxes on the test half: box accuracy (IoU >= 0.5 with a GT box, as the service drew
+    them), its 95% bootstrap interval and the paired difference to CAM's GT-known Loc (same resamples),
+    the share of images where the concept is marked present, the box threshold and the head."""
+    weights = wsol.bootstrap_weights(len(test), draws, seed)
+    th = np.round(wsol.THRESHOLDS, 4)
+    cam = None
+    if "CAM" in scores:
+        k = int(np.argmin(np.abs(th - results["CAM"]["threshold"])))
+        cam = scores["CAM"].iou_largest[test][:, k] >= wsol.IOU_LOC
+    out: dict = {"box_threshold": info["box_threshold"], "head": info["head"], "rows": {}}
+    for name in SERVED.values():
+        hits = info[name]["hits"][test].astype(np.float64)
+        boot = weights @ hits / len(test)
+        row = {"box_acc": round(float(hits.mean()), 4), "box_acc_ci95": wsol.ci95(boot),
+               "present": round(float(info[name]["present"][test].mean()), 4)}  # fmt: skip
+        if cam is not None:
+            row["minus_cam_gt_known_ci95"] = wsol.ci95(boot - weights @ cam.astype(np.float64) / len(test))
+        out["rows"][name] = row
     return out

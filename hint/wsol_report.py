@@ -74,6 +74,20 @@ def write_markdown(report: dict, path: Path) -> Path:
                      f"{_pct(r['mean_iou'])} |")  # fmt: skip
     top1 = ms["HINT-whole"]["top1_cls"]
     lines += ["", f"Top-1 classification accuracy on the test half: {_pct(top1)}."]
+    sv = report.get("served")
+    if sv:
+        head = sv["head"]
+        where = (f"the bank's localisation head ({' + '.join(head['layers'])}, fused on {head['grid'][0]}×{head['grid'][1]}, "
+                 f"classifiers against {' + '.join(head['negatives'])}), box threshold {sv['box_threshold']:g} on the "
+                 "min-max normalised map") if head else "the bank's own layer (no localisation head), boxes at the request threshold"  # fmt: skip
+        lines += ["", f"What the service answers (`Explainer.answer` as the TorchServe handler runs it): maps from {where}. "
+                  "Box accuracy of the boxes it returns (IoU ≥ 0.5 with a GT box, in the stored image's pixels; test half, "
+                  "95% bootstrap intervals; the difference to CAM's GT-known Loc is paired):", "",
+                  "| Row | served box accuracy | interval | − CAM GT-known Loc | marked present |", "|---|---|---|---|---|"]  # fmt: skip
+        for m, r in sv["rows"].items():
+            d = r.get("minus_cam_gt_known_ci95")
+            lines.append(f"| {m} | {_pct(r['box_acc'])} | {_ci(r['box_acc_ci95'])} | {_ci(d) if d else '–'} | "
+                         f"{_pct(r['present'])} |")  # fmt: skip
     bs = report.get("bootstrap")
     if bs:
         lines += ["", f"95% bootstrap intervals ({bs['draws']} resamples of the test images; the differences to "
