@@ -44,8 +44,9 @@ def fit(image: Image.Image | np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np
 
 
 def heatmap(score_map: np.ndarray, width: int, height: int, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """(height, width, 3) uint8 RGB: the map bilinearly upsampled, values clipped to [0, 1], coloured."""
-    m = cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    """(height, width, 3) uint8 RGB: the map smoothly upsampled (bicubic, as the service's boxes), values
+    clipped to [0, 1], coloured."""
+    m = cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     m8 = (np.clip(m, 0.0, 1.0) * 255).round().astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(m8, colormap), cv2.COLOR_BGR2RGB)
 

@@ -417,6 +417,9 @@ class Explainer:
                 "bank_sha256": self.bank.sha256, "library_version": __version__,
             },  # fmt: skip
         }
+        if self.head is not None:
+            out["localisation"] = {"layers": self.head.layers, "grid": list(loc.shape[1:]) if loc is not None else self.head.grid,
+                                   "box_threshold": self.box_threshold(o)}  # fmt: skip
         if o["image_neurons"]:
             out["image_shapley"] = {"permutations": int(o["permutations"]), "seed": int(o["seed"]),
                                     "region": "concept_map" if region is None else "responsible"}  # fmt: skip

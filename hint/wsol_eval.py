@@ -41,12 +41,12 @@ from tqdm import tqdm
 from . import wsol
 from .bank import ConceptBank
 from .classifiers import train_classifier
-from .concepts import SHARES, ConceptSamples, RegionTable, concept_samples
+from .concepts import SHARES, ConceptSamples, RegionTable, concept_samples, paper_concepts
 from .faithfulness import select_neurons
 from .hierarchy import Hierarchy
 from .pipeline import BuildConfig, load_meta, load_table, save_table
 from .pipeline import region_table as pipeline_region_table
-from .wsol_served import SERVED, box_hits, served
+from .wsol_served import SERVED, box_hits, level_hits, served
 
 CAM_LAYERS = {  # backbone -> (module whose output are the final conv features, the FC classifier)
     "efficientnet_lite0": ("_head_act", "_fc"),
@@ -206,11 +206,14 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
         from .explain import Explainer
 
         ex = Explainer(bb, bank, h, fast=True)  # as the TorchServe handler builds it
-        got = served(ex, anns, whole, ancestors, cfg.batch_size, cfg.progress)
+        paper = set(paper_concepts(h)) & set(bank.wnids)
+        levels = [[w for w in h.path(h.classes[a.label]) if w in paper] for a in anns]
+        got = served(ex, anns, whole, ancestors, cfg.batch_size, cfg.progress, levels=levels)
         methods = {**{name: ("served", kind) for kind, name in SERVED.items()}, **methods}
         raw.update({name: got[kind].maps for kind, name in SERVED.items()})
         served_info = {name: {"hits": box_hits(got[kind].boxes, anns), "present": got[kind].present}
                        for kind, name in SERVED.items()}  # fmt: skip
+        served_info["levels"] = level_hits(got["ancestor"], anns)
         served_info["box_threshold"] = ex.box_threshold({})
         served_info["head"] = None if bank.head is None else bank.head.manifest()
         timings["served"] = time.perf_counter() - t
@@ -839,4 +842,14 @@ def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dic
         if cam is not None:
             row["minus_cam_gt_known_ci95"] = wsol.ci95(boot - weights @ cam.astype(np.float64) / len(test))
         out["rows"][name] = row
+    # every paper level on the ground-truth class's path: per image the share of its levels whose box hits
+    lv = [info["levels"][i] for i in test]
+    has = np.array([len(x) > 0 for x in lv])
+    share = np.array([x.mean() if len(x) else 0.0 for x in lv])
+    boot = (weights * has) @ share / np.maximum(weights @ has, 1)
+    row = {"box_acc": round(float(share[has].mean()), 4) if has.any() else None, "box_acc_ci95": wsol.ci95(boot),
+           "images": int(has.sum()), "pairs": int(sum(len(x) for x in lv))}  # fmt: skip
+    if cam is not None:
+        row["minus_cam_gt_known_ci95"] = wsol.ci95(boot - (weights * has) @ cam / np.maximum(weights @ has, 1))
+    out["paper_levels"] = row
     return out

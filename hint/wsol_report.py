@@ -88,6 +88,12 @@ def write_markdown(report: dict, path: Path) -> Path:
             d = r.get("minus_cam_gt_known_ci95")
             lines.append(f"| {m} | {_pct(r['box_acc'])} | {_ci(r['box_acc_ci95'])} | {_ci(d) if d else '–'} | "
                          f"{_pct(r['present'])} |")  # fmt: skip
+        lv = sv.get("paper_levels")
+        if lv and lv["box_acc"] is not None:
+            d = lv.get("minus_cam_gt_known_ci95")
+            lines.append(f"| HINT-ancestor (served), every paper level on the path ({lv['pairs']} boxes of {lv['images']} "
+                         f"images, per-image share) | {_pct(lv['box_acc'])} | {_ci(lv['box_acc_ci95'])} | "
+                         f"{_ci(d) if d else '–'} | – |")  # fmt: skip
     bs = report.get("bootstrap")
     if bs:
         lines += ["", f"95% bootstrap intervals ({bs['draws']} resamples of the test images; the differences to "
@@ -192,7 +198,8 @@ def plot_curves(report: dict, path: Path) -> Path:
     curves, ms = report["curves_test"], report["methods"]
     main = [m for m in ms if "·" not in m]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    colors = {"HINT-whole": "tab:blue", "HINT-ancestor": "tab:orange", "CAM (pr": "tab:olive", "CAM": "tab:green"}
+    colors = {"HINT-whole (served)": "tab:red", "HINT-ancestor (served)": "tab:purple", "HINT-whole": "tab:blue",
+              "HINT-ancestor": "tab:orange", "CAM (pr": "tab:olive", "CAM": "tab:green"}  # fmt: skip
     for m in main:
         base = next((b for b in colors if m.startswith(b)), m)
         is_main = m in MAIN
@@ -200,7 +207,7 @@ def plot_curves(report: dict, path: Path) -> Path:
                      lw=2 if is_main else 1, ls="-" if is_main else ":", alpha=1 if is_main else 0.7,
                      label=f"{m} (τ*={ms[m]['threshold']:.2f})")  # fmt: skip
         if is_main:
-            axes[0].axvline(ms[m]["threshold"], color=colors[m], ls="--", lw=0.8)
+            axes[0].axvline(ms[m]["threshold"], color=colors.get(base, "gray"), ls="--", lw=0.8)
     axes[0].set(xlabel="score-map threshold τ", ylabel="box accuracy (IoU ≥ 0.5, largest contour)",
                 title="BoxAcc vs threshold (test half); τ* chosen on the selection half")  # fmt: skip
     axes[0].legend(fontsize=6, ncol=2, loc="lower left")
