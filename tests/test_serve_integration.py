@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("HINT_BANK") or REPO / "model_store" / "hint-bank")
 SCHEMA = json.loads((REPO / "docs" / "response.schema.json").read_text())
 MAMMAL = "n01861778"
+WORKER_PORT = 9000  # TorchServe's default: the servers here share it (their sockets are in their own folders)
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,20 +46,24 @@ def _bench_module():
 
 
 class Clone:
-    """A throwaway clone for scripts/serve.sh: the script, log4j2.xml, a config.properties on free ports,
-    a model store and the repo's venv (linked)."""
+    """A throwaway clone for scripts/serve.sh and demo.sh: the scripts, log4j2.xml, a config.properties
+    on the given ports (all five: HTTP and gRPC), a model store and the repo's venv (linked)."""
 
     def __init__(self, root: Path, ports: dict[str, int], worker_port: int):
         self.root, self.ports = root, ports
         (root / "scripts").mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "scripts" / "serve.sh", root / "scripts" / "serve.sh")
+        for name in ("serve.sh", "demo.sh", "ports.py"):
+            shutil.copy(REPO / "scripts" / name, root / "scripts" / name)
         shutil.copy(REPO / "log4j2.xml", root / "log4j2.xml")
         (root / ".venv").symlink_to(REPO / ".venv")
         (root / "model_store").mkdir(exist_ok=True)
         text = (REPO / "config.properties").read_text()
-        for key, port in (("inference", ports["inference"]), ("management", ports["management"]),
-                          ("metrics", ports["metrics"])):  # fmt: skip
-            text = re.sub(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{port}", text)
+        for key in ("inference", "management", "metrics"):
+            text, n = re.subn(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{ports[key]}", text)
+            assert n == 1, key
+        for key in ("grpc_inference", "grpc_management"):
+            text, n = re.subn(rf"(?m)^{key}_port=.*$", f"{key}_port={ports[key]}", text)
+            assert n == 1, key
         (root / "config.properties").write_text(text + f"\ninitial_worker_port={worker_port}\n")
 
     def sh(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -105,8 +110,8 @@ def ts(tmp_path_factory):
     if not (BANK / "manifest.json").is_file():
         pytest.fail(f"no concept bank at {BANK} (commit model_store/hint-bank or set HINT_BANK)")
     bench = _bench_module()
-    ports = {k: bench.free_port() for k in ("inference", "management", "metrics")}
-    clone = Clone(tmp_path_factory.mktemp("clone-a"), ports, 20000 + bench.free_port() % 20000)
+    ports = dict(zip(bench.PORTS, bench.free_ports(len(bench.PORTS)), strict=True))
+    clone = Clone(tmp_path_factory.mktemp("clone-a"), ports, WORKER_PORT)
     bench.build_archives(clone.root / "model_store", BANK, which=("hint",))
     r = clone.sh("start", timeout=400)
     if r.returncode != 0:
