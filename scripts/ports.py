@@ -98,7 +98,7 @@ def check(ports: dict[str, int]) -> str | None:
     if not taken:
         return None
     parts = "; ".join(f"{', '.join(p)} held by {who}" for who, p in taken.items())
-    return f"port in use: {parts}; nothing started: stop that process or use other ports ({DOC})"
+    return f"port in use: {parts}; nothing started (stop the holder, or use other ports: {DOC})"
 
 
 def main(argv: list[str]) -> int:
