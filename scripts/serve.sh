@@ -173,6 +173,7 @@ stop() {
     for _ in $(seq 60); do
         if ! kill -0 "$p" 2>/dev/null; then
             rm -f "$PID_FILE" "$KEY_FILE"
+            [ "$SOCK_DIR" = "$STATE" ] || rm -rf "$SOCK_DIR"
             echo "stopped"
             return 0
         fi
