@@ -38,9 +38,23 @@ DEFAULT_BANK = REPO / "model_store" / "hint-bank"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (all held until all are picked)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# every TCP port a TorchServe 0.12 binds (gRPC always starts, on 7070/7071 unless told otherwise)
+PORTS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
 def _version() -> str:
@@ -74,12 +88,15 @@ def build_archives(store: Path, bank: Path = DEFAULT_BANK, which=("hint", "bare"
 
 
 class LocalTorchServe:
-    """A private TorchServe in ``workdir``: free ports, own config/logs/pid file/key file/sockets."""
+    """A private TorchServe in ``workdir``: free ports (gRPC's too), own config, logs, key file, pid file
+    (``tmp``: the launcher's TMPDIR) and Unix sockets (java.io.tmpdir, through TEMP: ``tmp`` as well, or
+    a short folder under /tmp where that path is too long for a socket). Runs beside any other."""
 
     def __init__(self, workdir: Path, store: Path, models: list[str], props: dict | None = None):
         self.workdir, self.store, self.models = Path(workdir), Path(store), list(models)
-        self.ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        self.ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
         self.tmp = self.workdir / "tmp"
+        self.sock_dir = self.tmp  # ".ts.sock.NNNNN" in it: at most 107 bytes in all
         self.logs = self.workdir / "logs"
         self.props = props or {}
         self.config = self.workdir / "config.properties"
@@ -95,7 +112,8 @@ class LocalTorchServe:
 
     def env(self) -> dict:
         env = dict(os.environ)
-        env.update(TMPDIR=str(self.tmp), LOG_LOCATION=str(self.logs), METRICS_LOCATION=str(self.logs))
+        env.update(TMPDIR=str(self.tmp), TEMP=str(self.sock_dir), LOG_LOCATION=str(self.logs),
+                   METRICS_LOCATION=str(self.logs))  # fmt: skip
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -111,10 +129,12 @@ class LocalTorchServe:
             inference_address=self.inference_url,
             management_address=self.management_url,
             metrics_address=f"http://127.0.0.1:{self.ports['metrics']}",
+            grpc_inference_address="127.0.0.1",
+            grpc_inference_port=str(self.ports["grpc_inference"]),
+            grpc_management_address="127.0.0.1",
+            grpc_management_port=str(self.ports["grpc_management"]),
             model_store=str(self.store),
             load_models=",".join(f"{m}.mar" for m in self.models),
-            initial_worker_port=str(20000 + free_port() % 20000),  # unix socket names of the workers
-            vmargs=f"-Xmx512m -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={self.tmp}",
         )
         props.update(self.props)
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -122,6 +142,8 @@ class LocalTorchServe:
     def start(self, timeout: float = 240.0) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        if len(str(self.sock_dir.resolve())) + 16 > 107:
+            self.sock_dir = Path(tempfile.mkdtemp(prefix="hint-ts-"))
         self.write_config()
         # TorchServe's java keeps the launcher's stdout/stderr: give it a file, not a pipe to wait on
         with open(self.logs / "torchserve.out", "ab") as out:
@@ -131,7 +153,11 @@ class LocalTorchServe:
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
         self.started = True
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def keys(self) -> dict:
         """key_file.json, which TorchServe writes into its working directory."""
@@ -145,12 +171,20 @@ class LocalTorchServe:
         r.raise_for_status()
         return [w["status"] for m in r.json() for w in m.get("workers", [])]
 
+    def pid(self) -> int | None:
+        """The frontend's pid (the launcher's pid file), None before start."""
+        f = self.tmp / ".model_server.pid"
+        return int(f.read_text()) if f.is_file() else None
+
     def wait_ready(self, timeout: float) -> None:
         t0 = time.monotonic()
         pending = list(self.models)
+        pid = self.pid()
         while pending:
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"no READY worker for {pending} after {timeout:.0f}s\n{self.log_tail()}")
+            if pid is not None and not _alive(pid):
+                raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up\n{self.log_tail(25, 'ts_log.log')}")
             try:
                 if "READY" in self.workers(pending[0]):
                     pending.pop(0)
@@ -162,15 +196,14 @@ class LocalTorchServe:
                 raise RuntimeError(fatal[-1])
             time.sleep(0.5)
 
-    def log_tail(self, n: int = 25) -> str:
-        f = self.logs / "model_log.log"
-        return "\n".join(f.read_text(errors="replace").splitlines()[-n:]) if f.is_file() else "(no model_log.log)"
+    def log_tail(self, n: int = 25, name: str = "model_log.log") -> str:
+        f = self.logs / name
+        return "\n".join(f.read_text(errors="replace").splitlines()[-n:]) if f.is_file() else f"(no {name})"
 
     def stop(self) -> None:
         if not self.started:
             return
-        pid_file = self.tmp / ".model_server.pid"
-        pid = int(pid_file.read_text()) if pid_file.is_file() else None
+        pid = self.pid()
         with open(self.logs / "torchserve.out", "ab") as out:
             subprocess.run(
                 [str(BIN / "torchserve"), "--stop"], cwd=self.workdir, env=self.env(), stdout=out,
@@ -180,6 +213,9 @@ class LocalTorchServe:
             if pid is None or not _alive(pid):
                 break
             time.sleep(0.5)
+        if self.sock_dir != self.tmp:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+            self.sock_dir = self.tmp
         self.started = False
 
     def __enter__(self):

@@ -5,9 +5,17 @@
 #   scripts/serve.sh stop     stop THIS clone's TorchServe and wait until it has exited
 #   scripts/serve.sh status   this clone's TorchServe: pid and the model's workers; exit 1 when not running
 #
-# Only this clone's server is ever stopped or reported: TorchServe keeps its pid file in $TMPDIR
-# (machine-wide /tmp by default, shared by every clone), so this script runs it with TMPDIR=build/torchserve
-# and trusts a pid only when that process is a TorchServe frontend started from this clone's directory.
+#   scripts/serve.sh ports    the TCP ports of TS_CONFIG, as NAME=PORT (what start checks are free)
+#
+# Several servers run side by side on one host (docs/api.md, "Several servers on one host"): each
+# clone's TorchServe keeps its state in build/torchserve: the launcher's pid file (TorchServe puts it in
+# $TMPDIR, machine-wide /tmp by default) and java.io.tmpdir (set through $TEMP), where the frontend and
+# its workers make their Unix sockets .ts.sock.<worker port> (in /tmp by default, where two servers'
+# workers would take each other's sockets) and unpack the archives. Every TCP port is explicit in the
+# config, gRPC's too (TorchServe 0.12 always starts gRPC, on 7070/7071 by default, and exits when it
+# cannot bind them); start refuses in one line, naming the process, when one of them is taken.
+# stop and status trust a pid only when that process is a TorchServe frontend started from this
+# clone's directory.
 #
 # Token authorization is on: TorchServe writes key_file.json into the directory it starts from (the
 # repo root here). Predictions need its inference key, the management API its management key:
@@ -30,6 +38,12 @@ KEY_FILE="$ROOT/key_file.json"
 PY="$ROOT/$VENV/bin/python"
 STATE="$ROOT/build/torchserve"  # this clone's TMPDIR for TorchServe: its pid file .model_server.pid
 PID_FILE="$STATE/.model_server.pid"
+# java.io.tmpdir: the workers' Unix sockets. A socket path has at most 107 bytes: a clone too deep for
+# "$STATE/.ts.sock.NNNNN" gets a folder of its own under /tmp instead.
+SOCK_DIR="$STATE"
+if [ $((${#STATE} + 16)) -gt 107 ]; then
+    SOCK_DIR="${XDG_RUNTIME_DIR:-/tmp}/hint-ts-$(printf %s "$ROOT" | sha1sum | cut -c1-16)"
+fi
 
 prop() {  # prop NAME DEFAULT: a value of config.properties
     local v
@@ -38,15 +52,30 @@ prop() {  # prop NAME DEFAULT: a value of config.properties
 }
 INFERENCE="$(prop inference_address http://127.0.0.1:8080)"
 MANAGEMENT="$(prop management_address http://127.0.0.1:8081)"
+METRICS="$(prop metrics_address http://127.0.0.1:8082)"
+
+port_of() {  # port_of URL: its port (80 or 443 when it has none)
+    local hostport="${1#*://}"
+    hostport="${hostport%%/*}"
+    case "$hostport" in
+        *:*) echo "${hostport##*:}" ;;
+        *) case "$1" in https:*) echo 443 ;; *) echo 80 ;; esac ;;
+    esac
+}
+
+ports() {  # every TCP port this server binds, as NAME=PORT (TorchServe 0.12's gRPC defaults: 7070, 7071)
+    echo "inference=$(port_of "$INFERENCE") management=$(port_of "$MANAGEMENT") metrics=$(port_of "$METRICS")" \
+        "grpc_inference=$(prop grpc_inference_port 7070) grpc_management=$(prop grpc_management_port 7071)"
+}
 
 key() {  # key management|inference: from key_file.json ("" when there is none)
     [ -f "$KEY_FILE" ] || { echo ""; return; }
     "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["key"])' "$KEY_FILE" "$1" 2>/dev/null || echo ""
 }
 
-ts() {  # the torchserve command with this clone's pid file
-    mkdir -p "$STATE"
-    TMPDIR="$STATE" torchserve "$@"
+ts() {  # the torchserve command with this clone's pid file and socket folder
+    mkdir -p "$STATE" "$SOCK_DIR"
+    TMPDIR="$STATE" TEMP="$SOCK_DIR" torchserve "$@"
 }
 
 api() {  # api URL: "BODY STATUS" of a management API GET with the management key (STATUS 000: no answer)
@@ -91,6 +120,8 @@ start() {
         echo "TorchServe of this clone is already running (pid $running); scripts/serve.sh stop first" >&2
         exit 1
     fi
+    # shellcheck disable=SC2046  # NAME=PORT words
+    "$PY" "$ROOT/scripts/ports.py" $(ports) || exit 1
     mkdir -p "$LOG_LOCATION"
     rm -f "$KEY_FILE"
     local model_log="$LOG_LOCATION/model_log.log" seen=0 fatal=""
@@ -142,6 +173,7 @@ stop() {
     for _ in $(seq 60); do
         if ! kill -0 "$p" 2>/dev/null; then
             rm -f "$PID_FILE" "$KEY_FILE"
+            [ "$SOCK_DIR" = "$STATE" ] || rm -rf "$SOCK_DIR"
             echo "stopped"
             return 0
         fi
@@ -180,5 +212,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    ports) ports ;;
+    *) echo "usage: $0 start|stop|status|ports" >&2; exit 2 ;;
 esac

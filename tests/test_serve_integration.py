@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import zlib
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("HINT_BANK") or REPO / "model_store" / "hint-bank")
 SCHEMA = json.loads((REPO / "docs" / "response.schema.json").read_text())
 MAMMAL = "n01861778"
+WORKER_PORT = 9000  # TorchServe's default: the servers here share it (their sockets are in their own folders)
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,20 +47,24 @@ def _bench_module():
 
 
 class Clone:
-    """A throwaway clone for scripts/serve.sh: the script, log4j2.xml, a config.properties on free ports,
-    a model store and the repo's venv (linked)."""
+    """A throwaway clone for scripts/serve.sh and demo.sh: the scripts, log4j2.xml, a config.properties
+    on the given ports (all five: HTTP and gRPC), a model store and the repo's venv (linked)."""
 
     def __init__(self, root: Path, ports: dict[str, int], worker_port: int):
         self.root, self.ports = root, ports
         (root / "scripts").mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "scripts" / "serve.sh", root / "scripts" / "serve.sh")
+        for name in ("serve.sh", "demo.sh", "ports.py"):
+            shutil.copy(REPO / "scripts" / name, root / "scripts" / name)
         shutil.copy(REPO / "log4j2.xml", root / "log4j2.xml")
         (root / ".venv").symlink_to(REPO / ".venv")
         (root / "model_store").mkdir(exist_ok=True)
         text = (REPO / "config.properties").read_text()
-        for key, port in (("inference", ports["inference"]), ("management", ports["management"]),
-                          ("metrics", ports["metrics"])):  # fmt: skip
-            text = re.sub(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{port}", text)
+        for key in ("inference", "management", "metrics"):
+            text, n = re.subn(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{ports[key]}", text)
+            assert n == 1, key
+        for key in ("grpc_inference", "grpc_management"):
+            text, n = re.subn(rf"(?m)^{key}_port=.*$", f"{key}_port={ports[key]}", text)
+            assert n == 1, key
         (root / "config.properties").write_text(text + f"\ninitial_worker_port={worker_port}\n")
 
     def sh(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -105,8 +111,8 @@ def ts(tmp_path_factory):
     if not (BANK / "manifest.json").is_file():
         pytest.fail(f"no concept bank at {BANK} (commit model_store/hint-bank or set HINT_BANK)")
     bench = _bench_module()
-    ports = {k: bench.free_port() for k in ("inference", "management", "metrics")}
-    clone = Clone(tmp_path_factory.mktemp("clone-a"), ports, 20000 + bench.free_port() % 20000)
+    ports = dict(zip(bench.PORTS, bench.free_ports(len(bench.PORTS)), strict=True))
+    clone = Clone(tmp_path_factory.mktemp("clone-a"), ports, WORKER_PORT)
     bench.build_archives(clone.root / "model_store", BANK, which=("hint",))
     r = clone.sh("start", timeout=400)
     if r.returncode != 0:
@@ -363,6 +369,76 @@ def test_raw_image_sent_as_a_form(ts, photo):
 def test_start_prints_an_absolute_key_file(ts):
     key_file = ts.root.resolve() / "key_file.json"
     assert f'open(\\"{key_file}\\")' in ts.start_output or f'open("{key_file}")' in ts.start_output, ts.start_output
+
+
+def test_two_servers_side_by_side(ts, photo, tmp_path):
+    """A second TorchServe (LocalTorchServe) beside the serve.sh one, on the same worker port, so with
+    the same socket names: both answer, each frontend connects to its own folder's sockets, and
+    stopping the second leaves the first serving."""
+    bench = _bench_module()
+    jpg = _bytes(photo, "JPEG", quality=90)
+    (tmp_path / "store").mkdir()
+    shutil.copy(ts.root / "model_store" / "hint.mar", tmp_path / "store" / "hint.mar")
+    with bench.LocalTorchServe(tmp_path / "b", tmp_path / "store", ["hint"],
+                               props={"initial_worker_port": str(WORKER_PORT)}) as b:  # fmt: skip
+        assert not set(b.ports.values()) & set(ts.ports.values())
+        for server in (ts, b):
+            check_ok(post(server, data=jpg, headers={"Content-Type": "image/jpeg"}), 451, 300)
+        for logs, folder in ((ts.logs, ts.root / "build" / "torchserve"), (b.logs, b.sock_dir)):
+            socks = re.findall(r"Connecting to: (\S+)", (logs / "ts_log.log").read_text())
+            assert socks and {Path(x).parent for x in socks} == {folder.resolve()}, (socks, folder)
+        b_pid = b.pid()
+        assert _alive(b_pid)
+    assert not _alive(b_pid), "the second server stopped"
+    assert "READY" in ts.workers()
+    check_ok(post(ts, data=jpg, headers={"Content-Type": "image/jpeg"}), 451, 300)
+
+
+@pytest.fixture
+def idle_clone(tmp_path):
+    """A clone on free ports (TorchServe's five and the app's; ``clone.ports``) with a dummy hint.mar:
+    for refusals only. Whatever a failing test did start there is stopped after it."""
+    bench = _bench_module()
+    names = (*bench.PORTS, "app")
+    clone = Clone(tmp_path / "clone", dict(zip(names, bench.free_ports(len(names)), strict=True)), WORKER_PORT)
+    (clone.root / "model_store" / "hint.mar").write_bytes(b"")  # never read: nothing starts
+    yield clone
+    subprocess.run(["bash", "scripts/demo.sh", "stop"], cwd=clone.root, capture_output=True, timeout=120,
+                   stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def _held(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+def _assert_refused(r: subprocess.CompletedProcess, clone: Clone, port: int, name: str) -> None:
+    """Exit 1, one line naming the port and this process (which holds it), nothing started."""
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"{port} ({name})" in lines[0] and f"held by pid {os.getpid()} (" in lines[0], lines[0]
+    assert not (clone.root / "build" / "torchserve" / ".model_server.pid").exists()
+    assert not (clone.logs / "torchserve.out").exists() and not (clone.logs / "app.pid").exists()
+
+
+@pytest.mark.parametrize("name", ["inference", "grpc_management", "app"])
+def test_demo_refuses_a_taken_port_in_one_line_and_starts_nothing(idle_clone, name):
+    port = idle_clone.ports[name]
+    with _held(port):
+        r = subprocess.run(["bash", "scripts/demo.sh", "start"], cwd=idle_clone.root, capture_output=True, text=True,
+                           env={**os.environ, "APP_PORT": str(idle_clone.ports["app"])}, timeout=60,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+    _assert_refused(r, idle_clone, port, name)
+
+
+def test_serve_sh_start_refuses_a_taken_port_in_one_line(idle_clone):
+    port = idle_clone.ports["grpc_inference"]
+    with _held(port):
+        r = idle_clone.sh("start", timeout=60)
+    _assert_refused(r, idle_clone, port, "grpc_inference")
 
 
 def test_serve_sh_status_and_stop_act_on_this_clone_only(ts, tmp_path):
