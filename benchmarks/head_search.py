@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from hint import wsol, wsol_served  # noqa: E402
 from hint.backbones import get_backbone  # noqa: E402
 from hint.bank import ConceptBank  # noqa: E402
-from hint.explain import Explainer  # noqa: E402
+from hint.explain import SERVING, Explainer  # noqa: E402
 from hint.head import DEFAULT_NEGATIVES, LocalisationHead  # noqa: E402
 from hint.head_fit import build_samples, fit_head  # noqa: E402
 from hint.wsol_eval import ancestor_concept, whole_concept  # noqa: E402
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [heads[x] for x in layers]
         grid = [max(x.grid[0] for x in parts), max(x.grid[1] for x in parts)]
         bank.head = LocalisationHead(layers, [x.weight[0] for x in parts], [x.bias[0] for x in parts], args.negatives, grid)
-        ex = Explainer(bb, bank, h, fast=True)
+        ex = Explainer(bb, bank, h, **SERVING)
         t = time.perf_counter()
         pooled = wsol_served.calibrate(ex, anns, whole, ancestors, selection, bb.input_size, progress=progress)
         res = pooled.pop("alone")

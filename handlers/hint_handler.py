@@ -23,6 +23,7 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from hint import request as rq
+from hint.explain import SERVING
 from hint.request import ExplainRequest, Limits, NeuronRequest, RequestError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ DEFAULTS = {
     "max_bytes": 20_000_000,  # encoded image bytes above this -> 413
     "max_batch": 64,  # safety cap on images in one forward pass
     "torch_threads": 0,  # 0: leave torch's default
-    "fast": True,  # boxes on the model's input grid, activations by one matmul (hint.explain.Explainer)
-    "box_grid": 0,  # fast boxes: grid side in pixels, 0 = the backbone's input size (224)
+    # boxes on a box_grid-pixel grid (0: the model's input size), activations by one matmul; the defaults are
+    # hint.explain.SERVING, what the evaluations measure (hint.explain.Explainer)
+    "fast": SERVING["fast"],
+    "box_grid": SERVING["box_grid"],
     "default_top_k": 5,
     "default_threshold": 0.5,
     "default_permutations": 8,  # per-image Shapley permutations M when a request sets none (serving budget)

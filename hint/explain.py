@@ -42,6 +42,9 @@ DEFAULTS = {
     "all_boxes": False,
 }
 ALL = "all"
+#: how the service draws boxes (the TorchServe handler's defaults, and what the evaluations measure):
+#: ``fast`` boxes on a grid of at most ``box_grid`` pixels a side, scaled to the image
+SERVING = {"fast": True, "box_grid": 112}
 
 
 class Explainer:

@@ -522,9 +522,9 @@ def faithfulness_concepts(built: list[str], h: Hierarchy, n: int = len(DEFAULT_C
 
 #: How the service decides ``present`` (docs/api.md, docs/concepts.md); stored in the manifest.
 PRESENCE_RULE = (
-    "sigmoid(a * logit(model_probability) + b * logit(score) + c) >= 0.5: the model's summed softmax over the "
-    "concept's classes and the probe's image score, one logistic model fit on the bank's build photos "
-    "(out-of-fold probe scores); presence.model holds a, b, c"
+    "a * logit(model_probability) + b * logit(score) + c >= cut: the model's summed softmax over the concept's "
+    "classes and the probe's image score, one logistic model for all concepts fit on the bank's build photos "
+    "(out-of-fold probe scores), the cut with the best macro-F1 there; presence.model holds a, b, c, cut"
 )
 
 

@@ -293,21 +293,41 @@ def rule_features(model_probability: torch.Tensor, score: torch.Tensor) -> torch
 
 
 def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor, l2: float = 1e-4) -> dict:
-    """The served ``present`` rule: one logistic model over all concepts, σ(a·logit p + b·logit s + c) >= 0.5,
-    fit on the bank's images (``model_probability``, out-of-fold probe ``score`` and ``truth``, each (I, E);
-    NaN scores, e.g. unreadable images, left out). Returns the rule for the manifest."""
+    """The served ``present`` rule, fit on the bank's images (``model_probability``, out-of-fold probe
+    ``score`` and ``truth``, each (I, E); rows with a NaN score, e.g. unreadable images, left out): one
+    logistic model over all concepts, z = a·logit p + b·logit s + c, and the cut on z with the best macro-F1
+    over the concepts with a positive image (the metric the service is judged by). present = z >= cut."""
     from .classifiers import fit_logistic
 
-    x = rule_features(model_probability, score).reshape(-1, 2).float()
-    y = truth.reshape(-1).float()
-    ok = torch.isfinite(x).all(1) & ~torch.isnan(score.reshape(-1))
-    w, b = fit_logistic(x[ok], y[ok], torch.ones(int(ok.sum())), l2=l2)
+    ok = ~torch.isnan(score).any(1)
+    x = rule_features(model_probability[ok], score[ok]).float()
+    y = truth[ok].bool()
+    w, b = fit_logistic(x.reshape(-1, 2), y.reshape(-1).float(), torch.ones(x.shape[0] * x.shape[1]), l2=l2)
+    z = (x.double() @ w.double() + float(b)).numpy()
+    cut, f1 = macro_f1_cut(z, y.numpy())
     return {"kind": "logistic", "coef": [round(float(v), 6) for v in w], "intercept": round(float(b), 6),
-            "features": ["logit(model_probability)", "logit(score)"], "pairs": int(ok.sum()),
-            "positives": int(y[ok].sum())}  # fmt: skip
+            "cut": round(cut, 6), "fit_macro_f1": round(f1, 4),
+            "features": ["logit(model_probability)", "logit(score)"], "images": int(ok.sum()),
+            "positives": int(y.sum())}  # fmt: skip
+
+
+def macro_f1_cut(z: np.ndarray, truth: np.ndarray, steps: int = 241) -> tuple[float, float]:
+    """(cut, macro-F1): the cut on scores ``z`` (I, E) whose ``z >= cut`` has the best mean F1 over the
+    concepts with a positive image, among ``steps`` cuts from -6 to 6 (0: the logistic model's own 0.5)."""
+    keep = truth.any(0)
+    z, t = z[:, keep], truth[:, keep]
+    best = (0.0, -1.0)
+    for cut in np.linspace(-6, 6, steps):
+        pred = z >= cut
+        tp = (pred & t).sum(0)
+        f1 = 2 * tp / np.maximum(pred.sum(0) + t.sum(0), 1)
+        m = float(f1.mean())
+        if m > best[1] + 1e-12 or (abs(m - best[1]) <= 1e-12 and abs(cut) < abs(best[0])):
+            best = (float(cut), m)
+    return best
 
 
 def apply_rule(rule: dict, model_probability: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """Bool (..., E): the fitted rule (:func:`fit_rule`) on the model's summed softmax and the probe's score."""
     coef = torch.tensor(rule["coef"], dtype=torch.float64)
-    return rule_features(model_probability, score) @ coef + float(rule["intercept"]) >= 0.0
+    return rule_features(model_probability, score) @ coef + float(rule["intercept"]) >= float(rule.get("cut", 0.0))

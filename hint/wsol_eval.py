@@ -203,9 +203,9 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     served_info: dict = {}
     if cfg.served:
         t = time.perf_counter()
-        from .explain import Explainer
+        from .explain import SERVING, Explainer
 
-        ex = Explainer(bb, bank, h, fast=True)  # as the TorchServe handler builds it
+        ex = Explainer(bb, bank, h, **SERVING)  # as the TorchServe handler builds it
         paper = set(paper_concepts(h)) & set(bank.wnids)
         levels = [[w for w in h.path(h.classes[a.label]) if w in paper] for a in anns]
         got = served(ex, anns, whole, ancestors, cfg.batch_size, cfg.progress, levels=levels)

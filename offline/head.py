@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from hint import wsol, wsol_served
     from hint.backbones import get_backbone
     from hint.bank import ConceptBank
-    from hint.explain import Explainer
+    from hint.explain import SERVING, Explainer
     from hint.head_fit import build_samples, fit_head
     from hint.wsol_eval import ancestor_concept, whole_concept
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         bb = get_backbone(bank.meta["backbone"], bank.meta["layer"], args.weights)
         whole = whole_concept(bank, h)
         ancestors = [ancestor_concept(h.classes[a.label], bank.wnids, h) or whole for a in anns]
-        ex = Explainer(bb, bank, h, fast=True)
+        ex = Explainer(bb, bank, h, **SERVING)
         cal = wsol_served.calibrate(ex, anns, whole, ancestors, selection, bb.input_size, batch_size=args.batch_size,
                                     progress=progress)  # fmt: skip
         bank.head.box_threshold = cal.pop("box_threshold")

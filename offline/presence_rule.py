@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     rule = presence_rule(bb, samples, table, scores, bank.wnids, h, args.batch_size, progress)
     bank.meta.setdefault("presence", {}).update(rule=PRESENCE_RULE, model=rule)
     out = bank.save(args.out or args.bank)
-    print(f"wrote {out}: present = σ({rule['coef'][0]:.3f}·logit p + {rule['coef'][1]:.3f}·logit s "
-          f"+ {rule['intercept']:.3f}) >= 0.5, fit on {rule['pairs']} (image, concept) pairs")  # fmt: skip
+    print(f"wrote {out}: present = {rule['coef'][0]:.3f}·logit p + {rule['coef'][1]:.3f}·logit s "
+          f"+ {rule['intercept']:.3f} >= {rule['cut']:.3f} (macro-F1 {rule['fit_macro_f1']:.3f} on {rule['images']} "
+          "build photos)")  # fmt: skip
     return 0

@@ -17,7 +17,7 @@ from conftest import photo
 from hint import presence
 from hint.backbones import get_backbone
 from hint.bank import BankError, ConceptBank
-from hint.explain import Explainer
+from hint.explain import SERVING, Explainer
 from hint.head import LocalisationHead, box_on_grid, fuse
 from hint.hierarchy import Hierarchy
 
@@ -150,8 +150,16 @@ def test_presence_rule_fit_and_use(tmp_path):
     assert rule["coef"][0] > rule["coef"][1] > 0
     got = presence.apply_rule(rule, p, s)
     assert (got == truth).float().mean() > 0.85
-    manual = torch.logit(p.double()) * rule["coef"][0] + torch.logit(s.double()) * rule["coef"][1] + rule["intercept"] >= 0
-    assert torch.equal(got, manual)
+    z = torch.logit(p.double()) * rule["coef"][0] + torch.logit(s.double()) * rule["coef"][1] + rule["intercept"]
+    assert torch.equal(got, z >= rule["cut"])
+    # the cut is the macro-F1 best of its grid: no other cut of the grid does better on the fit data
+    def macro(cut):
+        pred = (z >= cut).numpy()
+        t = truth.numpy()
+        return float((2 * (pred & t).sum(0) / (pred.sum(0) + t.sum(0))).mean())
+
+    assert rule["fit_macro_f1"] == pytest.approx(macro(rule["cut"]), abs=1e-4)
+    assert all(macro(c) <= macro(rule["cut"]) + 1e-9 for c in np.linspace(-6, 6, 241))
     # a bank with a rule serves it: only the model's probability counts with b = 0, c = 0
     ex = Explainer.from_bank(_bank(tmp_path / "rule", {"coef": [1.0, 0.0], "intercept": 0.0}), fast=True)
     out = ex.explain([photo("chelsea")], concepts="all", image_neurons=False)[0]
@@ -193,7 +201,7 @@ def test_evaluation_serves_what_the_handler_serves(bank_dir, tmp_path):
         rows.append(f"{name}.png,{wnid},10 10 200 200")
     (data / "annotations.csv").write_text("\n".join(rows) + "\n")
     anns = wsol.load_annotations(data / "annotations.csv", data)
-    ex = Explainer.from_bank(bank_dir, fast=True)
+    ex = Explainer.from_bank(bank_dir, **SERVING)  # what the evaluation builds
     whole = ex.bank.concepts[0]["wnid"]
     ancestors = [ex.bank.concepts[1]["wnid"], whole, ex.bank.concepts[3]["wnid"]]
     got = wsol_served.served(ex, anns, whole, ancestors, batch_size=2)
