@@ -74,6 +74,10 @@ def write_markdown(report: dict, path: Path) -> Path:
                      f"{_pct(r['mean_iou'])} |")  # fmt: skip
     top1 = ms["HINT-whole"]["top1_cls"]
     lines += ["", f"Top-1 classification accuracy on the test half: {_pct(top1)}."]
+    lib = report.get("extra_variants", {}).get("baselines")
+    if lib:
+        lines += ["", f"Rows \"(grad-cam)\": {lib['library']} (pytorch-grad-cam) at {lib['layer']}, for the {lib['target']}; "
+                  "maps at the layer's grid (ReLU, min-max), then upsampled and thresholded as CAM."]  # fmt: skip
     bs = report.get("bootstrap")
     if bs:
         lines += ["", f"95% bootstrap intervals ({bs['draws']} resamples of the test images; the differences to "

@@ -8,6 +8,7 @@ library does), on a toy CNN small enough for Score-CAM.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 
 import cv2
@@ -17,8 +18,8 @@ import torch
 from PIL import Image
 
 from hint import wsol, wsol_eval
-from hint.cam_baselines import BASELINES, library_cams
-from tests.test_wsol import tiny_boxes  # noqa: F401  (the fixture)
+from hint.cam_baselines import BASELINES, DEFAULT, library_cams, library_version
+from tests.test_wsol import _random_bank, _run, tiny_boxes  # noqa: F401  (tiny_boxes: the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -112,4 +113,35 @@ def test_maps_are_the_library_output_before_its_resize(tmp_path, monkeypatch):
         library_cams(bb, anns, ["frobcam"])
     with pytest.raises(ValueError, match="no CAM layer known for toy2"):
         library_cams(types.SimpleNamespace(name="toy2", model=model), anns, ["gradcam"])
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # not installed
+    with pytest.raises(ValueError, match=r"need grad-cam \(pip install -e '.\[eval\]'\)"):
+        library_cams(bb, anns, ["gradcam"])
 
+
+def test_library_rows_in_the_wsol_report(boxes, tmp_path):
+    """The default --baselines rows follow the CAM rows with every field of the protocol, bootstrap
+    intervals and differences to CAM; their exported score maps are the maps upsampled as CAM's are."""
+    from hint.backbones import get_backbone
+
+    bank = _random_bank(tmp_path / "bank")
+    rep = _run(tmp_path, bank, boxes, "--no-retrain", "--export-methods", "all")
+    rows = [BASELINES[m][0] for m in DEFAULT]
+    assert list(rep["methods"])[2:7] == ["CAM", "CAM (predicted class)", *rows]
+    cam = rep["methods"]["CAM"]
+    for m in rows:
+        r = rep["methods"][m]
+        assert r["variant"] == library_version() and r["map"] == "library" and set(r) == set(cam), m
+        assert 0 <= r["gt_known_loc"] <= r["max_box_acc"] <= 1 and r["top1_cls"] == cam["top1_cls"]
+        assert set(rep["bootstrap"]["ci95"][m]) == set(rep["bootstrap"]["minus_cam_ci95"][m]) >= {"gt_known_loc"}
+        assert f"| {m} |" in (tmp_path / "out" / "results.md").read_text()
+        assert rep["timings_s"][f"baseline {next(k for k, v in BASELINES.items() if v[0] == m)}"] > 0
+    assert rep["extra_variants"]["baselines"]["layer"] == "_head_act"
+    assert len({wsol_eval.slug(m) for m in rep["methods"]}) == len(rep["methods"])  # one export folder each
+    bb = get_backbone("efficientnet_lite0")
+    anns = wsol.load_annotations(boxes / "annotations.csv", boxes)[:1]
+    low = library_cams(bb, anns, ["gradcam++"])["Grad-CAM++ (grad-cam)"][0]
+    want = wsol.score_map(low, 224, 224, "cubic")
+    np.testing.assert_allclose(np.load(tmp_path / "npy" / wsol_eval.slug(rows[1]) / "chelsea.png.npy"), want, atol=1e-5)
+    none = _run(tmp_path, bank, boxes, "--no-retrain", "--baselines")
+    assert list(none["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)"]
+    assert "--baselines" in none["command"] and "baselines" not in none["extra_variants"]
