@@ -90,7 +90,7 @@ def library_cams(bb, anns: list[wsol.Annotation], methods: Sequence[str] = DEFAU
     Returns:
         Row name (``BASELINES[m][0]``) → (N, h, w) float32 maps at the layer's grid: ReLU of the method's
         weighted activations, each min-max normalised to [0, 1] (the library's ``1e-7`` guard: an all-zero
-        map stays 0). ValueError for an unknown method or a backbone without a CAM layer.
+        map stays 0). ValueError for an unknown method, a backbone without a CAM layer, or no grad-cam.
     """
     try:
         import pytorch_grad_cam
