@@ -17,6 +17,8 @@ Maps (rows of the report), all from one forward pass per batch:
 * ``HINT-ancestor``: the classifier of the deepest bank concept above the ground-truth class;
 * ``CAM``: final conv features weighted by the ground-truth class's FC row (no ReLU);
 * ``CAM (predicted class)``: the same for the predicted class (the protocol before issue 12; reference);
+* ``Grad-CAM (grad-cam)`` etc.: the library baselines of ``baselines`` (:mod:`hint.cam_baselines`, at the
+  CAM's layer, ground-truth class), each one more pass over the images;
 * ``HINT-whole (x%)`` / ``HINT-ancestor (x%)``: classifiers retrained on the top x% neurons by Shapley
   value, on the bank's own concept samples (rebuilt from its step-1 region table);
 * ``whole · shapley top-k`` etc.: the faithfulness test (top-k neurons by Shapley value, |α|, random);
@@ -40,6 +42,7 @@ from tqdm import tqdm
 
 from . import wsol
 from .bank import ConceptBank
+from .cam_baselines import DEFAULT as DEFAULT_BASELINES
 from .classifiers import train_classifier
 from .concepts import SHARES, ConceptSamples, RegionTable, concept_samples, paper_concepts
 from .faithfulness import select_neurons
@@ -77,6 +80,7 @@ class EvalConfig:
     fuse: Sequence[str] = ()  # rows of fused maps, each "LAYER+LAYER[+…]"
     whole_negatives: Sequence[str] = ()  # also rows with `whole` trained against these negative kinds only
     served: bool = True  # the rows "HINT-whole (served)" / "HINT-ancestor (served)": the service's maps and boxes
+    baselines: Sequence[str] = DEFAULT_BASELINES  # rows from pytorch-grad-cam (hint.cam_baselines.BASELINES)
     cache: Path | None = None  # default BANK/../.hint-cache
     weights: str | None = None
     batch_size: int = 32
@@ -217,6 +221,20 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
         served_info["box_threshold"] = ex.box_threshold({})
         served_info["head"] = None if bank.head is None else bank.head.manifest()
         timings["served"] = time.perf_counter() - t
+    if cfg.baselines and fwd.cam_gt is None:
+        _warn(f"no library baselines: no CAM layer known for {bb.name} (CAM_LAYERS)")
+    elif cfg.baselines:  # rows right after the CAM rows
+        from .cam_baselines import library_cams, library_version
+
+        lib = {}
+        for b in cfg.baselines:
+            t = time.perf_counter()
+            lib.update(library_cams(bb, anns, [b], cfg.batch_size, cfg.progress))
+            timings[f"baseline {b}"] = time.perf_counter() - t
+        items, at = list(methods.items()), list(methods).index(CAM_PRED) + 1
+        methods = dict(items[:at] + [(m, (library_version(), "library")) for m in lib] + items[at:])
+        raw.update(lib)
+        extra["baselines"] = {"library": library_version(), "layer": CAM_LAYERS[bb.name][0], "target": "ground-truth class"}
     if cfg.layers or cfg.fuse or cfg.whole_negatives:
         t = time.perf_counter()
         more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw, fwd.z)
@@ -781,7 +799,8 @@ def _export_set(cfg: EvalConfig, methods: dict) -> set[str]:
 
 def slug(method: str) -> str:
     """A folder name for a method (``HINT-whole (20%)`` → ``HINT-whole_20pct``)."""
-    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in method.replace("%", "pct").replace("|α|", "abs_alpha"))
+    keep = "".join(c if c.isalnum() or c in "-_" else "_"
+                   for c in method.replace("%", "pct").replace("|α|", "abs_alpha").replace("++", "pp"))  # fmt: skip
     return "_".join(filter(None, keep.split("_")))
 
 

@@ -94,6 +94,10 @@ def write_markdown(report: dict, path: Path) -> Path:
             lines.append(f"| HINT-ancestor (served), every paper level on the path ({lv['pairs']} boxes of {lv['images']} "
                          f"images, per-image share) | {_pct(lv['box_acc'])} | {_ci(lv['box_acc_ci95'])} | "
                          f"{_ci(d) if d else '–'} | – |")  # fmt: skip
+    lib = report.get("extra_variants", {}).get("baselines")
+    if lib:
+        lines += ["", f"Rows \"(grad-cam)\": {lib['library']} (pytorch-grad-cam) at {lib['layer']}, for the {lib['target']}; "
+                  "maps at the layer's grid (ReLU, min-max), then upsampled and thresholded as CAM."]  # fmt: skip
     bs = report.get("bootstrap")
     if bs:
         lines += ["", f"95% bootstrap intervals ({bs['draws']} resamples of the test images; the differences to "

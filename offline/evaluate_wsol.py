@@ -13,6 +13,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from hint.cam_baselines import BASELINES, DEFAULT, ONE_PASS_PER_CHANNEL
 from hint.concepts import SHARES
 from hint.localization import UPSAMPLING
 from hint.regions import METHODS
@@ -50,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a("--whole-negatives", nargs="+", default=[], choices=list(SHARES), metavar="KIND",
       help="also HINT-whole rows (bank layer, --layers, --fuse) with the whole classifier trained against these "
            f"negative kinds only, in equal shares ({', '.join(SHARES)})")  # fmt: skip
+    a("--baselines", nargs="*", default=list(DEFAULT), choices=list(BASELINES), metavar="NAME",
+      help=f"rows from pytorch-grad-cam (PyPI grad-cam) at the CAM's layer for the ground-truth class, scored "
+           f"as CAM: {', '.join(BASELINES)} (default: {' '.join(DEFAULT)}, one forward and backward pass per "
+           f"batch each, about 85 s per 1300 images on 2 CPU cores; {', '.join(sorted(ONE_PASS_PER_CHANNEL))}: "
+           "one forward pass per channel, 1280 per image on efficientnet_lite0, 40-110 s per image, so only when "
+           "named; none: --baselines alone)")  # fmt: skip
     a("--no-retrain", action="store_true", help="skip the (x%%) rows, the faithfulness test and --step1-methods")
     a("--weights", help="backbone weights file (default: the packaged ones)")
     a("--batch-size", type=int, default=32)
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         split_seed=args.split_seed, upsample=args.upsample, percents=args.percents,
         faithfulness_k=args.faithfulness_k, draws=args.draws, retrain=not args.no_retrain,
         recompute_regions=not args.no_recompute_regions, step1_methods=args.step1_methods, cache=args.cache,
-        layers=args.layers, fuse=args.fuse, whole_negatives=args.whole_negatives,
+        layers=args.layers, fuse=args.fuse, whole_negatives=args.whole_negatives, baselines=args.baselines,
         weights=args.weights, batch_size=args.batch_size, jobs=args.jobs, export_npy=args.export_npy,
         export_methods=args.export_methods, overlays=args.overlays, progress=not args.no_progress,
         command=command_line(args),

@@ -471,7 +471,8 @@ def test_evaluate_wsol_end_to_end_random_bank(tiny_boxes, tmp_path, capsys):
     p = rep["protocol"]
     assert p["map_size"] == [14, 14] and p["cam_map_size"] == [7, 7]
     assert p["eval_size"] == [224, 224] and p["upsample"] == "cubic"
-    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)"]
+    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)", "Grad-CAM (grad-cam)",
+                                    "Grad-CAM++ (grad-cam)", "LayerCAM (grad-cam)"]  # fmt: skip
     assert not rep["retrain"]["done"]
     assert rep["methods"]["CAM"]["top1_cls"] == 0.0  # test half: chelsea (→ Egyptian cat) ×2, rocket (→ rig)
     _check_report(rep, tmp_path)
@@ -551,7 +552,7 @@ def test_layer_and_fused_rows(tiny_boxes, tmp_path):
     rows = [f"HINT-whole [{neg}]", "HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
             f"HINT-whole [layer _blocks.5._act0, {neg}]", f"HINT-whole [{fused}]", f"HINT-ancestor [{fused}]",
             f"HINT-whole [{fused}, {neg}]"]  # fmt: skip
-    assert list(rep["methods"])[4:] == rows
+    assert list(rep["methods"])[7:] == rows  # after the CAM and the default --baselines rows
     assert rep["methods"][rows[4]]["variant"] == fused
     for m in rows:
         assert np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy").shape == (224, 224)
