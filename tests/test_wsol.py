@@ -451,7 +451,8 @@ def _random_bank(folder: Path, build: dict | None = None) -> Path:
     names = ["whole", "animal", "carnivore", "artifact"]
     g = torch.Generator().manual_seed(0)
     e, d = len(names), 112
-    concepts = [{"wnid": h.find(n).wnid, "name": n, "f1": 0.5} for n in names]
+    concepts = [{"wnid": h.find(n).wnid, "name": n, "path": [h[a].name for a in h.path(h.find(n).wnid)], "f1": 0.5}
+                for n in names]
     for c in concepts:
         c["parent"] = h.group_parent(c["wnid"], [x["wnid"] for x in concepts])
     meta = {"backbone": "efficientnet_lite0", "layer": "_blocks.10", "channels": d, **({"build": build} if build else {})}
@@ -471,8 +472,13 @@ def test_evaluate_wsol_end_to_end_random_bank(tiny_boxes, tmp_path, capsys):
     p = rep["protocol"]
     assert p["map_size"] == [14, 14] and p["cam_map_size"] == [7, 7]
     assert p["eval_size"] == [224, 224] and p["upsample"] == "cubic"
-    assert list(rep["methods"]) == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)", "Grad-CAM (grad-cam)",
-                                    "Grad-CAM++ (grad-cam)", "LayerCAM (grad-cam)"]  # fmt: skip
+    assert list(rep["methods"]) == ["HINT-whole (served)", "HINT-ancestor (served)", "HINT-whole", "HINT-ancestor", "CAM",
+                                    "CAM (predicted class)", "Grad-CAM (grad-cam)", "Grad-CAM++ (grad-cam)",
+                                    "LayerCAM (grad-cam)"]  # fmt: skip
+    # a bank without a localisation head serves its own layer's maps: the served rows are its classifiers'
+    for kind in ("whole", "ancestor"):
+        assert rep["methods"][f"HINT-{kind} (served)"]["max_box_acc_v2"] == pytest.approx(rep["methods"][f"HINT-{kind}"]["max_box_acc_v2"], abs=0.02)
+    assert rep["served"]["head"] is None and set(rep["served"]["rows"]) == {"HINT-whole (served)", "HINT-ancestor (served)"}
     assert not rep["retrain"]["done"]
     assert rep["methods"]["CAM"]["top1_cls"] == 0.0  # test half: chelsea (→ Egyptian cat) ×2, rocket (→ rig)
     _check_report(rep, tmp_path)
@@ -552,7 +558,7 @@ def test_layer_and_fused_rows(tiny_boxes, tmp_path):
     rows = [f"HINT-whole [{neg}]", "HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
             f"HINT-whole [layer _blocks.5._act0, {neg}]", f"HINT-whole [{fused}]", f"HINT-ancestor [{fused}]",
             f"HINT-whole [{fused}, {neg}]"]  # fmt: skip
-    assert list(rep["methods"])[7:] == rows  # after the CAM and the default --baselines rows
+    assert list(rep["methods"])[9:] == rows  # after the served, CAM and the default --baselines rows
     assert rep["methods"][rows[4]]["variant"] == fused
     for m in rows:
         assert np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy").shape == (224, 224)
