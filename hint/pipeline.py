@@ -524,7 +524,8 @@ def faithfulness_concepts(built: list[str], h: Hierarchy, n: int = len(DEFAULT_C
 PRESENCE_RULE = (
     "a * logit(model_probability) + b * logit(score) + c >= cut: the model's summed softmax over the concept's "
     "classes and the probe's image score, one logistic model for all concepts fit on the bank's build photos "
-    "(out-of-fold probe scores), the cut with the best macro-F1 there; presence.model holds a, b, c, cut"
+    "(out-of-fold probe scores), the cut with the best macro-F1 there among those at least as good as the "
+    "softmax alone (all concepts, the paper's levels, false-positive rates); presence.model holds a, b, c, cut"
 )
 
 
@@ -591,5 +592,7 @@ def presence_rule(backbone: Backbone, samples: list[Sample], table: RegionTable,
     probs = model_probabilities(backbone, samples, table, wnids, hierarchy, batch_size, progress)
     photos = table.originals & (table.label >= 0)
     truth = torch.stack([torch.isin(table.label, torch.tensor(hierarchy[w].leaves)) for w in wnids], 1)
-    rule = presence.fit_rule(probs[photos], scores[photos], truth[photos])
+    paper = set(paper_concepts(hierarchy))
+    groups = {"paper_levels": torch.tensor([w in paper for w in wnids])} if paper else None
+    rule = presence.fit_rule(probs[photos], scores[photos], truth[photos], groups)
     return {**rule, "fit_on": "the bank's build photos: out-of-fold probe scores, the model's summed softmax"}

@@ -292,39 +292,54 @@ def rule_features(model_probability: torch.Tensor, score: torch.Tensor) -> torch
     return torch.stack([torch.logit(p), torch.logit(s)], -1)
 
 
-def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor, l2: float = 1e-4) -> dict:
+#: the largest false-positive rate the served rule may have for any concept on the bank's photos
+MAX_FPR = 0.10
+
+
+def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor,
+             groups: dict[str, torch.Tensor] | None = None, l2: float = 1e-4) -> dict:  # fmt: skip
     """The served ``present`` rule, fit on the bank's images (``model_probability``, out-of-fold probe
-    ``score`` and ``truth``, each (I, E); rows with a NaN score, e.g. unreadable images, left out): one
-    logistic model over all concepts, z = a·logit p + b·logit s + c, and the cut on z with the best macro-F1
-    over the concepts with a positive image (the metric the service is judged by). present = z >= cut."""
+    ``score`` and ``truth``, each (I, E); rows with a NaN score, e.g. unreadable images, left out).
+
+    One logistic model over all concepts, z = a·logit p + b·logit s + c, and a cut: present = z >= cut.
+    The cut is the one with the best macro-F1 over the concepts with a positive image among the cuts that,
+    on these images, keep up with the model's own summed softmax (p >= 0.5) — macro-F1 at least the
+    softmax's over all concepts and over each of ``groups`` (name → bool (E,) concept mask), and every
+    concept's false-positive rate at most max(:data:`MAX_FPR`, the softmax's); 0 (the logistic model's
+    own 0.5) when no cut does."""
     from .classifiers import fit_logistic
 
     ok = ~torch.isnan(score).any(1)
     x = rule_features(model_probability[ok], score[ok]).float()
-    y = truth[ok].bool()
-    w, b = fit_logistic(x.reshape(-1, 2), y.reshape(-1).float(), torch.ones(x.shape[0] * x.shape[1]), l2=l2)
+    y = truth[ok].bool().numpy()
+    w, b = fit_logistic(x.reshape(-1, 2), torch.from_numpy(y).reshape(-1).float(), torch.ones(y.size), l2=l2)
     z = (x.double() @ w.double() + float(b)).numpy()
-    cut, f1 = macro_f1_cut(z, y.numpy())
+    masks = {"all": np.ones(y.shape[1], bool), **{k: v.numpy().astype(bool) for k, v in (groups or {}).items()}}
+    soft = _rule_quality(model_probability[ok].numpy() >= 0.5, y, masks)
+    best: tuple[float, dict] | None = None
+    for cut in np.linspace(-6, 6, 241):
+        q = _rule_quality(z >= cut, y, masks)
+        fits = all(q[k] >= soft[k] - 1e-12 for k in masks) and q["fpr_max"] <= max(MAX_FPR, soft["fpr_max"])
+        if fits and (best is None or q["all"] > best[1]["all"] + 1e-12):
+            best = (float(cut), q)
+    cut, q = best if best is not None else (0.0, _rule_quality(z >= 0, y, masks))
     return {"kind": "logistic", "coef": [round(float(v), 6) for v in w], "intercept": round(float(b), 6),
-            "cut": round(cut, 6), "fit_macro_f1": round(f1, 4),
+            "cut": round(cut, 6), "fit_quality": {k: round(v, 4) for k, v in q.items()},
+            "softmax_quality": {k: round(v, 4) for k, v in soft.items()}, "constrained": best is not None,
             "features": ["logit(model_probability)", "logit(score)"], "images": int(ok.sum()),
             "positives": int(y.sum())}  # fmt: skip
 
 
-def macro_f1_cut(z: np.ndarray, truth: np.ndarray, steps: int = 241) -> tuple[float, float]:
-    """(cut, macro-F1): the cut on scores ``z`` (I, E) whose ``z >= cut`` has the best mean F1 over the
-    concepts with a positive image, among ``steps`` cuts from -6 to 6 (0: the logistic model's own 0.5)."""
-    keep = truth.any(0)
-    z, t = z[:, keep], truth[:, keep]
-    best = (0.0, -1.0)
-    for cut in np.linspace(-6, 6, steps):
-        pred = z >= cut
-        tp = (pred & t).sum(0)
-        f1 = 2 * tp / np.maximum(pred.sum(0) + t.sum(0), 1)
-        m = float(f1.mean())
-        if m > best[1] + 1e-12 or (abs(m - best[1]) <= 1e-12 and abs(cut) < abs(best[0])):
-            best = (float(cut), m)
-    return best
+def _rule_quality(pred: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Macro-F1 of boolean (I, E) answers over each mask's concepts with a positive image, and the largest
+    false-positive rate of any concept."""
+    tp = (pred & truth).sum(0)
+    f1 = 2 * tp / np.maximum(pred.sum(0) + truth.sum(0), 1)
+    has = truth.any(0)
+    out = {k: float(f1[m & has].mean()) if (m & has).any() else 0.0 for k, m in masks.items()}
+    neg = (~truth).sum(0)
+    out["fpr_max"] = float(((pred & ~truth).sum(0) / np.maximum(neg, 1)).max())
+    return out
 
 
 def apply_rule(rule: dict, model_probability: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

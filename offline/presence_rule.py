@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     bank.meta.setdefault("presence", {}).update(rule=PRESENCE_RULE, model=rule)
     out = bank.save(args.out or args.bank)
     print(f"wrote {out}: present = {rule['coef'][0]:.3f}·logit p + {rule['coef'][1]:.3f}·logit s "
-          f"+ {rule['intercept']:.3f} >= {rule['cut']:.3f} (macro-F1 {rule['fit_macro_f1']:.3f} on {rule['images']} "
-          "build photos)")  # fmt: skip
+          f"+ {rule['intercept']:.3f} >= {rule['cut']:.3f}; on the {rule['images']} build photos {rule['fit_quality']} "
+          f"(softmax alone {rule['softmax_quality']})")  # fmt: skip
     return 0

@@ -152,14 +152,19 @@ def test_presence_rule_fit_and_use(tmp_path):
     assert (got == truth).float().mean() > 0.85
     z = torch.logit(p.double()) * rule["coef"][0] + torch.logit(s.double()) * rule["coef"][1] + rule["intercept"]
     assert torch.equal(got, z >= rule["cut"])
-    # the cut is the macro-F1 best of its grid: no other cut of the grid does better on the fit data
-    def macro(cut):
-        pred = (z >= cut).numpy()
-        t = truth.numpy()
-        return float((2 * (pred & t).sum(0) / (pred.sum(0) + t.sum(0))).mean())
 
-    assert rule["fit_macro_f1"] == pytest.approx(macro(rule["cut"]), abs=1e-4)
-    assert all(macro(c) <= macro(rule["cut"]) + 1e-9 for c in np.linspace(-6, 6, 241))
+    def quality(pred):
+        t = truth.numpy()
+        f1 = 2 * (pred & t).sum(0) / (pred.sum(0) + t.sum(0))
+        return float(f1.mean()), float(((pred & ~t).sum(0) / (~t).sum(0)).max())
+
+    # the cut keeps up with the softmax alone on the fit data, and no cut of its grid that does is better
+    soft, served = quality((p >= 0.5).numpy()), quality((z >= rule["cut"]).numpy())
+    assert rule["constrained"] and served[0] >= soft[0] - 1e-9 and served[1] <= max(0.1, soft[1]) + 1e-9
+    assert rule["fit_quality"]["all"] == pytest.approx(served[0], abs=1e-4)
+    for c in np.linspace(-6, 6, 241):
+        q = quality((z >= c).numpy())
+        assert not (q[0] >= soft[0] and q[1] <= max(0.1, soft[1]) and q[0] > served[0] + 1e-9)
     # a bank with a rule serves it: only the model's probability counts with b = 0, c = 0
     ex = Explainer.from_bank(_bank(tmp_path / "rule", {"coef": [1.0, 0.0], "intercept": 0.0}), fast=True)
     out = ex.explain([photo("chelsea")], concepts="all", image_neurons=False)[0]
