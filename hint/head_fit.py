@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from .backbones import Backbone, get_backbone
 from .bank import ConceptBank
 from .classifiers import fit_logistic
 from .concepts import SHARES, concept_samples
@@ -49,6 +51,7 @@ def fit_head(
     weights: str | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    backbone: Backbone | None = None,
 ) -> LocalisationHead:
     """The head of ``bank`` at ``layers`` of its backbone, fit on ``samples`` (the bank's build data).
 
@@ -59,20 +62,23 @@ def fit_head(
         cache_dir: the step cache (each layer's step-1 table is cached there).
         negatives: negative kinds of every head classifier.
         weights: the backbone's weights file, for a bank built from one.
+        backbone: the bank's backbone, already loaded (default: loaded from the bank's manifest and ``weights``).
     Returns:
         the head (box threshold 0.5 until calibrated: ``offline head --calibrate``).
     """
-    from .backbones import get_backbone
-
     if not layers:
         raise ValueError("the head needs at least one layer")
     shares = negative_shares(negatives)
     cfg = build_config(bank, batch_size)
     h = bank.load_hierarchy()
     weight, bias, grids, info = [], [], [], {"layers_fit": {}}
+    backbone = backbone or get_backbone(bank.meta["backbone"], bank.meta["layer"], weights)
+    modules = dict(backbone.model.named_modules())
+    if unknown := [x for x in layers if x not in modules]:
+        raise ValueError(f"{backbone.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {backbone.name})")
     for layer in layers:
         t = time.perf_counter()
-        bb = get_backbone(bank.meta["backbone"], layer, weights)
+        bb = replace(backbone, layer=layer)
         table, stats, _ = cached_regions(bb, samples, cfg, Path(cache_dir), progress)
         grids.append(stats.get("map_size") or [int(table.image.bincount().max() ** 0.5)] * 2)
         ws, bs = [], []

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from hint.backbones import get_backbone
-from hint.concepts import resolve
+from hint.concepts import SHARES, resolve
 from hint.datasets import discover, with_views
+from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
 from hint.hierarchy import hierarchy_for
 from hint.pipeline import BuildConfig, build
 from hint.regions import METHODS
@@ -63,6 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=8,
                    help="step-1 reservoir: images kept per class (memory bound, hint.reservoir)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=2000, help="step-1 checkpoint interval (images)")
+    p.add_argument("--head-layers", nargs="+", default=None, metavar="LAYER",
+                   help="layers of the localisation head (maps and boxes; hint.head), 'none' for no head "
+                   "(default: the backbone's, " + ", ".join(f"{k}: {' '.join(v)}" for k, v in DEFAULT_LAYERS.items())
+                   + "; other backbones: none); its box threshold: python -m offline head --calibrate")  # fmt: skip
+    p.add_argument("--head-negatives", nargs="+", default=list(DEFAULT_NEGATIVES), choices=list(SHARES), metavar="KIND",
+                   help="negative kinds of the head's classifiers (default %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -124,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     bank.meta["build"]["hierarchy"] = str(args.hierarchy)
     bank.hierarchy = None if h.builtin else h  # saved as the bank's hierarchy.json
     bank.meta["build"]["views"] = args.views
+    head_layers = args.head_layers if args.head_layers is not None else DEFAULT_LAYERS.get(backbone.name, [])
+    if head_layers and head_layers != ["none"]:
+        from hint.head_fit import fit_head
+
+        bank.head = fit_head(bank, samples, head_layers, cache, args.head_negatives, batch_size=args.batch_size,
+                             progress=not args.no_progress, backbone=backbone)  # fmt: skip
+        say("localisation head", False)
+        bank.meta["build"]["wall_s"] = round(time.perf_counter() - t0, 2)
     bank.save(args.out)
     if world > 1:
         torch.distributed.destroy_process_group()

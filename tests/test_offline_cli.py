@@ -100,3 +100,10 @@ def test_shared_sample_rebuild_reproduces_committed_bank(shared, tmp_path):
     torch.testing.assert_close(rebuilt.phi, committed.phi, atol=1e-3, rtol=1e-2)
     for a, b in zip(rebuilt.concepts, committed.concepts, strict=True):
         assert abs(a["f1"] - b["f1"]) < 0.02, (a["name"], a["f1"], b["f1"])
+    # the localisation head (its box threshold is calibrated afterwards: offline head --calibrate-only)
+    assert rebuilt.head.layers == committed.head.layers and rebuilt.head.negatives == committed.head.negatives
+    for a, b in zip(rebuilt.head.weight, committed.head.weight, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-2)
+    # and the served presence rule
+    rule, want = rebuilt.meta["presence"]["model"], committed.meta["presence"]["model"]
+    assert rule["coef"] == pytest.approx(want["coef"], abs=1e-3) and rule["cut"] == pytest.approx(want["cut"], abs=0.06)
