@@ -27,7 +27,7 @@ FILE = "head.safetensors"
 #: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic)
 UPSAMPLE = cv2.INTER_CUBIC
 #: the head of a backbone when a build names none (chosen on the WSOL dev set's selection half)
-DEFAULT_LAYERS = {"efficientnet_lite0": ("_blocks.14", "_blocks.9")}
+DEFAULT_LAYERS = {"efficientnet_lite0": ("_blocks.14", "_blocks.12", "_blocks.10", "_blocks.9")}
 #: negative kinds the head's classifiers are trained against (hint.concepts.SHARES keys)
 DEFAULT_NEGATIVES = ("background",)
 

@@ -292,8 +292,10 @@ def rule_features(model_probability: torch.Tensor, score: torch.Tensor) -> torch
     return torch.stack([torch.logit(p), torch.logit(s)], -1)
 
 
-#: the largest false-positive rate the served rule may have for any concept on the bank's photos
+#: the largest false-positive rate the served rule may have for any concept on the bank's photos (among
+#: the concepts with at least :data:`MIN_NEGATIVES` negative photos: with fewer, one photo is a third)
 MAX_FPR = 0.10
+MIN_NEGATIVES = 20
 
 
 def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor,
@@ -304,9 +306,9 @@ def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.
     One logistic model over all concepts, z = a·logit p + b·logit s + c, and a cut: present = z >= cut.
     The cut is the one with the best macro-F1 over the concepts with a positive image among the cuts that,
     on these images, keep up with the model's own summed softmax (p >= 0.5) — macro-F1 at least the
-    softmax's over all concepts and over each of ``groups`` (name → bool (E,) concept mask), and every
-    concept's false-positive rate at most max(:data:`MAX_FPR`, the softmax's); 0 (the logistic model's
-    own 0.5) when no cut does."""
+    softmax's over all concepts and over each of ``groups`` (name → bool (E,) concept mask), and the
+    false-positive rate of every concept with :data:`MIN_NEGATIVES` negative photos at most
+    max(:data:`MAX_FPR`, the softmax's); 0 (the logistic model's own 0.5) when no cut does."""
     from .classifiers import fit_logistic
 
     ok = ~torch.isnan(score).any(1)
@@ -338,7 +340,8 @@ def _rule_quality(pred: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarr
     has = truth.any(0)
     out = {k: float(f1[m & has].mean()) if (m & has).any() else 0.0 for k, m in masks.items()}
     neg = (~truth).sum(0)
-    out["fpr_max"] = float(((pred & ~truth).sum(0) / np.maximum(neg, 1)).max())
+    fpr = (pred & ~truth).sum(0) / np.maximum(neg, 1)
+    out["fpr_max"] = float(fpr[neg >= MIN_NEGATIVES].max()) if (neg >= MIN_NEGATIVES).any() else 0.0
     return out
 
 
