@@ -152,6 +152,10 @@ class ConceptBank:
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False))
+            if folder.is_dir():  # rewritten in place: files the bank does not write (model card, weights) stay
+                for p in folder.iterdir():
+                    if p.is_file() and not (tmp / p.name).exists() and p.name not in (HIERARCHY, loc_head.FILE):
+                        shutil.copy2(p, tmp / p.name)
             for p in (tmp, *tmp.iterdir()):  # mkdtemp makes 0700; a bank is shareable
                 p.chmod(0o755 if p.is_dir() else 0o644)
             old = None

@@ -113,7 +113,11 @@ def test_bank_round_trip_and_tampered_or_unlisted_head(bank_dir, tmp_path):
     manifest = json.loads((bank_dir / "manifest.json").read_text())
     assert manifest["localisation"]["layers"] == list(LAYERS) and "head.safetensors" in manifest["files"]
     assert bank.head.box_threshold == 0.4 and bank.head.grid == [14, 14]
-    again = ConceptBank.load(bank.save(tmp_path / "copy"))
+    copy = tmp_path / "copy"
+    shutil.copytree(bank_dir, copy)
+    (copy / "MODEL_CARD.md").write_text("card")
+    again = ConceptBank.load(bank.save(copy))  # in place: the files the bank does not write stay
+    assert (copy / "MODEL_CARD.md").read_text() == "card"
     for a, b in zip(again.head.weight, bank.head.weight, strict=True):
         assert torch.equal(a, b)
     bad = tmp_path / "bad"
