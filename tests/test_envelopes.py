@@ -1,18 +1,24 @@
 """KServe envelopes (config.properties ``service_envelope=kserve`` / ``kservev2``): what TorchServe 0.12's
 envelopes hand the handler (``hint.request.parse_envelope``: instances, v2 inputs, every error one line
 naming its item), the handler wrapped in TorchServe's own envelope classes in-process (the same document
-as a plain request, ``{"predictions": [...]}`` / v2 ``outputs``, the request's status).
+as a plain request, ``{"predictions": [...]}`` / v2 ``outputs``, the request's status), and in the slow
+tests a real TorchServe started with each envelope (archive built with ``batchSize: 1``).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import pytest
+import requests
 from handler_kit import (
+    REPO,
     SCHEMA,
     FakeContext,
     assert_same_answer,
@@ -251,3 +257,84 @@ def test_plain_calls_are_not_enveloped(wrapped, image):
 def test_schema_defines_the_envelopes():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     assert {"kserve_v1", "kserve_v2"} <= set(SCHEMA["$defs"])
+
+
+# ------------------------------------------------------------------------------------------ TorchServe
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("hint_bench_serve", REPO / "benchmarks" / "serve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def batch1_store(tmp_path_factory):
+    """hint.mar with batchSize 1 (make archive BATCH_SIZE=1): envelopes answer one request per batch."""
+    store = tmp_path_factory.mktemp("store-batch1")
+    _bench_module().build_archives(store, which=("hint",), batch_size=1)
+    return store
+
+
+@pytest.fixture(scope="module", params=["kserve", "kservev2"])
+def enveloped(request, batch1_store, tmp_path_factory):
+    if shutil.which("java") is None:
+        pytest.skip("java not found: TorchServe 0.12 needs Java 17 (make apt-java)")
+    work = tmp_path_factory.mktemp(f"ts-{request.param}")
+    ts = _bench_module().LocalTorchServe(work, batch1_store, ["hint"], props={"service_envelope": request.param})
+    ts.start()
+    try:
+        yield request.param, ts
+    finally:
+        ts.stop()
+
+
+def _post(ts, path: str, body: dict) -> requests.Response:
+    return requests.post(f"{ts.inference_url}{path}", json=body, headers=ts.auth(), timeout=120)
+
+
+@pytest.mark.slow
+def test_torchserve_with_the_envelope(enveloped, image, plain):
+    envelope, ts = enveloped
+    if envelope == "kserve":
+        body = {"instances": [{"image": image, "top_k": 2}]}
+        for path, key in [("/v1/models/hint:predict", "predictions"), ("/predictions/hint", "predictions"),
+                          ("/v1/models/hint:explain", "explanations")]:  # fmt: skip
+            r = _post(ts, path, body)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+            doc = r.json()
+            assert list(doc) == [key], path
+            jsonschema.validate(doc, schema_of("kserve_v1"))
+            assert_same_answer(doc[key][0], plain, where=path)
+        r = _post(ts, "/v1/models/hint:predict", {"instances": [{"image": image, "top_k": 2}, {"image": "%"}]})
+        assert r.status_code == 400 and r.reason.startswith("instances[1]: image is not valid base64")
+        docs = r.json()["predictions"]
+        assert_same_answer(docs[0], plain)
+        assert docs[1]["code"] == 400 and docs[1]["message"] == r.reason
+        r = _post(ts, "/v1/models/hint:predict", {"image": image})
+        assert r.status_code == 400 and r.json()["predictions"][0]["message"].startswith('a KServe v1 request needs "instances"')
+        quick = {"instances": [{"image": image, "image_neurons": False}]}
+        path = "/v1/models/hint:predict"
+    else:
+        body = {"id": "t-1", "inputs": [v2_input("image", json.dumps({"image": image, "top_k": 2})),
+                                        v2_input("bare", image)]}  # fmt: skip
+        for path in ("/v2/models/hint/infer", "/v2/models/hint/explain"):
+            r = _post(ts, path, body)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+            doc = r.json()
+            answers = v2_answers(doc)
+            assert doc["id"] == "t-1" and doc["model_name"] == "hint"
+            assert [o["name"] for o in doc["outputs"]] == ["image", "bare"]
+            assert_same_answer(answers[0], plain, where=path)
+            assert answers[1]["prediction"] == answers[0]["prediction"]
+        r = _post(ts, "/v2/models/hint/infer", {"inputs": [v2_input("pixels", 0.5, "FP32")]})
+        assert r.status_code == 400 and r.reason.startswith("input 'pixels': datatype must be BYTES")
+        assert json.loads(r.json()["outputs"][0]["data"][0])["message"] == r.reason
+        quick = {"inputs": [v2_input("image", json.dumps({"image": image, "image_neurons": False}))]}
+        path = "/v2/models/hint/infer"
+    # concurrent requests: batchSize 1 gives each its own batch (TorchServe's envelopes read only a
+    # batch's first request: with batchSize 4 they would all get 503 "number of batch response mismatched")
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: _post(ts, path, quick).status_code, range(4)))
+    assert codes == [200] * 4
