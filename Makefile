@@ -53,18 +53,23 @@ BANK_HIER    = $(if $(wildcard $(BANK)/hierarchy.json),$(BANK)/hierarchy.json$(C
 BANK_HEAD    = $(if $(wildcard $(BANK)/head.safetensors),$(BANK)/head.safetensors$(COMMA))
 # the weights file the bank's backbone was built from (offline build --weights FILE), when it was
 WEIGHTS     ?=
+# the archive's batchSize instead of handlers/model-config.yaml's 4: BATCH_SIZE=1 for a server with a KServe
+# envelope (service_envelope: TorchServe's envelopes answer one request per batch, docs/api.md "KServe")
+BATCH_SIZE  ?=
+MODEL_CONFIG = $(if $(BATCH_SIZE),build/model-config.yaml,handlers/model-config.yaml)
 # a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir)
 COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hint $(MAR_SRC)/hint \
 	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
 
-archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package
+archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package; BATCH_SIZE=N
 	@test -f $(BANK)/manifest.json || (echo "no concept bank at $(BANK) (build one, or make archive BANK=...)" >&2; exit 1)
 	$(COPY_HINT)
+	$(if $(BATCH_SIZE),mkdir -p $(dir $(MODEL_CONFIG)) && sed -E 's/^batchSize:[[:space:]]*[0-9]+/batchSize: $(BATCH_SIZE)/' handlers/model-config.yaml > $(MODEL_CONFIG))
 	$(BIN)/python -c "import sys; from hint.bank import archive_main; sys.exit(archive_main(sys.argv[1:]))" \
 		$(BANK) $(MAR_SRC) "$(WEIGHTS)"
 	mkdir -p $(STORE)
 	$(BIN)/torch-model-archiver --force --model-name hint --version $(MAR_VERSION) \
-		--handler handlers/hint_handler.py --config-file handlers/model-config.yaml \
+		--handler handlers/hint_handler.py --config-file $(MODEL_CONFIG) \
 		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HEAD)$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
 
 bare-archive: venv  ## model_store/bare.mar: the plain top-5 classifier (benchmark baseline)

@@ -63,8 +63,11 @@ def _version() -> str:
     return ns["__version__"]
 
 
-def build_archives(store: Path, bank: Path = DEFAULT_BANK, which=("hint", "bare")) -> dict[str, Path]:
-    """The same archives as ``make archive`` / ``make bare-archive``, written into ``store``."""
+def build_archives(
+    store: Path, bank: Path = DEFAULT_BANK, which=("hint", "bare"), batch_size: int | None = None
+) -> dict[str, Path]:
+    """The same archives as ``make archive`` / ``make bare-archive``, written into ``store``;
+    ``batch_size``: their ``batchSize`` instead of the config file's (``make archive BATCH_SIZE=1``)."""
     store.mkdir(parents=True, exist_ok=True)
     src = store / ".mar-src"
     shutil.rmtree(src, ignore_errors=True)
@@ -76,13 +79,21 @@ def build_archives(store: Path, bank: Path = DEFAULT_BANK, which=("hint", "bare"
     out = {}
     for name in which:
         handler, config, extra = specs[name]
+        config = REPO / "handlers" / config
+        if batch_size is not None:
+            text, n = re.subn(r"(?m)^batchSize:\s*\d+", f"batchSize: {int(batch_size)}", config.read_text())
+            assert n == 1, f"no batchSize line in {config}"
+            config = store / f".{name}-config.yaml"
+            config.write_text(text)
         cmd = [
             str(BIN / "torch-model-archiver"), "--force", "--model-name", name, "--version", _version(),
-            "--handler", str(REPO / "handlers" / handler), "--config-file", str(REPO / "handlers" / config),
+            "--handler", str(REPO / "handlers" / handler), "--config-file", str(config),
             "--extra-files", ",".join(str(p) for p in [*extra, src]), "--export-path", str(store),
         ]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         out[name] = store / f"{name}.mar"
+        if batch_size is not None:
+            config.unlink()
     shutil.rmtree(src, ignore_errors=True)
     return out
 

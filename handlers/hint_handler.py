@@ -8,12 +8,21 @@ archive (``make archive``) holds this file, the bank (with its ``hierarchy.json`
 hierarchy; else the WordNet default is used; with ``backbone-weights.pt``/``.safetensors`` when its
 backbone was built from a weights file, sha256 checked against the manifest before it is read; else the
 backbone's named weights are used) and the ``hint`` package; options: :data:`DEFAULTS`.
+
+Routes: ``/predictions/hint`` and ``/explanations/hint`` answer alike (TorchServe 0.12's frontend only
+adds the request header ``explain: False`` / ``True``; the handler does not read it). Under a KServe
+envelope (config.properties ``service_envelope=kserve`` or ``kservev2``) TorchServe wraps this entry
+point: the envelope hands over the ``instances`` (v1) or ``inputs`` (v2) of one request
+(:func:`hint.request.parse_envelope`) and wraps the answers it gets back; :func:`handle` sees which
+envelope called it (:func:`envelope_of`) and answers one item per instance or input (docs/api.md,
+"KServe").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +44,7 @@ DEFAULTS = {
     "max_decode_pixels": 16_000_000,  # pixels decoded (JPEG: reduced) above this -> 413 (memory bound)
     "max_bytes": 20_000_000,  # encoded image bytes above this -> 413
     "max_batch": 64,  # safety cap on images in one forward pass
+    "max_instances": 16,  # KServe envelopes: instances / inputs one request may carry (more -> 413)
     "torch_threads": 0,  # 0: leave torch's default
     # boxes on a box_grid-pixel grid (0: the model's input size), activations by one matmul; the defaults are
     # hint.explain.SERVING, what the evaluations measure (hint.explain.Explainer)
@@ -61,6 +71,7 @@ class HintHandler(BaseHandler):
 
     DEFAULTS = DEFAULTS
     OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.request.OPTIONS)
+    envelope: str | None = None  # the KServe envelope of the batch being answered (handle)
 
     def initialize(self, context):
         """Load the bank (sha256 verified) and its backbone; any problem fails the start with one line."""
@@ -89,7 +100,8 @@ class HintHandler(BaseHandler):
         return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
                       max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
                       default_top_k=int(c["default_top_k"]), default_threshold=float(c["default_threshold"]),
-                      default_permutations=int(c["default_permutations"]), options=self.OPTIONS, **kw)  # fmt: skip
+                      default_permutations=int(c["default_permutations"]), options=self.OPTIONS,
+                      max_instances=int(c["max_instances"]), **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
         from hint.explain import Explainer
@@ -109,16 +121,21 @@ class HintHandler(BaseHandler):
         return self.limits_for(backbone.input_size, channels=int(z.shape[1]),
                                concept=rq.bank_concepts(self.hierarchy, bank))  # fmt: skip
 
-    def handle(self, data, context):
-        """preprocess -> inference -> postprocess; one answer per request, whatever happens."""
-        self.context, t0 = context, time.perf_counter()
+    def handle(self, data, context, envelope: str | None = None):
+        """preprocess -> inference -> postprocess; one answer per request, whatever happens.
+
+        ``envelope``: the KServe envelope TorchServe wraps the handler in (``kserve``, ``kservev2``), whose
+        ``data`` are one request's instances or inputs: one answer per item, wrapped by the envelope."""
+        self.context, self.envelope, t0 = context, envelope, time.perf_counter()
         try:
             jobs = self.preprocess(data)
             t1 = time.perf_counter()
             jobs = self.inference(jobs)
         except Exception:  # noqa: BLE001 - a bug must not take the client requests down with it
-            logger.exception("HINT handler: unexpected error for a batch of %d", len(data or []))
-            jobs = [Job(error=RequestError(500, "internal error (see the server log)")) for _ in data or []]
+            n = len(data) if isinstance(data, list) else 0
+            logger.exception("HINT handler: unexpected error for a batch of %d", n)
+            n = max(n, 1) if envelope else n
+            jobs = [Job(error=RequestError(500, "internal error (see the server log)")) for _ in range(n)]
             t1 = t0
         t2 = time.perf_counter()
         out = self.postprocess(jobs)
@@ -135,6 +152,8 @@ class HintHandler(BaseHandler):
 
     def preprocess(self, data) -> list[Job]:
         """Parse and decode every request on its own: a failure is that request's answer."""
+        if self.envelope:
+            return self._envelope_jobs(data)
         jobs = []
         for idx, row in enumerate(data or []):
             try:
@@ -145,6 +164,18 @@ class HintHandler(BaseHandler):
                 logger.exception("HINT handler: reading one request failed")
                 jobs.append(Job(error=RequestError(500, "internal error while reading the request")))
         return jobs
+
+    def _envelope_jobs(self, items) -> list[Job]:
+        """One job per instance (v1) or input (v2) of the one request an envelope hands over."""
+        if self.envelope not in rq.ENVELOPES:
+            logger.error("HINT handler: service_envelope %r is not supported (kserve, kservev2 or none)", self.envelope)
+            error = RequestError(500, f"this server's service_envelope {self.envelope!r} is not supported by HINT "
+                                      "(kserve, kservev2, or none)")  # fmt: skip
+            return [Job(error=error) for _ in (items if isinstance(items, list) and items else [None])]
+        parsed = rq.parse_envelope(items, self.limits, self.envelope)
+        if isinstance(parsed, RequestError):
+            return [Job(error=parsed)]
+        return [Job(error=p) if isinstance(p, RequestError) else Job(request=p) for p in parsed]
 
     def inference(self, jobs: list[Job]) -> list[Job]:
         """One forward pass for the valid images (per ``max_batch``); if it fails, each image alone."""
@@ -175,8 +206,12 @@ class HintHandler(BaseHandler):
             for job, answer in zip(images, answers, strict=True):
                 job.result = answer
 
-    def postprocess(self, jobs: list[Job]) -> list[str]:
-        """Compact JSON per request; an error sets its status and reason phrase."""
+    def postprocess(self, jobs: list[Job]) -> list:
+        """Compact JSON per request; an error sets its status and reason phrase.
+
+        Under an envelope the jobs are the items of one request, answered in order for the envelope to
+        wrap: v1 the documents as objects (``{"predictions": [...]}``), v2 as JSON text (each output's one
+        BYTES element); the request's status is its first failing item's (200 when none fails)."""
         out = []
         for i, job in enumerate(jobs):
             try:
@@ -184,8 +219,14 @@ class HintHandler(BaseHandler):
             except (TypeError, ValueError):
                 logger.exception("HINT handler: an answer is not valid JSON")
                 job.error = RequestError(500, "internal error while writing the answer (see the server log)")
-            out.append(json.dumps(job.error.body()) if job.error else body)
-            self._reply(i, job.error)
+            if self.envelope == "kserve":
+                out.append(job.error.body() if job.error else job.result)
+            else:
+                out.append(json.dumps(job.error.body()) if job.error else body)
+            if not self.envelope:
+                self._reply(i, job.error)
+        if self.envelope:
+            self._reply(0, next((j.error for j in jobs if j.error), None))
         return out
 
     def _headers(self, idx: int) -> dict:
@@ -203,14 +244,33 @@ class HintHandler(BaseHandler):
             pass
 
 
+def envelope_of(caller) -> str | None:
+    """The service envelope whose ``handle`` is the frame ``caller`` (``kserve``, ``kservev2`` ...), or None.
+
+    TorchServe 0.12 (``ts/model_loader.py``) wraps a handler's entry point in the envelope named by
+    config.properties ``service_envelope``: ``BaseEnvelope.handle`` (``ts/torch_handler/request_envelope/
+    base.py``) calls it with what ``parse_input`` made of the batch, and nothing marks that on the
+    context. The envelope's module name is the ``service_envelope`` value."""
+    try:
+        from ts.torch_handler.request_envelope.base import BaseEnvelope
+    except ImportError:  # pragma: no cover - TorchServe is installed wherever the handler runs
+        return None
+    owner = caller.f_locals.get("self") if caller is not None and caller.f_code.co_name == "handle" else None
+    return type(owner).__module__.rsplit(".", 1)[-1] if isinstance(owner, BaseEnvelope) else None
+
+
 _service: HintHandler | None = None
 
 
 def handle(data, context):
     """TorchServe's entry point: the handler is created on the first call (``handle(None, context)``
-    when the worker loads the model)."""
+    when the worker loads the model). Under an envelope ``data`` is what it parsed (v1: ``None`` for a
+    request without ``instances``, which gets its 400)."""
     global _service
     if _service is None:
         _service = HintHandler()
         _service.initialize(context)
-    return None if data is None else _service.handle(data, context)
+    envelope = envelope_of(sys._getframe(1))
+    if data is None and envelope is None:
+        return None
+    return _service.handle(data, context, envelope)

@@ -16,6 +16,10 @@ Images are decoded for the model, not for display: a JPEG is decoded at a reduce
 pixels per axis (twice the model's input); ``ExplainRequest.size`` keeps the size of the image as
 displayed, the pixels boxes refer to. Truncated data is an error, also where a decoder would fill
 the missing part quietly (a JPEG with an early end marker, a PNG whose compressed data stops early).
+
+Under TorchServe's KServe envelopes (config.properties ``service_envelope``) the handler gets what the
+envelope made of the request instead of rows: :func:`parse_envelope` reads the v1 ``instances`` or the
+v2 ``inputs`` of one request, each item into a request as above (the JSON body's form).
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Limits:
     concept: Callable[[str], str] | None = None  # name or WNID -> bank WNID (raises RequestError)
     max_concepts: int = 1000
     formats: tuple[str, ...] = FORMATS
+    max_instances: int = 16  # KServe envelopes: instances (v1) or inputs (v2) one request may carry -> 413
 
     def accepts(self, name: str) -> bool:
         return name in OPTIONS and (self.options is None or name in self.options)
@@ -450,6 +455,87 @@ def _base64(s: Any, max_bytes: int) -> bytes:
 def _junk_name(name: Any) -> bool:
     """A part name no client chose: binary bytes a form decoder split into 'fields'."""
     return not isinstance(name, str) or any(ord(c) < 32 or ord(c) == 127 or c == "\ufffd" for c in name)
+
+
+# ------------------------------------------------------------------------------------------ KServe envelopes
+
+#: TorchServe's KServe envelopes (config.properties ``service_envelope``) the handler answers under
+ENVELOPES = ("kserve", "kservev2")
+
+
+def parse_envelope(
+    items: Any, limits: Limits, envelope: str
+) -> list[ExplainRequest | NeuronRequest | RequestError] | RequestError:
+    """What a KServe envelope hands the handler for ONE request -> one request (or its error) per item.
+
+    TorchServe 0.12's envelopes (``ts/torch_handler/request_envelope/``) read the first request of the
+    batch only and call the handler with
+
+    * ``kserve`` (v1): the request's ``instances`` list as sent (``None`` without one);
+    * ``kservev2``: the request's ``inputs``, each ``{"name", "shape", "datatype", "data", ...}`` where,
+      for ``datatype`` ``BYTES``, ``data`` is already reduced to the first element of the client's list.
+
+    An instance, or that element, is the JSON body's object ``{"image": "<base64>", ...options}`` (or
+    ``{"neuron": n}``), that object as JSON text, or a bare base64 string (the image, default options).
+
+    Returns a list in item order, an item's client error as its ``RequestError`` (the message names the
+    item: ``instances[1]: ...``, ``input 'image': ...``); or one ``RequestError`` when the request as a
+    whole is wrong (no list, empty, more than ``limits.max_instances`` items). Raises nothing.
+    """
+    v2 = envelope == "kservev2"
+    what = "inputs" if v2 else "instances"
+    if not isinstance(items, list) or not items:
+        got = f"no {what!r} list" if items is None else "an empty list" if items == [] else kind_of(items)
+        example = _V2_EXAMPLE if v2 else '{"image": "<base64>"}'
+        return RequestError(400, f'a KServe {"v2" if v2 else "v1"} request needs "{what}": a list like '
+                                 f"[{example}], got {got}")  # fmt: skip
+    if len(items) > limits.max_instances:
+        return RequestError(413, f"{len(items)} {what} in one request; at most {limits.max_instances}")
+    out: list[ExplainRequest | NeuronRequest | RequestError] = []
+    for i, item in enumerate(items):
+        named = v2 and isinstance(item, dict) and isinstance(item.get("name"), str)
+        where = f"input {one_line(item['name'], 40)!r}" if named else f"{what}[{i}]"
+        try:
+            doc = _v2_input(item) if v2 else _instance(item)
+            out.append(parse_request({"body": doc}, limits, {"Content-Type": "application/json"}))
+        except RequestError as e:
+            out.append(RequestError(e.code, f"{where}: {e.message}"))
+        except Exception as e:  # noqa: BLE001 - client data must never fail the request's other items
+            out.append(RequestError(400, f"{where}: malformed ({type(e).__name__}: {str(e) or 'no detail'})"))
+    return out
+
+
+_V2_EXAMPLE = '{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}'
+
+
+def _instance(item: Any) -> dict:
+    """A KServe v1 instance -> the JSON body's object."""
+    return _item(item, "an instance")
+
+
+def _v2_input(item: Any) -> dict:
+    """A KServe v2 input as the kservev2 envelope hands it -> the JSON body's object."""
+    if not isinstance(item, dict):
+        raise RequestError(400, f"an input is an object (name, shape, datatype, data), not {kind_of(item)}")
+    if item.get("datatype") != "BYTES":
+        got = kind_of(item.get("datatype"))
+        raise RequestError(400, f"datatype must be BYTES (the image as a base64 string), not {got}")
+    return _item(item.get("data"), "data")
+
+
+def _item(value: Any, what: str) -> dict:
+    """One item: a JSON object (or its text) is the JSON body's object, any other string the base64 image."""
+    if isinstance(value, str) and _first(value) == "{":
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise RequestError(400, f"bad JSON: {e}") from None
+    if isinstance(value, str):
+        return {"image": value}
+    if isinstance(value, dict):
+        return value
+    shape = '{"image": "<base64>", ...options}'
+    raise RequestError(400, f"{what} must be a base64 string or a JSON object {shape}, not {kind_of(value)}")
 
 
 # ------------------------------------------------------------------------------------------ images

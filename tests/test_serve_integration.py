@@ -199,6 +199,33 @@ def test_neuron_reverse(ts):
     assert doc["neuron"] == 7 and doc["concepts"]
 
 
+def test_explanations_route_answers_as_predictions(ts, photo):
+    """POST /explanations/hint is POST /predictions/hint under its own name: every request form, the
+    same document (floats up to a forward pass's noise), the same errors."""
+    from handler_kit import assert_same_answer
+
+    jpg = _bytes(photo, "JPEG", quality=90)
+    forms = {
+        "raw": {"data": jpg, "headers": {"Content-Type": "image/jpeg"}},
+        "multipart": {"files": {"data": ("cat.jpg", jpg, "image/jpeg")}, "data": {"top_k": "2", "concepts": "mammal"}},
+        "json": {"json": {"image": base64.b64encode(jpg).decode(), "return_maps": True, "permutations": 4}},
+        "neuron": {"json": {"neuron": 7}},
+        "bad option": {"json": {"image": base64.b64encode(jpg).decode(), "topk": 3}},
+    }
+    for name, kw in forms.items():
+        got = {}
+        for route in ("predictions", "explanations"):
+            headers = {**kw.get("headers", {}), **ts.auth()}
+            args = {k: v for k, v in kw.items() if k != "headers"}
+            r = requests.post(f"{ts.inference_url}/{route}/hint", headers=headers, timeout=120, **args)
+            assert r.headers["content-type"].startswith("application/json"), (name, route)
+            got[route] = (r.status_code, r.reason, r.json())
+        (code, reason, doc), (code2, reason2, doc2) = got["predictions"], got["explanations"]
+        assert (code2, reason2) == (code, reason) and code == (400 if name == "bad option" else 200), (name, code2, reason2)
+        jsonschema.validate(doc2, SCHEMA)
+        assert_same_answer(doc2, doc, where=name)
+
+
 def _bomb_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
