@@ -52,7 +52,7 @@ def test_every_request_form():
         assert isinstance(r, ExplainRequest) and r.size == (160, 120) and r.format == "JPEG"
         assert r.options == {"concepts": None, "top_k": 5, "threshold": 0.5, "return_maps": False, "ablate": [],
                              "ablate_probe_only": False, "image_neurons": True, "permutations": 8, "seed": 0,
-                             "regions": False}  # fmt: skip
+                             "regions": False, "box_threshold": None, "all_boxes": False}  # fmt: skip
     r = parse_request({"data": jpg, "top_k": b"3", "concepts": b"dog, mammal,dog", "threshold": b"0.25",
                        "return_maps": b"yes", "ablate": b"4 5,6"}, LIMITS)  # fmt: skip
     assert (r.top_k, r.concepts, r.threshold, r.return_maps, r.ablate) == (3, ["n02084071", "n01861778"], 0.25, True, [4, 5, 6])
