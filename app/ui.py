@@ -52,11 +52,13 @@ EXAMPLES = {  # skimage.data photo -> file name
     "rocket": "rocket.jpg",
 }
 LEGEND = (
-    "Heat: the concept probe's probability at each place, 0 (blue) → 1 (red). Magenta box: the largest "
-    "region where the map reaches the threshold × its maximum, drawn only when the concept is present. "
-    "*probe*: the probe's image score (✓ when it reaches its calibrated threshold); *model*: the model's "
-    "summed softmax over the concept's classes; *present*: the service's answer (reliable, model ≥ 0.5, "
-    "probe score ≥ its veto threshold, parent present)."
+    "Heat: the concept's localisation map, the probability of its classifiers at each place (fused over the "
+    "layers of the bank's localisation head), 0 (blue) → 1 (red). Magenta box: the largest "
+    "region where the map (upsampled, min-max normalised) reaches the service's box threshold, drawn only when "
+    "the concept is present. *probe*: the probe's image score (✓ when it reaches its calibrated threshold); "
+    "*model*: the model's summed softmax over the concept's classes; *present*: the service's answer (the "
+    "model's probability and the probe's score together, docs/concepts.md); *unreliable*: the probe does not "
+    "beat chance on held-out images, so its map and box are not to be trusted."
 )
 
 
@@ -603,7 +605,7 @@ class HintApp:
                     choices=[], value=[], multiselect=True, filterable=True, elem_id="picker",
                     label="Concepts: every built concept, name · hierarchy path (probe score, model probability)",
                     info="type a name to search; pick several to compare them side by side; (unreliable): its "
-                         "probe does not beat chance on held-out images, it is never present",
+                         "probe does not beat chance on held-out images, its map and box are not to be trusted",
                 )  # fmt: skip
                 concept_table = gr.Dataframe(headers=CONCEPT_COLUMNS, interactive=False, max_height=240,
                                              elem_id="concept-table", label="probe beside model")  # fmt: skip
