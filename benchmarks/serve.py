@@ -32,6 +32,8 @@ from pathlib import Path
 
 import requests
 
+from hint.bank import bank_files
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: torchserve, torch-model-archiver
 DEFAULT_BANK = REPO / "model_store" / "hint-bank"
@@ -73,7 +75,7 @@ def build_archives(
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(REPO / "hint", src / "hint", ignore=shutil.ignore_patterns("__pycache__"))
     specs = {
-        "hint": ("hint_handler.py", "model-config.yaml", [bank / "manifest.json", bank / "bank.safetensors"]),
+        "hint": ("hint_handler.py", "model-config.yaml", bank_files(bank)),
         "bare": ("bare_handler.py", "bare-config.yaml", [REPO / "handlers" / "hint_handler.py"]),
     }
     out = {}

@@ -52,6 +52,14 @@ class BankError(ValueError):
     """A bank folder that is missing, corrupt, or does not fit the model it is used with."""
 
 
+def bank_files(folder: str | Path) -> list[Path]:
+    """The files of a bank folder: its manifest and every file the manifest lists (tensors, localisation
+    head, hierarchy), what an archive of the bank must carry."""
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return [folder / MANIFEST, *(folder / name for name in manifest.get("files", {}))]
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

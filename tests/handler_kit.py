@@ -19,6 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from hint.bank import bank_files
+
 REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("HINT_BANK") or REPO / "model_store" / "hint-bank")
 SCHEMA = json.loads((REPO / "docs" / "response.schema.json").read_text())
@@ -58,8 +60,8 @@ def archive_dir(tmp: Path) -> Path:
     if not (BANK / "manifest.json").is_file():
         pytest.fail(f"no concept bank at {BANK} (commit model_store/hint-bank or set HINT_BANK)")
     tmp.mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "bank.safetensors"):
-        shutil.copy(BANK / name, tmp / name)
+    for f in bank_files(BANK):
+        shutil.copy(f, tmp / f.name)
     return tmp
 
 
