@@ -9,8 +9,6 @@ baseline inside the forward pass) or, with ``ablate_probe_only``, in the concept
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,7 @@ from .backbones import Backbone
 from .bank import ConceptBank
 from .head import box_on_grid
 from .hierarchy import Hierarchy
-from .localization import box_from_map
+from .localization import box_from_map, scale_box
 from .neurons import ChannelEdit, image_shapley, rank_of, ranks, responsible_region
 from .presence import apply_rule as presence_rule
 from .presence import pool
@@ -520,15 +518,9 @@ def _boxes_on_grid(rel, rows, width, height, threshold, grid):
     at most ``grid`` pixels a side, the box scaled back."""
     gw, gh = min(width, grid), min(height, grid)
     out: list[tuple[list[int] | None, float]] = []
-    sx, sy = width / gw, height / gh
     for r in rows:
         box, frac = box_from_map(rel[r], gw, gh, threshold)
-        if box is not None and (gw, gh) != (width, height):
-            box = [
-                int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),
-                min(width, int(math.ceil(box[2] * sx))), min(height, int(math.ceil(box[3] * sy))),
-            ]  # fmt: skip
-        out.append((box, frac))
+        out.append((None if box is None else scale_box(box, (gw, gh), (width, height)), frac))
     return out
 
 

@@ -14,7 +14,6 @@ manifest's ``files``, settings in its ``localisation``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .localization import largest_box, scale_box
 
 FILE = "head.safetensors"
 #: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic)
@@ -103,15 +104,5 @@ def box_on_grid(score_map: np.ndarray, width: int, height: int, threshold: float
     :func:`normalised` map >= ``threshold``; the map is upsampled to at most ``grid`` pixels a side
     (default: the image) and the box scaled back to the image."""
     gw, gh = (min(width, grid), min(height, grid)) if grid else (width, height)
-    passing = normalised(score_map, gw, gh) >= threshold
-    count = int(np.count_nonzero(passing))
-    if not count:
-        return None, 0.0
-    contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
-    box = [x, y, x + w, y + h]
-    if (gw, gh) != (width, height):
-        sx, sy = width / gw, height / gh
-        box = [math.floor(box[0] * sx), math.floor(box[1] * sy), min(width, math.ceil(box[2] * sx)),
-               min(height, math.ceil(box[3] * sy))]  # fmt: skip
-    return [int(v) for v in box], count / passing.size
+    box, frac = largest_box(normalised(score_map, gw, gh) >= threshold)
+    return (None if box is None else scale_box(box, (gw, gh), (width, height))), frac

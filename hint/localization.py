@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -61,13 +63,27 @@ def box_from_map(score_map: np.ndarray, width: int, height: int, threshold: floa
     """
     if float(np.max(score_map)) < threshold - 1e-6:
         return None, 0.0
-    passing = resize_map(score_map, width, height) >= threshold
+    return largest_box(resize_map(score_map, width, height) >= threshold)
+
+
+def largest_box(passing: np.ndarray) -> tuple[list[int] | None, float]:
+    """(box ``[x0, y0, x1, y1]`` around the largest contour of a bool (H, W) mask, or None when it is
+    empty; the share of True pixels)."""
     count = int(np.count_nonzero(passing))
     if not count:
         return None, 0.0
     contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
     return [int(x), int(y), int(x + w), int(y + h)], count / passing.size
+
+
+def scale_box(box: list[int], grid: tuple[int, int], size: tuple[int, int]) -> list[int]:
+    """A box on a (W, H) ``grid`` → the smallest integer box covering it on an image of ``size`` (W, H)."""
+    if tuple(grid) == tuple(size):
+        return box
+    sx, sy = size[0] / grid[0], size[1] / grid[1]
+    return [int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)), min(size[0], int(math.ceil(box[2] * sx))),
+            min(size[1], int(math.ceil(box[3] * sy)))]  # fmt: skip
 
 
 def iou(box: list[float] | np.ndarray, boxes: np.ndarray) -> np.ndarray:
