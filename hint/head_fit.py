@@ -79,7 +79,7 @@ def fit_head(
     for layer in layers:
         t = time.perf_counter()
         bb = replace(backbone, layer=layer)
-        table, stats, _ = cached_regions(bb, samples, cfg, Path(cache_dir), progress)
+        table, stats, _ = cached_regions(bb, samples, cfg, Path(cache_dir), progress, distributed=False)
         grids.append(stats.get("map_size") or [int(table.image.bincount().max() ** 0.5)] * 2)
         ws, bs = [], []
         with torch_threads(1):

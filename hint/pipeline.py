@@ -328,8 +328,10 @@ def cached_regions(
     cache_dir: Path,
     progress: bool = True,
     on_step: Callable[[str, bool], None] | None = None,
+    distributed: bool = True,
 ) -> tuple[RegionTable | None, dict, str]:
     """Step 1, read from ``cache_dir`` when an identical run finished before: (table, stats, cache key).
+    ``distributed=False``: this process alone, even under torchrun.
 
     Each process streams its images into its own reservoir with a checkpoint file beside the cache
     (a killed build resumes there). Under torchrun rank r takes ``samples[r::world]``; after a barrier
@@ -345,7 +347,7 @@ def cached_regions(
         table, stats = load_table(p1)
         _note(on_step, "regions", True)
         return table, stats, k1
-    rank, world = _dist()
+    rank, world = _dist() if distributed else (0, 1)
     part = [cache_dir / f"regions-{k1}-part{r}of{world}.safetensors" for r in range(world)]
     res, run = extract_regions(backbone, samples, cfg, progress and rank == 0, list(range(rank, len(samples), world)),
                                part[rank])  # fmt: skip

@@ -66,8 +66,19 @@ def test_evaluate_concepts_cli(shared, tmp_path, capsys):
     rep = json.loads((out / "results.json").read_text())
     assert last == concept_eval.summary_line(rep) and rep["images"] == 64
     assert "| paper's 26 levels |" in (out / "concepts.md").read_text()
-    # unreliable concepts are never served present
-    assert all(r["served"]["predicted"] == 0 for r in rep["concepts"] if not r["reliable"])
+    # the served column is the bank's rule (presence.model) on the model's probability and the probe's score
+    # of the same images, whatever the probe's reliability
+    from hint.datasets import load_rgb
+    from hint.presence import apply_rule
+    from hint.wsol import load_annotations
+
+    ex = Explainer.from_bank(BANK)
+    anns = load_annotations(shared / "imagenet-val-boxes" / "annotations.csv", shared / "imagenet-val-boxes")[:16]
+    arrays = ex.presence_arrays(ex.backbone.preprocess([load_rgb(a.path) for a in anns]))
+    rule = ex.bank.meta["presence"]["model"]
+    assert torch.equal(arrays["present"], apply_rule(rule, arrays["model_probability"], arrays["score"]))
+    served_counts = {r["name"]: r["served"]["predicted"] for r in rep["concepts"]}
+    assert sum(served_counts.values()) > 0
 
 
 def test_goldfinch_marks_no_ungulate_person_or_car(explainer, shared):

@@ -161,7 +161,7 @@ def test_torchrun_two_processes_keep_the_images_one_process_keeps(lite0, tiny_da
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "offline", "build", "--data", str(tiny_data),
            "--out", str(tmp_path / "bank"), "--device", "cpu", "--per-class", "2", "--concepts", "whole", "animal",
            "--min-images", "2", "--permutations", "8", "--faithfulness-k", "0", "--workers", "0", "--no-progress",
-           "--batch-size", "8"]  # fmt: skip
+           "--batch-size", "8", "--head-layers", "none"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = (tmp_path / ".hint-cache").glob("regions-*.safetensors")
