@@ -14,14 +14,13 @@ from pathlib import Path
 
 from hint.concepts import SHARES
 from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
+from offline._bank_args import add_bank_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("head", help="fit a bank's localisation head (maps and boxes) and calibrate its boxes")
+    add_bank_arguments(p)
     a = p.add_argument
-    a("--bank", type=Path, default=Path("model_store/hint-bank"), help="concept bank folder (default %(default)s)")
-    a("--out", type=Path, help="write the bank here (default: --bank, in place)")
-    a("--data", type=Path, help="the bank's build images (default: the folder its manifest records)")
     a("--layers", nargs="+", metavar="LAYER",
       help="head layers of the backbone (default: the backbone's, "
            + ", ".join(f"{k}: {'+'.join(v)}" for k, v in DEFAULT_LAYERS.items()) + ")")  # fmt: skip
@@ -31,11 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
       help="choose the box threshold on the selection half of this WSOL box set (folder with annotations.csv)")
     a("--calibrate-only", action="store_true", help="keep the bank's head, only calibrate (needs --calibrate)")
     a("--split-seed", type=int, default=0, help="seed of the selection/test halves (as evaluate-wsol)")
-    a("--cache", type=Path, help="step cache (default BANK/../.hint-cache)")
-    a("--weights", help="backbone weights file (a bank built from one)")
-    a("--batch-size", type=int, default=32)
-    a("--no-progress", action="store_true")
-
 
 def run(args: argparse.Namespace) -> int:
     from hint import wsol, wsol_served

@@ -9,20 +9,13 @@ bank (in place, or to ``--out``), atomically. No evaluation image is used.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from offline._bank_args import add_bank_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presence-rule", help="fit the served presence rule of an existing bank on its build data")
-    a = p.add_argument
-    a("--bank", type=Path, default=Path("model_store/hint-bank"), help="concept bank folder (default %(default)s)")
-    a("--out", type=Path, help="write the bank here (default: --bank, in place)")
-    a("--data", type=Path, help="the bank's build images (default: the folder its manifest records)")
-    a("--cache", type=Path, help="step cache (default BANK/../.hint-cache)")
-    a("--weights", help="backbone weights file (a bank built from one)")
-    a("--batch-size", type=int, default=32)
-    a("--no-progress", action="store_true")
-
+    add_bank_arguments(p)
 
 def run(args: argparse.Namespace) -> int:
     from hint.backbones import get_backbone
@@ -35,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     h = bank.load_hierarchy()
     samples = build_samples(bank, args.bank, args.data)
     cfg = build_config(bank, args.batch_size)
-    cfg.folds = int(bank.meta.get("build", {}).get("folds") or cfg.folds)
     bb = get_backbone(bank.meta["backbone"], bank.meta["layer"], args.weights)
     table, _, _ = cached_regions(bb, samples, cfg, args.cache or args.bank.parent / ".hint-cache", progress)
     scores = out_of_fold_scores(table, bank.wnids, h, cfg, progress)

@@ -110,3 +110,34 @@ def test_shared_sample_rebuild_reproduces_committed_bank(shared, tmp_path):
     # and the served presence rule
     rule, want = rebuilt.meta["presence"]["model"], committed.meta["presence"]["model"]
     assert rule["coef"] == pytest.approx(want["coef"], abs=1e-3) and rule["cut"] == pytest.approx(want["cut"], abs=0.06)
+
+
+def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp_path, capsys):
+    """offline presence-rule refits the build's rule from its data (the same rule), offline head refits the
+    head (the same classifiers) and, with --calibrate, sets its box threshold from a box set's selection
+    half; both keep the bank's tensors and other files."""
+    from hint.head import LocalisationHead
+
+    built = ConceptBank.load(cli_bank)
+    out = tmp_path / "bank"
+    assert main(["presence-rule", "--bank", str(cli_bank), "--out", str(out), "--data", str(tiny_data),
+                 "--cache", str(tmp_path / "c"), "--no-progress"]) == 0  # fmt: skip
+    again = ConceptBank.load(out)
+    assert again.sha256 == built.sha256
+    rule, want = again.meta["presence"]["model"], built.meta["presence"]["model"]
+    assert rule["coef"] == pytest.approx(want["coef"], abs=1e-4) and rule["cut"] == want["cut"]
+    boxes = tmp_path / "boxes"
+    (boxes / "images").mkdir(parents=True)
+    rows = ["file,wnid,boxes_xyxy"]
+    for i, p in enumerate(sorted(tiny_data.iterdir())[:4]):
+        (boxes / "images" / f"{i}.png").write_bytes(p.read_bytes())
+        rows.append(f"{i}.png,{p.name.split('_')[0]},5 5 60 60")
+    (boxes / "annotations.csv").write_text("\n".join(rows) + "\n")
+    assert main(["head", "--bank", str(out), "--layers", "_blocks.14", "--data", str(tiny_data), "--cache",
+                 str(tmp_path / "c"), "--calibrate", str(boxes), "--no-progress"]) == 0  # fmt: skip
+    head: LocalisationHead = ConceptBank.load(out).head
+    assert head.layers == ["_blocks.14"] and head.grid == [7, 7] and head.weight[0].shape == (3, 192)
+    torch.testing.assert_close(head.weight[0], built.head.weight[built.head.layers.index("_blocks.14")], atol=1e-4, rtol=1e-3)
+    cal = head.info["calibration"]
+    assert cal["images"] == 2 and 0 <= head.box_threshold < 1 and cal["data"] == str(boxes)
+    assert f"box threshold {head.box_threshold}" in capsys.readouterr().out
