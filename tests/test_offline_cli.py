@@ -137,7 +137,7 @@ def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp
                  str(tmp_path / "c"), "--calibrate", str(boxes), "--no-progress"]) == 0  # fmt: skip
     head: LocalisationHead = ConceptBank.load(out).head
     assert head.layers == ["_blocks.14"] and head.grid == [7, 7] and head.weight[0].shape == (3, 192)
-    torch.testing.assert_close(head.weight[0], built.head.weight[built.head.layers.index("_blocks.14")], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(head.weight[0], built.head.weight[built.head.layers.index("_blocks.14")], atol=1e-3, rtol=1e-2)
     cal = head.info["calibration"]
     assert cal["images"] == 2 and 0 <= head.box_threshold < 1 and cal["data"] == str(boxes)
     assert f"box threshold {head.box_threshold}" in capsys.readouterr().out
