@@ -322,7 +322,7 @@ class Explainer:
 
     def presence(self, scores: list[float], model_probability: list[float]) -> list[bool]:
         """The served ``present`` (docs/concepts.md). A bank with a fitted rule (manifest
-        ``presence.model``, :func:`hint.presence.fit_rule`): σ(a·logit p + b·logit s + c) >= 0.5 from the
+        ``presence.model``, :func:`hint.presence.fit_rule`): a·logit p + b·logit s + c >= cut from the
         model's summed softmax p over the concept's classes and the probe's image score s, whatever the
         probe's reliability (``reliable`` says whether its map and box can be trusted). Older banks: the
         concept is reliable, p >= 0.5 and s reaches the probe's veto threshold."""

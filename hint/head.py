@@ -17,16 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .localization import largest_box, scale_box
+from .localization import largest_box, normalise_minmax, scale_box, upsample_map
 
 FILE = "head.safetensors"
-#: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic)
-UPSAMPLE = cv2.INTER_CUBIC
+#: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic; a
+#: hint.localization.UPSAMPLING name)
+UPSAMPLE = "cubic"
 #: the head of a backbone when a build names none (chosen on the WSOL dev set's selection half)
 DEFAULT_LAYERS = {"efficientnet_lite0": ("_blocks.14", "_blocks.12", "_blocks.10", "_blocks.9")}
 #: negative kinds the head's classifiers are trained against (hint.concepts.SHARES keys)
@@ -53,7 +53,7 @@ class LocalisationHead:
 
     def manifest(self) -> dict:
         return {"file": FILE, "layers": self.layers, "grid": self.grid, "negatives": self.negatives,
-                "box_threshold": self.box_threshold, "upsample": "cubic", "fuse": "mean on the finest grid",
+                "box_threshold": self.box_threshold, "upsample": UPSAMPLE, "fuse": "mean on the finest grid",
                 **self.info}  # fmt: skip
 
     @classmethod
@@ -93,9 +93,7 @@ def fuse(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def normalised(score_map: np.ndarray, width: int, height: int) -> np.ndarray:
     """A (h, w) map upsampled (:data:`UPSAMPLE`) to (height, width) and min-max normalised (zeros when flat)."""
-    m = cv2.resize(np.asarray(score_map, np.float32), (width, height), interpolation=UPSAMPLE)
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    return normalise_minmax(upsample_map(score_map, width, height, UPSAMPLE))
 
 
 def box_on_grid(score_map: np.ndarray, width: int, height: int, threshold: float,

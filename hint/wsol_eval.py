@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import wsol
+from . import head, wsol
 from .bank import ConceptBank
 from .cam_baselines import DEFAULT as DEFAULT_BASELINES
 from .classifiers import train_classifier
@@ -584,14 +584,9 @@ def check_layers(bb, layers: Sequence[str], groups: Sequence[str]) -> None:
 
 
 def fuse(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """The mean of (N, h_i, w_i) maps, each resized (bilinear) to the finest grid among them."""
-    if len(maps) == 1:
-        return np.asarray(maps[0], np.float32)
-    h = max(m.shape[1] for m in maps)
-    w = max(m.shape[2] for m in maps)
-    up = [torch.nn.functional.interpolate(torch.from_numpy(np.asarray(m, np.float32))[:, None], size=(h, w),
-                                          mode="bilinear", align_corners=False)[:, 0] for m in maps]  # fmt: skip
-    return torch.stack(up).mean(0).numpy()
+    """The mean of (N, h_i, w_i) maps, each resized (bilinear) to the finest grid among them
+    (:func:`hint.head.fuse`, the service's fusion, on numpy maps)."""
+    return head.fuse([torch.from_numpy(np.asarray(m, np.float32)) for m in maps]).numpy()
 
 
 def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: torch.Tensor,
