@@ -57,8 +57,10 @@ WEIGHTS     ?=
 # envelope (service_envelope: TorchServe's envelopes answer one request per batch, docs/api.md "KServe")
 BATCH_SIZE  ?=
 MODEL_CONFIG = $(if $(BATCH_SIZE),build/model-config.yaml,handlers/model-config.yaml)
-# a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir)
+# a clean copy of the hint package, shipped inside the archives (the worker imports it from the model dir):
+# the core, hint.explain and hint.serve; never the build (hint/build) or the evaluation (hint/evaluation)
 COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hint $(MAR_SRC)/hint \
+	&& rm -rf $(MAR_SRC)/hint/build $(MAR_SRC)/hint/evaluation \
 	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
 
 archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package; BATCH_SIZE=N

@@ -1,9 +1,9 @@
 """Choose the localisation head's layers on the WSOL dev set's selection half only.
 
 Fits the head's classifiers (every bank concept, against the chosen negatives) at each candidate layer
-once (``hint.head_fit.fit_head``, cached per layer), then serves every candidate layer group through
-``Explainer.answer`` on the **selection half** (``hint.wsol.split_indices``) and scores the served
-``whole`` and ancestor maps with wsolevaluation's thresholds (``hint.wsol_served.calibrate``: the best
+once (``hint.build.head.fit_head``, cached per layer), then serves every candidate layer group through
+``Explainer.answer`` on the **selection half** (``hint.evaluation.wsol.metrics.split_indices``) and scores the served
+``whole`` and ancestor maps with wsolevaluation's thresholds (``hint.evaluation.wsol.served.calibrate``: the best
 pooled GT-known box accuracy over one shared threshold, as the head serves it). The test half is never
 read. Writes ``--out`` (JSON and a markdown table)::
 
@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 from hint import wsol, wsol_served  # noqa: E402
 from hint.backbones import get_backbone  # noqa: E402
 from hint.bank import ConceptBank  # noqa: E402
-from hint.explain import SERVING, Explainer  # noqa: E402
+from hint.build.head import build_samples, fit_head  # noqa: E402
+from hint.evaluation.wsol.run import ancestor_concept, whole_concept  # noqa: E402
+from hint.explain.explainer import SERVING, Explainer  # noqa: E402
 from hint.head import DEFAULT_NEGATIVES, LocalisationHead  # noqa: E402
-from hint.head_fit import build_samples, fit_head  # noqa: E402
-from hint.wsol_eval import ancestor_concept, whole_concept  # noqa: E402
 
 
 def layer_head(bank: ConceptBank, bank_dir: Path, layer: str, negatives: list[str], cache: Path, data, progress):

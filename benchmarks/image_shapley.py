@@ -4,7 +4,7 @@
 
 For each image (the first ``--images`` of ``../shared/data/imagenet-val-boxes``, else scikit-image's
 photos) the forward pass runs once, untimed; then what the service adds per image for its per-image
-neuron answer is timed (``Explainer._image_neurons``: :func:`hint.neurons.image_shapley` over every
+neuron answer is timed (``Explainer._image_neurons``: :func:`hint.explain.neurons.image_shapley` over every
 concept's region, the ranks over all D neurons and the top-5 lists), for two sets of 26 concepts:
 
 * ``paper``: the paper's 26 levels that the bank has (25: *plant* is not built) + the deepest reliable
@@ -38,7 +38,7 @@ TARGET_MS = 10.0
 def images(n: int):
     from PIL import Image
 
-    from hint.datasets import discover, load_rgb
+    from hint.build.datasets import discover, load_rgb
 
     if DATA.is_dir():
         return [load_rgb(s.path) for s in discover(DATA).samples[:n]], f"the first {n} images of ../shared/data/imagenet-val-boxes"
@@ -49,8 +49,8 @@ def images(n: int):
 
 
 def concept_sets(ex, probs, maps) -> dict[str, list[int]]:
-    from hint.concepts import DEFAULT_CONCEPTS
-    from hint.neuron_eval import deepest_reliable
+    from hint.build.concepts import DEFAULT_CONCEPTS
+    from hint.evaluation.neurons import deepest_reliable
     from hint.presence import pool
 
     scores = pool(maps)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from hint.explain import Explainer
+    from hint.explain.explainer import Explainer
 
     ex = Explainer.from_bank(args.bank, fast=True)
     ims, source = images(args.images)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "*paper*: the paper's 26 levels the bank has (25) + the deepest reliable concept on the predicted class's "
         "path; *top*: the image's 26 best-scoring concepts (their regions are larger). The estimator is the bank's "
-        "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.neurons.RowsShapley` plays all "
+        "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.explain.neurons.RowsShapley` plays all "
         "concepts' region rows in one pass, laid out neurons × rows, equal to `NeuronShapley.attribute` on the same "
         "permutations, `tests/test_neurons.py`). Its cost is ~permutations × region cells × neurons.",
         "",

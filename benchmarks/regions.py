@@ -10,8 +10,8 @@ import argparse
 import torch
 
 from hint.backbones import get_backbone
-from hint.datasets import discover
-from hint.pipeline import BuildConfig, region_table
+from hint.build.datasets import discover
+from hint.build.pipeline import BuildConfig, region_table
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from hint.bank import ConceptBank
-from hint.concepts import concept_samples
+from hint.build.concepts import concept_samples
+from hint.build.pipeline import load_table
 from hint.hierarchy import Hierarchy
-from hint.pipeline import load_table
 from hint.shapley import NeuronShapley
 
 

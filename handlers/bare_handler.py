@@ -1,7 +1,7 @@
 """Bare TorchServe classification handler for the HINT backbone: top-5 classes, nothing else.
 
 The baseline of ``benchmarks/serve.py``: it shares :mod:`hint_handler`'s request parsing and image
-decoding (:func:`hint.request.parse_request`), batching and JSON writing, so the latency difference
+decoding (:func:`hint.serve.request.parse_request`), batching and JSON writing, so the latency difference
 between ``/predictions/hint`` and ``/predictions/bare`` is what HINT adds (concept maps, chain, boxes,
 neurons). Accepts raw image bytes, multipart, or JSON ``{"image": "<base64>"}`` (no options); answers
 ``{"prediction": [...5], "image": {...}, "model": {...}}``. The backbone is named in model-config.yaml
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hint_handler import DEFAULTS, HintHandler, Job
 from PIL import Image
 
-from hint.request import Limits
+from hint.serve.request import Limits
 
 logger = logging.getLogger(__name__)
 

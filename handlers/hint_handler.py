@@ -1,7 +1,7 @@
 """TorchServe handler for HINT: prediction, concept chain, concept scores, boxes and Shapley neurons.
 
-Requests are parsed and validated by :func:`hint.request.parse_request` (docs/api.md) and answered by
-:meth:`hint.explain.Explainer.answer`. Each request of a batch gets one answer, the explanation
+Requests are parsed and validated by :func:`hint.serve.request.parse_request` (docs/api.md) and answered by
+:meth:`hint.explain.explainer.Explainer.answer`. Each request of a batch gets one answer, the explanation
 (docs/response.schema.json) or its own JSON error and status; valid images share one forward pass (an
 image with a network ablation runs in it twice). A bad bank fails the worker start with one line. The
 archive (``make archive``) holds this file, the bank (with its ``hierarchy.json`` when it has its own
@@ -13,7 +13,7 @@ Routes: ``/predictions/hint`` and ``/explanations/hint`` answer alike (TorchServ
 adds the request header ``explain: False`` / ``True``; the handler does not read it). Under a KServe
 envelope (config.properties ``service_envelope=kserve`` or ``kservev2``) TorchServe wraps this entry
 point: the envelope hands over the ``instances`` (v1) or ``inputs`` (v2) of one request
-(:func:`hint.request.parse_envelope`) and wraps the answers it gets back; :func:`handle` sees which
+(:func:`hint.serve.request.parse_envelope`) and wraps the answers it gets back; :func:`handle` sees which
 envelope called it (:func:`envelope_of`) and answers one item per instance or input (docs/api.md,
 "KServe").
 """
@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from hint import request as rq
-from hint.explain import SERVING
-from hint.request import ExplainRequest, Limits, NeuronRequest, RequestError
+from hint.explain.explainer import SERVING
+from hint.serve import request as rq
+from hint.serve.request import ExplainRequest, Limits, NeuronRequest, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ DEFAULTS = {
     "max_instances": 16,  # KServe envelopes: instances / inputs one request may carry (more -> 413)
     "torch_threads": 0,  # 0: leave torch's default
     # boxes on a box_grid-pixel grid (0: the model's input size), activations by one matmul; the defaults are
-    # hint.explain.SERVING, what the evaluations measure (hint.explain.Explainer)
+    # hint.explain.explainer.SERVING, what the evaluations measure (hint.explain.explainer.Explainer)
     "fast": SERVING["fast"],
     "box_grid": SERVING["box_grid"],
     "default_top_k": 5,
@@ -70,7 +70,7 @@ class HintHandler(BaseHandler):
     """Backbone + concept bank from the model dir; explain images, or answer the reverse direction."""
 
     DEFAULTS = DEFAULTS
-    OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.request.OPTIONS)
+    OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.serve.request.OPTIONS)
     envelope: str | None = None  # the KServe envelope of the batch being answered (handle)
 
     def initialize(self, context):
@@ -104,7 +104,7 @@ class HintHandler(BaseHandler):
                       max_instances=int(c["max_instances"]), **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
-        from hint.explain import Explainer
+        from hint.explain.explainer import Explainer
 
         # the bank (every sha256 verified) with its hierarchy, and the backbone it names: a bank built from a
         # weights file takes the archive's backbone-weights.* (sha256 checked before it is read), never a path

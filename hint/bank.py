@@ -18,7 +18,7 @@ A bank whose backbone was built from a weights file (``offline build --weights F
 ``weights`` is ``"file PATH"`` and ``weights_sha256`` that file's sha256) is served with that file beside
 it, named ``backbone-weights.pt`` or ``backbone-weights.safetensors`` (:data:`WEIGHTS`):
 ``make archive WEIGHTS=FILE`` copies it there (:func:`archive_main`), and the handler and
-:meth:`hint.explain.Explainer.from_bank` load it (:func:`backbone_weights`), both checking its sha256.
+:meth:`hint.explain.explainer.Explainer.from_bank` load it (:func:`backbone_weights`), both checking its sha256.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from . import head as loc_head
-from .hierarchy import Hierarchy
+from hint import __version__
+from hint import head as loc_head
+from hint.hierarchy import Hierarchy
 
 FORMAT = "hint-concept-bank/1"
 TENSORS = "bank.safetensors"

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .localization import largest_box, normalise_minmax, scale_box, upsample_map
+from hint.boxes import largest_box, normalise_minmax, scale_box, upsample_map
 
 FILE = "head.safetensors"
 #: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic; a
-#: hint.localization.UPSAMPLING name)
+#: hint.boxes.UPSAMPLING name)
 UPSAMPLE = "cubic"
 #: the head of a backbone when a build names none (chosen on the WSOL dev set's selection half)
 DEFAULT_LAYERS = {"efficientnet_lite0": ("_blocks.14", "_blocks.12", "_blocks.10", "_blocks.9")}
-#: negative kinds the head's classifiers are trained against (hint.concepts.SHARES keys)
+#: negative kinds the head's classifiers are trained against (hint.build.concepts.SHARES keys)
 DEFAULT_NEGATIVES = ("background",)
 
 

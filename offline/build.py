@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from hint.backbones import get_backbone
-from hint.concepts import SHARES, resolve
-from hint.datasets import discover, with_views
+from hint.build.builder import build_bank
+from hint.build.concepts import SHARES
+from hint.build.pipeline import BuildConfig
 from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
-from hint.hierarchy import hierarchy_for
-from hint.pipeline import BuildConfig, build
 from hint.regions import METHODS
 
 
@@ -59,10 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use the first N images only")
     p.add_argument("--views", type=int, default=1,
-                   help="augmented views per image (flips, crops, scales; hint.views): they add training regions, "
+                   help="augmented views per image (flips, crops, scales; hint.build.views): they add training regions, "
                    "calibration uses the photos")  # fmt: skip
     p.add_argument("--per-class", type=int, default=8,
-                   help="step-1 reservoir: images kept per class (memory bound, hint.reservoir)")  # fmt: skip
+                   help="step-1 reservoir: images kept per class (memory bound, hint.build.reservoir)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=2000, help="step-1 checkpoint interval (images)")
     p.add_argument("--head-layers", nargs="+", default=None, metavar="LAYER",
                    help="layers of the localisation head (maps and boxes; hint.head), 'none' for no head "
@@ -74,77 +68,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device available")
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend)
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    h = hierarchy_for(args.hierarchy, args.data, args.classes)
-    try:
-        wnids = resolve(args.concepts, h) if args.concepts else None
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    found = discover(args.data, h)
-    if rank == 0:
-        for reason in found.skipped[:10]:
-            print(f"skipped: {reason}", file=sys.stderr)
-        if len(found.skipped) > 10:
-            print(f"skipped: ... {len(found.skipped) - 10} more", file=sys.stderr)
-    samples = with_views(found.samples[: args.limit] if args.limit else found.samples, args.views)
-    if not samples:
-        raise ValueError(f"no labelled images found in {args.data}")
-    backbone = get_backbone(args.backbone, args.layer, args.weights, args.random_init)
-    h.check_outputs(backbone.n_outputs(), f"backbone {backbone.name}")
     cfg = BuildConfig(
         method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
         folds=args.folds, min_images=args.min_images, min_regions=args.min_regions, l2=args.l2,
         faithfulness_k=args.faithfulness_k, per_class=args.per_class, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, device=device, amp=device == "cuda",
+        seed=args.seed, device=args.device, amp=args.device == "cuda",
     )  # fmt: skip
-    cache = args.cache or args.out.parent / ".hint-cache"
-    t0 = time.perf_counter()
 
     def say(step: str, cached: bool) -> None:
-        if rank == 0:
-            print(f"{step}: {'reused from cache' if cached else 'done'}", file=sys.stderr)
+        print(f"{step}: {'reused from cache' if cached else 'done'}", file=sys.stderr)
 
-    bank = build(backbone, samples, wnids, cfg, cache, h, progress=not args.no_progress, on_step=say)
-    if rank != 0:
-        torch.distributed.destroy_process_group()
+    bank = build_bank(
+        args.data, backbone=args.backbone, layer=args.layer, hierarchy=args.hierarchy, classes=args.classes,
+        concepts=args.concepts, config=cfg, cache=args.cache or args.out.parent / ".hint-cache", views=args.views,
+        limit=args.limit, weights=args.weights, random_init=args.random_init, head_layers=args.head_layers,
+        head_negatives=args.head_negatives, progress=not args.no_progress, on_step=say,
+    )  # fmt: skip
+    if bank is None:  # a torchrun rank other than 0
         return 0
-    bank.meta["build"]["wall_s"] = round(time.perf_counter() - t0, 2)
-    bank.meta["build"]["data"] = str(args.data)
-    bank.meta["build"]["skipped"] = len(found.skipped)
-    bank.meta["build"]["hierarchy"] = str(args.hierarchy)
-    bank.hierarchy = None if h.builtin else h  # saved as the bank's hierarchy.json
-    bank.meta["build"]["views"] = args.views
-    head_layers = args.head_layers if args.head_layers is not None else DEFAULT_LAYERS.get(backbone.name, [])
-    if head_layers and head_layers != ["none"]:
-        from hint.head_fit import fit_head
-
-        bank.head = fit_head(bank, samples, head_layers, cache, args.head_negatives, batch_size=args.batch_size,
-                             progress=not args.no_progress, backbone=backbone)  # fmt: skip
-        say("localisation head", False)
-        bank.meta["build"]["wall_s"] = round(time.perf_counter() - t0, 2)
     bank.save(args.out)
-    if world > 1:
-        torch.distributed.destroy_process_group()
     n_rel = sum(c["reliable"] for c in bank.concepts)
     print(f"wrote {args.out} (bank {bank.id}): {len(bank.concepts)} concepts built of {len(bank.meta['candidates'])} "
-          f"candidates ({n_rel} reliable), {len(samples)} images, {len(found.skipped)} skipped")  # fmt: skip
+          f"candidates ({n_rel} reliable), {bank.meta['build']['n_images']} images, {bank.meta['build']['skipped']} skipped")  # fmt: skip
     for c in bank.concepts[:40]:
         print(f"  {c['name']:<22} region F1 {c['f1']:.3f} {c['f1_ci']}  image F1 {c['image_f1']:.3f}  "
               f"reliable {c['reliable']}")

@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hint import concept_eval
-    from hint.datasets import discover
-    from hint.explain import Explainer
+    from hint.build.datasets import discover
+    from hint.evaluation import concepts as concept_eval
+    from hint.explain.explainer import Explainer
 
     explainer = Explainer.from_bank(args.bank)
     samples = discover(args.data, explainer.h).samples[: args.limit]

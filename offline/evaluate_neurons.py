@@ -1,7 +1,7 @@
 """``python -m offline evaluate-neurons``: remove this image's, the bank's or random neurons inside the
 network and measure the drop of the predicted class's probability and of the concept's score.
 
-Writes ``results.json``, ``neurons.md`` and ``neurons.png`` into ``--out`` (logic: :mod:`hint.neuron_eval`);
+Writes ``results.json``, ``neurons.md`` and ``neurons.png`` into ``--out`` (logic: :mod:`hint.evaluation.neurons`);
 the last line printed says at which k the goal (image > global > random, intervals apart) holds.
 """
 
@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hint import neuron_eval
-    from hint.datasets import discover
-    from hint.explain import Explainer
+    from hint.build.datasets import discover
+    from hint.evaluation import neurons as neuron_eval
+    from hint.explain.explainer import Explainer
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

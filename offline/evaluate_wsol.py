@@ -1,7 +1,7 @@
 """``python -m offline evaluate-wsol``: WSOL metrics (wsolevaluation's protocol) of HINT concept maps vs CAM.
 
-A thin command over :func:`hint.wsol_eval.evaluate` (maps, retrained variants, scoring, bootstrap) and
-:func:`hint.wsol_report.write_outputs` (``results.json``, ``results.md``, ``curves.png``,
+A thin command over :func:`hint.evaluation.wsol.run.evaluate` (maps, retrained variants, scoring, bootstrap) and
+:func:`hint.evaluation.wsol.report.write_outputs` (``results.json``, ``results.md``, ``curves.png``,
 ``faithfulness.png``, ``overlays.png`` in ``--out``). ``--export-npy DIR`` also saves the score maps
 and wsolevaluation's metadata (``DIR/<method>/<image id>.npy``, ``DIR/metadata/ILSVRC/{val,test}/``), so
 that its ``evaluation.py`` runs on them unchanged.
@@ -13,11 +13,11 @@ import argparse
 import shlex
 from pathlib import Path
 
-from hint.cam_baselines import BASELINES, DEFAULT, ONE_PASS_PER_CHANNEL
-from hint.concepts import SHARES
-from hint.localization import UPSAMPLING
+from hint.boxes import UPSAMPLING
+from hint.build.concepts import SHARES
+from hint.evaluation.cam_baselines import BASELINES, DEFAULT, ONE_PASS_PER_CHANNEL
+from hint.evaluation.wsol.run import MAIN, EvalConfig
 from hint.regions import METHODS
-from hint.wsol_eval import MAIN, EvalConfig
 
 NAME = "evaluate-wsol"
 
@@ -85,8 +85,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hint.wsol_eval import evaluate
-    from hint.wsol_report import summary, write_outputs
+    from hint.evaluation.wsol.report import summary, write_outputs
+    from hint.evaluation.wsol.run import evaluate
 
     cfg = EvalConfig(
         bank=args.bank, data=args.data, annotations=args.annotations, limit=args.limit,

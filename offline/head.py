@@ -2,7 +2,7 @@
 
 The head (:mod:`hint.head`) gives the service its concept maps and boxes from finer layers than the
 bank's (the Shapley tables and neurons stay at the bank's layer). ``--calibrate DATA`` chooses the box
-threshold on the selection half of a WSOL box set (:func:`hint.wsol_served.calibrate`); the test half is
+threshold on the selection half of a WSOL box set (:func:`hint.evaluation.wsol.served.calibrate`); the test half is
 left for ``offline evaluate-wsol``. The bank is rewritten in place (or to ``--out``), atomically.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hint.concepts import SHARES
+from hint.build.concepts import SHARES
 from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
 from offline._bank_args import add_bank_arguments
 
@@ -32,12 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a("--split-seed", type=int, default=0, help="seed of the selection/test halves (as evaluate-wsol)")
 
 def run(args: argparse.Namespace) -> int:
-    from hint import wsol, wsol_served
     from hint.backbones import get_backbone
     from hint.bank import ConceptBank
-    from hint.explain import SERVING, Explainer
-    from hint.head_fit import build_samples, fit_head
-    from hint.wsol_eval import ancestor_concept, whole_concept
+    from hint.build.head import build_samples, fit_head
+    from hint.evaluation.wsol import metrics as wsol
+    from hint.evaluation.wsol import served as wsol_served
+    from hint.evaluation.wsol.run import ancestor_concept, whole_concept
+    from hint.explain.explainer import SERVING, Explainer
 
     bank = ConceptBank.load(args.bank)
     progress = not args.no_progress

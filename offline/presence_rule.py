@@ -1,6 +1,6 @@
 """``python -m offline presence-rule``: fit the served ``present`` rule of an existing bank.
 
-New builds fit it themselves (:func:`hint.pipeline.presence_rule`); this recomputes what the build had for
+New builds fit it themselves (:func:`hint.build.pipeline.presence_rule`); this recomputes what the build had for
 an existing bank — its step-1 table (cached), the probes' out-of-fold image scores (the build's
 cross-validation) and the model's summed softmax on the build photos — fits the rule and rewrites the
 bank (in place, or to ``--out``), atomically. No evaluation image is used.
@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hint.backbones import get_backbone
     from hint.bank import ConceptBank
-    from hint.head_fit import build_config, build_samples
-    from hint.pipeline import PRESENCE_RULE, cached_regions, out_of_fold_scores, presence_rule
+    from hint.build.head import build_config, build_samples
+    from hint.build.pipeline import PRESENCE_RULE, cached_regions, out_of_fold_scores, presence_rule
 
     bank = ConceptBank.load(args.bank)
     progress = not args.no_progress

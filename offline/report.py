@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def paper_concepts(bank: ConceptBank) -> list[dict]:
     """The bank's concepts among the paper's 26 levels (all concepts when it has none of them)."""
-    from hint.concepts import DEFAULT_CONCEPTS
+    from hint.build.concepts import DEFAULT_CONCEPTS
 
     names = set(DEFAULT_CONCEPTS)
     return [c for c in bank.concepts if c["name"] in names] or bank.concepts

@@ -1,7 +1,7 @@
 """A stand-in for TorchServe's ``POST /predictions/hint`` that answers with the REAL explainer.
 
-Requests are parsed by ``hint.request.parse_request`` and answered by
-``hint.explain.Explainer.answer`` with the committed bank ``model_store/hint-bank`` and its backbone —
+Requests are parsed by ``hint.serve.request.parse_request`` and answered by
+``hint.explain.explainer.Explainer.answer`` with the committed bank ``model_store/hint-bank`` and its backbone —
 the handler's own code path — so the app can be tested (and tried) without Java or TorchServe. It
 mimics what the app relies on: token auth (``Authorization: Bearer KEY`` checked against a
 ``key_file.json`` it writes), TorchServe's error bodies ``{"code", "type", "message"}``, ``GET /ping``,
@@ -29,7 +29,7 @@ def load_explainer(bank_dir: str | Path):
     sys.path.insert(0, str(REPO))
     import torch
 
-    from hint.explain import Explainer
+    from hint.explain.explainer import Explainer
 
     torch.set_num_threads(1)
     return Explainer.from_bank(bank_dir, fast=True, box_grid=112)  # as handlers/model-config.yaml
@@ -44,7 +44,7 @@ def write_key_file(path: str | Path) -> str:
 
 
 def make_handler(explainer, model: str, key: str | None):
-    from hint import request as rq
+    from hint.serve import request as rq
 
     lock = threading.Lock()  # the explainer keeps the hooked activation on itself
     limits = rq.Limits(channels=explainer.channels, work_size=2 * explainer.backbone.input_size,

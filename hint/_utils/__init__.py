@@ -1,0 +1,1 @@
+"""Private helpers shared by every layer: file io (:mod:`.io`) and statistics (:mod:`.stats`)."""
