@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hint.serve.options import OPTIONS
+
 from .client import HintClient, HintError
 from .drawing import fit, image_neuron_bars, neuron_bars, overlay
 
@@ -592,7 +594,7 @@ class HintApp:
                     gr.Examples(examples=[[p] for p in self.examples], inputs=[image], label="Examples",
                                 example_labels=list(EXAMPLES))  # fmt: skip
                     with gr.Accordion("Options", open=False):
-                        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Region threshold",
+                        threshold = gr.Slider(0.05, 0.95, value=OPTIONS["threshold"].default, step=0.05, label="Region threshold",
                                               info="share of a concept map's maximum that outlines its box and "
                                                    "the region its neurons are measured on")  # fmt: skip
                     explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")

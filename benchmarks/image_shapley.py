@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "path; *top*: the image's 26 best-scoring concepts (their regions are larger). The estimator is the bank's "
         "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.explain.neurons.RowsShapley` plays all "
         "concepts' region rows in one pass, laid out neurons × rows, equal to `NeuronShapley.attribute` on the same "
-        "permutations, `tests/test_neurons.py`). Its cost is ~permutations × region cells × neurons.",
+        "permutations, `tests/explain/test_neurons.py`). Its cost is ~permutations × region cells × neurons.",
         "",
     ])  # fmt: skip
     print(text)

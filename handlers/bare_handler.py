@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hint_handler import DEFAULTS, HintHandler, Job
 from PIL import Image
 
-from hint.serve.request import Limits
+from hint.serve.options import Limits
 
 logger = logging.getLogger(__name__)
 

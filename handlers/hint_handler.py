@@ -31,28 +31,34 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
+from hint._utils.text import one_line
 from hint.explain.explainer import SERVING
-from hint.serve import request as rq
-from hint.serve.request import ExplainRequest, Limits, NeuronRequest, RequestError
+from hint.serve.images import release_memory
+from hint.serve.options import OPTIONS, Limits, RequestError, bank_concepts
+from hint.serve.request import ENVELOPES, ExplainRequest, NeuronRequest, parse_envelope, parse_request
 
 logger = logging.getLogger(__name__)
+
+_LIMITS = Limits()
 
 #: handler options (``handler:`` in model-config.yaml) and their defaults
 DEFAULTS = {
     "bank": ".",  # the bank folder, relative to the model dir (the archive's extra files)
-    "max_pixels": 40_000_000,  # width x height declared by the header above this -> 413 (bombs)
-    "max_decode_pixels": 16_000_000,  # pixels decoded (JPEG: reduced) above this -> 413 (memory bound)
-    "max_bytes": 20_000_000,  # encoded image bytes above this -> 413
+    # what a request may be (hint.serve.options.Limits: header pixels, decoded pixels, bytes, KServe instances)
+    "max_pixels": _LIMITS.max_pixels,
+    "max_decode_pixels": _LIMITS.max_decode_pixels,
+    "max_bytes": _LIMITS.max_bytes,
+    "max_instances": _LIMITS.max_instances,
     "max_batch": 64,  # safety cap on images in one forward pass
-    "max_instances": 16,  # KServe envelopes: instances / inputs one request may carry (more -> 413)
     "torch_threads": 0,  # 0: leave torch's default
     # boxes on a box_grid-pixel grid (0: the model's input size), activations by one matmul; the defaults are
     # hint.explain.explainer.SERVING, what the evaluations measure (hint.explain.explainer.Explainer)
     "fast": SERVING["fast"],
     "box_grid": SERVING["box_grid"],
-    "default_top_k": 5,
-    "default_threshold": 0.5,
-    "default_permutations": 8,  # per-image Shapley permutations M when a request sets none (serving budget)
+    # a request's defaults for these options (hint.serve.options.OPTIONS declares them): set here to change them
+    "default_top_k": OPTIONS["top_k"].default,
+    "default_threshold": OPTIONS["threshold"].default,
+    "default_permutations": OPTIONS["permutations"].default,  # per-image Shapley M (serving budget)
     "log_timings": False,  # log preprocess / inference / postprocess milliseconds of every batch
 }
 
@@ -70,7 +76,7 @@ class HintHandler(BaseHandler):
     """Backbone + concept bank from the model dir; explain images, or answer the reverse direction."""
 
     DEFAULTS = DEFAULTS
-    OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.serve.request.OPTIONS)
+    OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.serve.options.OPTIONS)
     envelope: str | None = None  # the KServe envelope of the batch being answered (handle)
 
     def initialize(self, context):
@@ -89,7 +95,7 @@ class HintHandler(BaseHandler):
                 torch.set_num_threads(int(self.cfg["torch_threads"]))
             self.limits = self._load(Path(context.system_properties["model_dir"]))
         except Exception as e:  # noqa: BLE001 - every start problem becomes one readable line
-            message = f"HINT handler cannot start: {rq.one_line(str(e) or type(e).__name__)}"
+            message = f"HINT handler cannot start: {one_line(str(e) or type(e).__name__)}"
             logger.error(message)
             raise RuntimeError(message) from None
         self.initialized = True
@@ -99,8 +105,8 @@ class HintHandler(BaseHandler):
         c = self.cfg
         return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
                       max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
-                      default_top_k=int(c["default_top_k"]), default_threshold=float(c["default_threshold"]),
-                      default_permutations=int(c["default_permutations"]), options=self.OPTIONS,
+                      defaults={"top_k": int(c["default_top_k"]), "threshold": float(c["default_threshold"]),
+                                "permutations": int(c["default_permutations"])}, options=self.OPTIONS,
                       max_instances=int(c["max_instances"]), **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
@@ -119,7 +125,7 @@ class HintHandler(BaseHandler):
         logger.info("HINT handler ready: %s:%s (weights %s), bank %s (%d concepts), torch threads %d",
                     backbone.name, backbone.layer, backbone.weights, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
         return self.limits_for(backbone.input_size, channels=int(z.shape[1]),
-                               concept=rq.bank_concepts(self.hierarchy, bank))  # fmt: skip
+                               concept=bank_concepts(self.hierarchy, bank))  # fmt: skip
 
     def handle(self, data, context, envelope: str | None = None):
         """preprocess -> inference -> postprocess; one answer per request, whatever happens.
@@ -139,7 +145,7 @@ class HintHandler(BaseHandler):
             t1 = t0
         t2 = time.perf_counter()
         out = self.postprocess(jobs)
-        rq.release_memory()
+        release_memory()
         ms = 1e3 * (time.perf_counter() - t0)
         if self.cfg["log_timings"]:
             logger.info("timings ms: batch %d, preprocess %.1f, inference %.1f, postprocess %.1f",
@@ -157,7 +163,7 @@ class HintHandler(BaseHandler):
         jobs = []
         for idx, row in enumerate(data or []):
             try:
-                jobs.append(Job(request=rq.parse_request(row, self.limits, self._headers(idx))))
+                jobs.append(Job(request=parse_request(row, self.limits, self._headers(idx))))
             except RequestError as e:
                 jobs.append(Job(error=e))
             except Exception:  # noqa: BLE001 - parse_request raises only RequestError: a bug, per request
@@ -167,12 +173,12 @@ class HintHandler(BaseHandler):
 
     def _envelope_jobs(self, items) -> list[Job]:
         """One job per instance (v1) or input (v2) of the one request an envelope hands over."""
-        if self.envelope not in rq.ENVELOPES:
+        if self.envelope not in ENVELOPES:
             logger.error("HINT handler: service_envelope %r is not supported (kserve, kservev2 or none)", self.envelope)
             error = RequestError(500, f"this server's service_envelope {self.envelope!r} is not supported by HINT "
                                       "(kserve, kservev2, or none)")  # fmt: skip
             return [Job(error=error) for _ in (items if isinstance(items, list) and items else [None])]
-        parsed = rq.parse_envelope(items, self.limits, self.envelope)
+        parsed = parse_envelope(items, self.limits, self.envelope)
         if isinstance(parsed, RequestError):
             return [Job(error=parsed)]
         return [Job(error=p) if isinstance(p, RequestError) else Job(request=p) for p in parsed]

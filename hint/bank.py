@@ -8,9 +8,9 @@ A bank is one folder::
                         n_permutations (E,)
     head.safetensors    the localisation head (hint.head): per head layer, classifiers weight.i (E, D_i),
                         bias.i (E,); its settings in the manifest's ``localisation``; absent: maps and
-                        boxes come from the bank's own layer (banks from before it)
+                        boxes come from the bank's own layer (``offline build --head-layers none``)
     hierarchy.json      the concept hierarchy the bank was built with (hint.hierarchy's user format);
-                        absent: the bundled WordNet/ImageNet one (banks from before it)
+                        absent: the bundled WordNet/ImageNet one
 
 Writes are atomic (a temporary folder renamed into place); loading verifies every sha256.
 

@@ -44,7 +44,7 @@ def card(bank: Path, report: Path) -> str:
 | built | library {m['library_version']}, device `{b['device']}`; this run: wall {b.get('wall_s', float('nan')):.0f} s, step 1 {t['regions']:.0f} s, step 2 {t['classifiers']:.0f} s, Shapley {t['shapley']:.0f} s, faithfulness {t.get('faithfulness', 0):.0f} s{f" (reused from the step cache: {', '.join(b['reused_from_cache'])})" if b.get('reused_from_cache') else ''}; step 1 ran at {s1['images_per_s']:.1f} images/s when computed. A whole build from an empty cache: docs/benchmarks.md |
 
 Command (each step is cached by content hash under `model_store/.hint-cache/`; the same seed on the
-same machine gives the same tables — `tests/test_pipeline.py` checks a rebuild on the test data, to
+same machine gives the same tables — `tests/build/test_pipeline.py` checks a rebuild on the test data, to
 float tolerance; another machine's BLAS may change the last digits):
 
 ```bash

@@ -23,23 +23,11 @@ from hint.head import box_on_grid
 from hint.hierarchy import Hierarchy
 from hint.presence import apply_rule as presence_rule
 from hint.presence import pool
+from hint.serve.options import ALL, defaults
 
-#: request options (hint.serve.request.OPTIONS names) and their defaults, as :meth:`Explainer.answer` reads them
-DEFAULTS = {
-    "concepts": None,  # None: the relevant concepts; "all"; or a list of bank WNIDs
-    "top_k": 5,
-    "threshold": 0.5,
-    "return_maps": False,
-    "ablate": [],
-    "ablate_probe_only": False,
-    "image_neurons": True,
-    "permutations": 8,
-    "seed": 0,
-    "regions": False,
-    "box_threshold": None,  # None: the bank head's calibrated threshold
-    "all_boxes": False,
-}
-ALL = "all"
+#: request options (hint.serve.options.OPTIONS) and their defaults, as :meth:`Explainer.answer` reads them;
+#: ``concepts``: None (the relevant ones), ``"all"`` (:data:`ALL`) or a list of bank WNIDs
+DEFAULTS = defaults()
 #: how the service draws boxes (the TorchServe handler's defaults, and what the evaluations measure):
 #: ``fast`` boxes on a grid of at most ``box_grid`` pixels a side, scaled to the image
 SERVING = {"fast": True, "box_grid": 112}

@@ -44,11 +44,11 @@ def write_key_file(path: str | Path) -> str:
 
 
 def make_handler(explainer, model: str, key: str | None):
-    from hint.serve import request as rq
+    from hint.serve import options, request
 
     lock = threading.Lock()  # the explainer keeps the hooked activation on itself
-    limits = rq.Limits(channels=explainer.channels, work_size=2 * explainer.backbone.input_size,
-                       concept=rq.bank_concepts(explainer.h, explainer.bank))  # fmt: skip
+    limits = options.Limits(channels=explainer.channels, work_size=2 * explainer.backbone.input_size,
+                       concept=options.bank_concepts(explainer.h, explainer.bank))  # fmt: skip
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -87,13 +87,13 @@ def make_handler(explainer, model: str, key: str | None):
                 return self._error(401, "InvalidKeyException",
                                    "Token Authorization failed. Token either incorrect, expired, or not provided correctly")  # fmt: skip
             try:
-                req = rq.parse_request({"body": raw}, limits, {"Content-Type": self.headers.get("Content-Type", "")})
+                req = request.parse_request({"body": raw}, limits, {"Content-Type": self.headers.get("Content-Type", "")})
                 with lock:
-                    if isinstance(req, rq.NeuronRequest):
+                    if isinstance(req, request.NeuronRequest):
                         body = explainer.neuron(req.neuron)
                     else:
                         body = explainer.answer([req.image], [req.size], [req.options])[0]
-            except rq.RequestError as e:
+            except options.RequestError as e:
                 return self._send(e.code, e.body())
             return self._send(200, body)
 

@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_app_api.py and tests/test_app_e2e.py: free ports, the fake endpoint
+"""Helpers shared by tests/app/test_app_api.py and tests/test_app_e2e.py: free ports, the fake endpoint
 (tests/e2e/fake_endpoint.py, real explainer) and the app as subprocesses, waiting until they serve."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ pytestmark = [
 
 
 
-class Clone:
+class Clone(bench.Endpoints):
     """A throwaway clone for scripts/serve.sh and demo.sh: the scripts, log4j2.xml, a config.properties
     on the given ports (all five: HTTP and gRPC), a model store and the repo's venv (linked)."""
 
@@ -66,14 +66,6 @@ class Clone:
         return subprocess.run(["bash", str(self.root / "scripts" / "serve.sh"), *args], cwd=self.root,
                               env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)  # fmt: skip
-
-    @property
-    def inference_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['inference']}"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['management']}"
 
     @property
     def logs(self) -> Path:

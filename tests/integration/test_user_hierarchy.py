@@ -284,7 +284,7 @@ def archive(pets_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(archive, tmp_path_factory):
-    """The handler, started on the unpacked archive as TorchServe would (tests/support.py)."""
+    """The handler, started on the unpacked archive as TorchServe would (tests/support/handler.py)."""
     import yaml
     from support.handler import FakeContext, hint_handler
 
@@ -393,3 +393,24 @@ def test_predict_names_classes_from_a_user_class_list(tmp_path, capsys):
     assert main([*argv, "--classes", str(tmp_path / "short.txt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "10" in err
+
+
+@pytest.mark.slow
+def test_build_bank_from_python_with_a_user_hierarchy(pets, pets_data, tmp_path):
+    """The public API: build_bank returns a complete bank (its hierarchy included), which saves, reloads
+    and explains; the README's notebook example in small."""
+    from hint import BuildConfig, ConceptBank, Explainer, build_bank
+
+    cfg = BuildConfig(permutations=16, faithfulness_k=0, min_images=2, min_regions=4, folds=2, workers=0, batch_size=8)
+    bank = build_bank(pets_data, hierarchy=pets, config=cfg, cache=tmp_path / "cache", head_layers=[], progress=False)
+    assert bank.wnids == ["pets", "cats", "dogs"] and bank.hierarchy is pets
+    assert bank.meta["build"]["data"] == str(pets_data) and bank.meta["build"]["n_images"] == 16
+    folder = bank.save(tmp_path / "bank")
+    assert (folder / HIERARCHY).is_file()
+    again = ConceptBank.load(folder)
+    assert again.hierarchy.to_json() == pets.to_json() and again.wnids == bank.wnids
+    assert torch.equal(again.weight, bank.weight) and torch.equal(again.phi, bank.phi)
+    assert again.top_neurons(again.hierarchy.find("dog").wnid, 5) == bank.top_neurons("dogs", 5)
+    doc = Explainer.from_bank(folder).explain([photo("chelsea")], concepts="all")[0]
+    assert [c["name"] for c in doc["concepts"]] == ["pets", "cats", "dogs"]
+    assert all(len(c["neurons"]) == 5 for c in doc["concepts"])

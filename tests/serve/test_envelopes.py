@@ -29,7 +29,8 @@ from support.handler import (
 from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 
-from hint.serve.request import ExplainRequest, Limits, NeuronRequest, RequestError, parse_envelope
+from hint.serve.options import Limits, RequestError
+from hint.serve.request import ExplainRequest, NeuronRequest, parse_envelope
 
 LIMITS = Limits(channels=112, max_instances=4)
 

@@ -672,7 +672,7 @@ def test_bare_handler(tmp_path, tabby_jpeg, tabby_result):
 def test_api_docs_list_every_status_and_no_stale_bank_id():
     """docs/api.md's error table has every status the service sends (the handler's, and TorchServe's
     507 Worker died, 503, 404), and any bank id it shows is the committed bank's."""
-    from hint.serve.request import RequestError
+    from hint.serve.options import RequestError
 
     text = (REPO / "docs" / "api.md").read_text()
     table = text[text.index("## Errors") : text.index("## curl")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 import zlib
@@ -17,8 +18,10 @@ import pytest
 from PIL import Image
 from support import REPO
 
+from hint.serve import images, options
 from hint.serve import request as rq
-from hint.serve.request import ExplainRequest, Limits, NeuronRequest, Option, RequestError, parse_request
+from hint.serve.options import Limits, Option, RequestError
+from hint.serve.request import ExplainRequest, NeuronRequest, parse_request
 
 LIMITS = Limits(channels=112, concept=lambda name: {"dog": "n02084071", "mammal": "n01861778"}.get(name) or _unknown(name))
 
@@ -64,7 +67,7 @@ def test_every_request_form():
 def test_adding_an_option_is_one_table_row(monkeypatch):
     """A new option (say per-image neurons) needs one Option row: JSON and multipart forms, type and
     range checks, the default, the unknown-option message all follow."""
-    monkeypatch.setitem(rq.OPTIONS, "max_neurons", Option("max_neurons", "int", 10, lo=1, hi=lambda lim: lim.channels))
+    monkeypatch.setitem(options.OPTIONS, "max_neurons", Option("max_neurons", "int", 10, lo=1, hi=lambda lim: lim.channels))
     jpg = encode(photo((64, 48)), "PNG")
     assert parse_request({"data": jpg}, LIMITS).max_neurons == 10
     assert parse_request({"data": jpg, "max_neurons": b"20"}, LIMITS).max_neurons == 20
@@ -73,11 +76,11 @@ def test_adding_an_option_is_one_table_row(monkeypatch):
     bare = Limits(options=())
     with pytest.raises(RequestError, match="unknown option 'max_neurons'; known: image"):
         parse_request({"data": jpg, "max_neurons": b"20"}, bare)
-    for opt in rq.OPTIONS.values():
+    for opt in options.OPTIONS.values():
         assert opt.kind in ("int", "number", "bool", "ints", "names") and opt.form in ("explain", "neuron"), opt
         default = opt.default(LIMITS) if callable(opt.default) else opt.default
         if default is not None:
-            assert rq.check_option(opt, default, LIMITS) == default, opt.name
+            assert options.check_option(opt, default, LIMITS) == default, opt.name
 
 
 @pytest.mark.parametrize(
@@ -149,8 +152,8 @@ def test_forms_and_content_types():
             parse_request(row, LIMITS, headers)
         assert err.value.code == 415
     assert parse_request({"neuron": b"3"}, LIMITS, form) == NeuronRequest(3), "a form of options is fine"
-    assert rq.sniff(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP" and rq.sniff(b"\xff\xd8\xff\xe1") == "JPEG"
-    assert rq.sniff(b"hello") is None
+    assert images.sniff(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP" and images.sniff(b"\xff\xd8\xff\xe1") == "JPEG"
+    assert images.sniff(b"hello") is None
 
 
 # ------------------------------------------------------------------------------------------ decoding
@@ -162,7 +165,7 @@ def test_large_images_are_decoded_reduced_with_the_original_size():
     exif[0x0112] = 6  # shown rotated by 90 degrees
     for data, size in ((encode(big, "JPEG", quality=90), (4000, 3000)), (encode(big, "JPEG", exif=exif), (3000, 4000)),
                        (encode(big.resize((2000, 1500)), "PNG"), (2000, 1500))):  # fmt: skip
-        im, shown, _ = rq.decode_image(data, LIMITS)
+        im, shown, _ = images.decode_image(data, LIMITS)
         assert shown == size and im.mode == "RGB"
         assert all(448 <= s < 2 * 448 for s in im.size), im.size
         full = Image.open(io.BytesIO(data))
@@ -171,7 +174,7 @@ def test_large_images_are_decoded_reduced_with_the_original_size():
         b = np.asarray(full.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), dtype=float)
         assert np.abs(a - b).mean() < 2.0, "the model sees about the same pixels as from a full decode (EXIF applied)"
     small = encode(photo(), "PNG")
-    im, shown, _ = rq.decode_image(small, LIMITS)
+    im, shown, _ = images.decode_image(small, LIMITS)
     assert im.size == shown == (451, 300), "small images are not reduced"
 
 
@@ -181,18 +184,18 @@ def test_truncation_that_decoders_hide_is_an_error():
     bomb = full[: sos + 100] + b"\xff\xd9"
     assert len(bomb) < 800
     with pytest.raises(RequestError, match="truncated JPEG") as err:
-        rq.decode_image(bomb, LIMITS)
+        images.decode_image(bomb, LIMITS)
     assert err.value.code == 400
     jpg = encode(photo(), "JPEG", progressive=True)
     with pytest.raises(RequestError, match="truncated JPEG"):
-        rq.decode_image(jpg[: len(jpg) * 2 // 3] + b"\xff\xd9", LIMITS)
-    assert rq.decode_image(jpg + b"trailing bytes after the end", LIMITS)[1] == (451, 300)
+        images.decode_image(jpg[: len(jpg) * 2 // 3] + b"\xff\xd9", LIMITS)
+    assert images.decode_image(jpg + b"trailing bytes after the end", LIMITS)[1] == (451, 300)
     png = encode(photo(), "PNG")
     start = png.index(b"IDAT") - 4
     rows = zlib.compress(b"".join(b"\0" + bytes(451 * 3) for _ in range(100)))
-    short = png[:start] + rq.struct.pack(">I", len(rows)) + b"IDAT" + rows + rq.struct.pack(">I", zlib.crc32(b"IDAT" + rows))
+    short = png[:start] + images.struct.pack(">I", len(rows)) + b"IDAT" + rows + images.struct.pack(">I", zlib.crc32(b"IDAT" + rows))
     with pytest.raises(RequestError, match="truncated PNG: its image data stops after"):
-        rq.decode_image(short + png[-12:], LIMITS)
+        images.decode_image(short + png[-12:], LIMITS)
 
 
 @pytest.mark.shared
@@ -201,14 +204,15 @@ def test_real_photos_are_accepted(shared):
     if not files:
         pytest.skip("no JPEGs under imagenet-val-boxes")
     for f in files:
-        rq.decode_image(f.read_bytes(), LIMITS)
+        images.decode_image(f.read_bytes(), LIMITS)
 
 
 # ------------------------------------------------------------------------------------------ memory
 
 _MEASURE = r"""
 import sys
-from hint.serve.request import Limits, RequestError, decode_image
+from hint.serve.images import decode_image
+from hint.serve.options import Limits, RequestError
 import hint.backbones  # imported before measuring (the handler has it loaded)
 data = open(sys.argv[1], "rb").read()
 def status(key):
@@ -239,10 +243,10 @@ def _worst_cases(folder: Path) -> dict[str, Path]:
         files[name].write_bytes(data)
 
     raw = (b"\0" + row.tobytes()) * 4000
-    ihdr = rq.struct.pack(">IIBBBBB", 4000, 4000, 16, 6, 0, 0, 0)
+    ihdr = images.struct.pack(">IIBBBBB", 4000, 4000, 16, 6, 0, 0, 0)
 
     def chunk(kind: bytes, d: bytes) -> bytes:
-        return rq.struct.pack(">I", len(d)) + kind + d + rq.struct.pack(">I", zlib.crc32(kind + d))
+        return images.struct.pack(">I", len(d)) + kind + d + images.struct.pack(">I", zlib.crc32(kind + d))
 
     sig = b"\x89PNG\r\n\x1a\n"
     save("png-16mp-rgba16", sig + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
@@ -252,7 +256,7 @@ def _worst_cases(folder: Path) -> dict[str, Path]:
     gradient = Image.fromarray((np.stack([x, y, x + y], -1) % 256).astype(np.uint8))
     save("tiff-16mp-cmyk", encode(gradient.convert("CMYK"), "TIFF", compression="tiff_deflate"))
     save("jpeg-40mp", encode(gradient.resize((8000, 5000)), "JPEG", quality=80))
-    ihdr36 = rq.struct.pack(">IIBBBBB", 6000, 6000, 16, 2, 0, 0, 0)
+    ihdr36 = images.struct.pack(">IIBBBBB", 6000, 6000, 16, 2, 0, 0, 0)
     save("png-36mp-header", sig + chunk(b"IHDR", ihdr36) + chunk(b"IDAT", zlib.compress(b"\0" * 70_000)) + chunk(b"IEND", b""))
     return files
 
@@ -271,3 +275,14 @@ def test_decode_memory_is_bounded(tmp_path):
     assert peaks["jpeg-40mp"][1] == "JPEG 8000x5000" and peaks["jpeg-40mp"][0] < 40
     for name in ("png-16mp-rgba16", "png-16mp-palette-transparency", "tiff-16mp-cmyk"):
         assert peaks[name][1].endswith("4000x4000") and peaks[name][0] < 200, (name, peaks[name])
+
+
+def test_docs_option_table_states_the_declared_defaults():
+    """docs/api.md's option table: every option of hint.serve.options.OPTIONS, with its one declared default."""
+    text = (REPO / "docs" / "api.md").read_text()
+    table = text[text.index("### Options") : text.index("### Limits")]
+    cells = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `(\w+)` \|[^|]*\|[^|]*\|([^|]*)\|", table, re.M)}
+    assert set(cells) == set(options.OPTIONS)
+    for name, opt in options.OPTIONS.items():
+        if opt.default is not None:
+            assert cells[name] == json.dumps(opt.default), name

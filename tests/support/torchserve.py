@@ -87,7 +87,21 @@ def build_archives(
     return out
 
 
-class LocalTorchServe:
+class Endpoints:
+    """The inference and management URLs of a server on 127.0.0.1 (``ports``: TorchServe's port names)."""
+
+    ports: dict[str, int]
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+
+class LocalTorchServe(Endpoints):
     """A private TorchServe in ``workdir``: free ports (gRPC's too), own config, logs, key file, pid file
     (``tmp``: the launcher's TMPDIR) and Unix sockets (java.io.tmpdir, through TEMP: ``tmp`` as well, or
     a short folder under /tmp where that path is too long for a socket). Runs beside any other."""
@@ -101,14 +115,6 @@ class LocalTorchServe:
         self.props = props or {}
         self.config = self.workdir / "config.properties"
         self.started = False
-
-    @property
-    def inference_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['inference']}"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['management']}"
 
     def env(self) -> dict:
         env = dict(os.environ)

@@ -16,7 +16,7 @@ Maps (rows of the report), all from one forward pass per batch:
   bank's most general concept when it has no ``whole``);
 * ``HINT-ancestor``: the classifier of the deepest bank concept above the ground-truth class;
 * ``CAM``: final conv features weighted by the ground-truth class's FC row (no ReLU);
-* ``CAM (predicted class)``: the same for the predicted class (the protocol before issue 12; reference);
+* ``CAM (predicted class)``: the same for the predicted class (reference);
 * ``Grad-CAM (grad-cam)`` etc.: the library baselines of ``baselines`` (:mod:`hint.evaluation.cam_baselines`, at the
   CAM's layer, ground-truth class), each one more pass over the images;
 * ``HINT-whole (x%)`` / ``HINT-ancestor (x%)``: classifiers retrained on the top x% neurons by Shapley
