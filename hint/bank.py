@@ -23,7 +23,6 @@ it, named ``backbone-weights.pt`` or ``backbone-weights.safetensors`` (:data:`WE
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from hint import __version__
 from hint import head as loc_head
+from hint._utils.io import atomic_path, sha256_file
 from hint.hierarchy import Hierarchy
 
 FORMAT = "hint-concept-bank/1"
@@ -58,14 +58,6 @@ def bank_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     return [folder / MANIFEST, *(folder / name for name in manifest.get("files", {}))]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -316,17 +308,11 @@ def stage_weights(bank: ConceptBank, weights: str | Path | None, dest: str | Pat
     suffix = ".safetensors" if Path(weights).suffix == ".safetensors" else ".pt"
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", dir=dest)
-    os.close(fd)
-    try:
+    with atomic_path(dest / f"{WEIGHTS}{suffix}") as tmp:
         shutil.copyfile(Path(weights).expanduser(), tmp)
         check_weights(bank.meta, tmp)  # what ships is what was checked
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest / f"{WEIGHTS}{suffix}")
-        return dest / f"{WEIGHTS}{suffix}"
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return dest / f"{WEIGHTS}{suffix}"
 
 
 def archive_main(argv: list[str]) -> int | str:

@@ -35,23 +35,25 @@ def normalise_minmax(score_map: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo)
 
 
-def boxes_at(score_map: np.ndarray, threshold: float, all_contours: bool = False) -> list[list[int]]:
-    """Boxes ``[x0, y0, x1, y1]`` around the contours of ``score_map >= threshold``.
+def contour_rects(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], int]:
+    """The contours of a mask as wsolevaluation reads them: one ``cv2.findContours`` call (``RETR_TREE``,
+    ``CHAIN_APPROX_SIMPLE``), each contour's ``cv2.boundingRect``.
 
-    The largest contour only (the default; GT-known Loc / MaxBoxAcc), or every contour
-    (MaxBoxAccV2's multi-contour variant). Empty mask → a list with the degenerate box [0, 0, 0, 0].
+    Args:
+        mask: (H, W) uint8 0/1 mask (C-contiguous).
+
+    Returns:
+        (rects ``(x, y, w, h)`` in contour order, index of the largest by ``cv2.contourArea``, the first on
+        ties); ``[(0, 0, 0, 0)], 0`` for an empty mask.
     """
-    mask = (np.asarray(score_map) >= threshold).astype(np.uint8)
     contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if not contours:
-        return [[0, 0, 0, 0]]
-    if not all_contours:
-        contours = [max(contours, key=cv2.contourArea)]
-    out = []
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        out.append([int(x), int(y), int(x + w), int(y + h)])
-    return out
+        return [(0, 0, 0, 0)], 0
+    rects = [cv2.boundingRect(c) for c in contours]
+    if len(contours) == 1:
+        return rects, 0
+    areas = [cv2.contourArea(c) for c in contours]
+    return rects, areas.index(max(areas))
 
 
 def box_from_map(score_map: np.ndarray, width: int, height: int, threshold: float) -> tuple[list[int] | None, float]:
@@ -72,8 +74,8 @@ def largest_box(passing: np.ndarray) -> tuple[list[int] | None, float]:
     count = int(np.count_nonzero(passing))
     if not count:
         return None, 0.0
-    contours = cv2.findContours(passing.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+    rects, largest = contour_rects(passing.view(np.uint8))
+    x, y, w, h = rects[largest]
     return [int(x), int(y), int(x + w), int(y + h)], count / passing.size
 
 
@@ -84,15 +86,3 @@ def scale_box(box: list[int], grid: tuple[int, int], size: tuple[int, int]) -> l
     sx, sy = size[0] / grid[0], size[1] / grid[1]
     return [int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)), min(size[0], int(math.ceil(box[2] * sx))),
             min(size[1], int(math.ceil(box[3] * sy)))]  # fmt: skip
-
-
-def iou(box: list[float] | np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box against (K, 4) boxes, as wsolevaluation computes it (+1 pixel convention)."""
-    b = np.asarray(box, dtype=np.float64)
-    g = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    ix0, iy0 = np.maximum(b[0], g[:, 0]), np.maximum(b[1], g[:, 1])
-    ix1, iy1 = np.minimum(b[2], g[:, 2]), np.minimum(b[3], g[:, 3])
-    inter = np.clip(ix1 - ix0 + 1, 0, None) * np.clip(iy1 - iy0 + 1, 0, None)
-    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    area_g = (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)
-    return inter / (area_b + area_g - inter)

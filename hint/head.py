@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hint.boxes import largest_box, normalise_minmax, scale_box, upsample_map
+from hint.probes import probe_maps
 
 FILE = "head.safetensors"
 #: upsampling of a fused map to the image before its box (wsolevaluation's inference: cubic; a
@@ -71,7 +72,7 @@ class LocalisationHead:
         out = []
         for z, w, b in zip(feats, self.weight, self.bias, strict=True):
             w, b = (w, b) if rows is None else (w[rows], b[rows])
-            out.append(torch.sigmoid(torch.einsum("ndhw,ed->nehw", z.float(), w.to(z.device)) + b.to(z.device).view(1, -1, 1, 1)))
+            out.append(probe_maps(z.float(), w, b))
         return fuse(out)
 
 

@@ -17,6 +17,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from hint._utils.io import atomic_write_text
+
 ROOT = "n00001740"
 #: the user format (:meth:`Hierarchy.from_user`, written by :meth:`Hierarchy.to_json`)
 FORMAT = "hint-hierarchy/1"
@@ -198,15 +200,7 @@ class Hierarchy:
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` atomically (a temporary file renamed into place); returns the path."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
 
     def check_outputs(self, n_outputs: int, model: str = "the model") -> None:
         """ValueError unless ``model`` has one output per class of this hierarchy."""

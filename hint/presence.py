@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from hint.probes import probe_scores
+
 #: share of a map's positions averaged into the image score (top 5 %: 10 of 14×14, 2 of 7×7)
 POOL_FRACTION = 0.05
 
@@ -33,10 +35,9 @@ def image_scores(
     ``features`` (P, D), for probes ``weight`` (E, D), ``bias`` (E,)."""
     n = features.shape[0] // positions
     out = torch.empty(n, weight.shape[0])
-    w, b = weight.float().T, bias.float()
     for i in range(0, n, chunk):
-        x = features[i * positions : min(n, i + chunk) * positions].float()
-        maps = torch.sigmoid(x @ w + b).view(-1, positions, weight.shape[0]).transpose(1, 2)
+        x = features[i * positions : min(n, i + chunk) * positions]
+        maps = probe_scores(x, weight, bias.float()).view(-1, positions, weight.shape[0]).transpose(1, 2)
         out[i : i + chunk] = maps.topk(pool_size(positions), dim=-1).values.mean(-1)
     return out
 

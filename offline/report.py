@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import PathPatch  # noqa: E402
 from matplotlib.path import Path as MPath  # noqa: E402
 
+from hint._utils.io import atomic_write_text, save_figure  # noqa: E402
 from hint.bank import ConceptBank  # noqa: E402
 
 #: The association figure's default concepts (those in the bank), as the paper's figure: two branches.
@@ -78,10 +79,7 @@ def plot_top_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
     fig.suptitle(f"Top-{k} neurons by Shapley value — {bank.meta['backbone']}:{bank.meta['layer']}", fontsize=11)
     fig.supxlabel("neuron (channel)", fontsize=9)
     fig.supylabel("φ(d, e)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: int = 5) -> Path:
@@ -113,10 +111,7 @@ def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: 
     ax.set_ylim(len(concepts) - 0.5, -0.5)
     ax.axis("off")
     ax.set_title(f"Concept ↔ neuron association (top-{k} by Shapley; * multimodal)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_f1(bank: ConceptBank, path: Path) -> Path:
@@ -148,8 +143,7 @@ def write_f1(bank: ConceptBank, path: Path) -> Path:
         lines += ["", f"## Candidates ({len(cands)}: every concept with two or more ImageNet classes)", "",
                   "| concept | WNID | classes | status |", "|---|---|---:|---|"]  # fmt: skip
         lines += [f"| {c['name']} | {c['wnid']} | {c['n_classes']} | {c['status']} |" for c in cands]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
@@ -161,8 +155,7 @@ def write_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
     lines += ["", f"## Multimodal neurons (in the top-{k} of ≥ 2 concepts)", "", "| neuron | concepts |", "|---|---|"]
     for n, ws in sorted(bank.multimodal_neurons(k).items(), key=lambda kv: -len(kv[1])):
         lines.append(f"| {n} | {', '.join(names[w] for w in ws)} |")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_faithfulness(bank: ConceptBank, path: Path) -> Path:
@@ -185,8 +178,7 @@ def write_faithfulness(bank: ConceptBank, path: Path) -> Path:
         f"| **mean** | **{mean['all']:.3f}** | **{mean['shapley']:.3f}** | **{mean['weight']:.3f}** | "
         f"**{mean['random']:.3f}** |"
     )
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_faithfulness(bank: ConceptBank, path: Path) -> Path:
@@ -202,10 +194,7 @@ def plot_faithfulness(bank: ConceptBank, path: Path) -> Path:
     ax.set_ylabel("held-out F1")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _faith_concepts(bank: ConceptBank) -> list[dict]:

@@ -17,8 +17,7 @@ def f1_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndar
     k = np.arange(1, len(s) + 1)
     last = np.r_[s[1:] != s[:-1], True]  # ties share one threshold
     tp, k, s = tp[last], k[last], s[last]
-    f1 = 2 * tp / (k + max(t.sum(), 1.0))
-    return s, f1
+    return s, f1_counts(tp, k - tp, t.sum() - tp)
 
 
 def best_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -33,8 +32,28 @@ def best_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]
     return float(cut), float(f1[i])
 
 
-def prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Precision, recall, F1, false-positive rate of boolean predictions."""
+def f1_counts(tp, fp, fn):
+    """F1 = 2tp / (2tp + fp + fn) from counts, in their dtype; 0 where ``tp`` is 0.
+
+    Args:
+        tp, fp, fn: true positives, false positives, false negatives: scalars or arrays of one shape
+            (e.g. (B,) counts under B bootstrap weightings).
+
+    Returns:
+        F1 of the same shape (a 0-d array for scalars).
+    """
+    return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0)
+
+
+def prf(pred, truth) -> dict[str, float]:
+    """Precision, recall, F1 (2pr / (p + r)) and false-positive rate of boolean predictions.
+
+    Args:
+        pred, truth: bool arrays of one shape (numpy or torch).
+
+    Returns:
+        ``{"precision", "recall", "f1", "fpr"}`` floats, each 0.0 where its denominator is 0.
+    """
     tp = float((pred & truth).sum())
     fp = float((pred & ~truth).sum())
     fn = float((~pred & truth).sum())
@@ -69,14 +88,22 @@ def _weighted_auroc(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def bootstrap_weights(n: int, draws: int = BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """(draws, n) float64 multiplicities of n items (images) in each of ``draws`` seeded bootstrap resamples."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)
+
+
+def ci95(samples: np.ndarray, digits: int = 4) -> list[float]:
+    """[2.5 %, 97.5 %] quantiles (linear interpolation) of bootstrap ``samples`` (B,), rounded to ``digits``."""
+    lo, hi = np.quantile(samples, [0.025, 0.975])
+    return [round(float(lo), digits), round(float(hi), digits)]
+
+
 def auroc_interval(scores: np.ndarray, truth: np.ndarray, seed: int = 0, draws: int = BOOTSTRAP) -> list[float] | None:
     """95 % bootstrap interval (over images) of the AUROC; None without both classes."""
     if not truth.any() or truth.all():
         return None
-    n = len(scores)
     order = np.argsort(scores, kind="mergesort")
-    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)
-    vals = _weighted_auroc(scores[order], truth[order], w)
-    vals = vals[~np.isnan(vals)]
-    return [round(float(np.quantile(vals, q)), 4) for q in (0.025, 0.975)]
+    vals = _weighted_auroc(scores[order], truth[order], bootstrap_weights(len(scores), draws, seed))
+    return ci95(vals[~np.isnan(vals)])
 

@@ -31,7 +31,6 @@ followed by a ReLU (e.g. VGG ``features.30``) keeps the pre-activation values it
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import os
 import warnings
@@ -43,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from hint._utils.io import sha256_file
 
 __all__ = [
     "Backbone",
@@ -206,11 +207,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:

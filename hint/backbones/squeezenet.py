@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torchvision
 
+from hint._utils.io import atomic_path
+
 from . import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -115,9 +117,8 @@ def convert(h5: str | os.PathLike | None = None, out: str | os.PathLike | None =
         }
     torchvision.models.squeezenet1_1().load_state_dict(sd, strict=True)  # shape check before writing
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out_path.with_name(out_path.name + ".tmp")
-    save_file(sd, str(tmp_out), metadata=meta)
-    os.replace(tmp_out, out_path)
+    with atomic_path(out_path) as tmp_out:
+        save_file(sd, str(tmp_out), metadata=meta)
     return out_path
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from hint._utils.stats import prf
+from hint.probes import probe_scores
+
 
 @dataclass
 class ClassifierFit:
@@ -29,18 +32,6 @@ def split_by_image(image: torch.Tensor, y: torch.Tensor, test_fraction: float, s
         n_test = max(1, round(len(ids) * test_fraction)) if len(ids) > 1 else 0
         test_ids.append(ids[torch.randperm(len(ids), generator=gen)[:n_test]])
     return torch.isin(image, torch.cat(test_ids))
-
-
-def scores(weight: torch.Tensor, bias: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """σ(xα + b) for x (..., D)."""
-    return torch.sigmoid(x.float() @ weight.float() + bias)
-
-
-def prf(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
-    tp = float((pred & (y > 0.5)).sum())
-    p = tp / max(float(pred.sum()), 1.0)
-    r = tp / max(float((y > 0.5).sum()), 1.0)
-    return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 
 def fit_logistic(
@@ -108,8 +99,9 @@ def train_classifier(
     weight = torch.zeros(d)
     weight[cols] = w_raw
     if test.any():
-        pred = scores(weight, b_raw, x[test]) > 0.5
-        p, r, f1 = prf(pred, y[test])
+        pred = probe_scores(x[test], weight, b_raw) > 0.5
+        q = prf(pred, y[test] > 0.5)
+        p, r, f1 = q["precision"], q["recall"], q["f1"]
     else:
         p = r = f1 = float("nan")
     return ClassifierFit(weight, b_raw, p, r, f1, int(train.sum()), int(test.sum()))

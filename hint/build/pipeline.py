@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hint import __version__
+from hint._utils.io import atomic_path
 from hint.backbones import Backbone
 from hint.bank import ConceptBank
 from hint.build import presence
@@ -86,9 +86,8 @@ def _key(*parts) -> str:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta or {})})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta or {})})
 
 
 def load_meta(path: Path) -> dict:

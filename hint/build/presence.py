@@ -23,8 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hint._utils.stats import BOOTSTRAP, auroc, auroc_interval, best_threshold
+from hint._utils.stats import (
+    BOOTSTRAP,
+    auroc,
+    auroc_interval,
+    best_threshold,
+    bootstrap_weights,
+    ci95,
+    f1_counts,
+)
 from hint.presence import image_scores, rule_features
+from hint.probes import probe_scores
 
 
 def fold_of(n_images: int, folds: int, seed: int = 0) -> torch.Tensor:
@@ -48,10 +57,8 @@ class RegionCounts:
     def f1(self, w: np.ndarray | None = None) -> np.ndarray | float:
         """Region F1; with ``w`` (B, I) bootstrap weights, one F1 per draw."""
         if w is None:
-            tp, fp, fn = self.tp.sum(), self.fp.sum(), self.fn.sum()
-            return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
-        tp, fp, fn = w @ self.tp, w @ self.fp, w @ self.fn
-        return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0)
+            return float(f1_counts(self.tp.sum(), self.fp.sum(), self.fn.sum()))
+        return f1_counts(w @ self.tp, w @ self.fp, w @ self.fn)
 
     def trivial_f1(self, w: np.ndarray | None = None) -> np.ndarray | float:
         """F1 of calling every held-out region positive."""
@@ -81,12 +88,11 @@ def region_quality(counts: RegionCounts, seed: int = 0, draws: int = BOOTSTRAP) 
     f1, trivial = counts.f1(), counts.trivial_f1()
     if n < 2 or counts.pos.sum() == 0:
         return {"f1": f1, "f1_ci": [f1, f1], "trivial_f1": float(trivial), "beats_trivial": False}
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)
+    w = bootstrap_weights(n, draws, seed)
     boot, boot_triv = counts.f1(w), counts.trivial_f1(w)
     lo_diff = float(np.quantile(boot - boot_triv, 0.025))
     return {
-        "f1": round(f1, 4), "f1_ci": [round(float(np.quantile(boot, q)), 4) for q in (0.025, 0.975)],
+        "f1": round(f1, 4), "f1_ci": ci95(boot),
         "trivial_f1": round(float(trivial), 4), "beats_trivial": bool(lo_diff > 0 and not math.isnan(lo_diff)),
     }  # fmt: skip
 
@@ -159,7 +165,7 @@ def cross_validate(
             else:  # no positives (or negatives) in these folds: the probe says "absent"
                 bias[e] = -20.0
             t = concept_samples(table, w, p, hierarchy, seed=seed, images=held)
-            pred = torch.sigmoid(t.x @ weight[e] + bias[e]) > 0.5
+            pred = probe_scores(t.x, weight[e], bias[e]) > 0.5
             parts[e].append(region_counts(pred, t.y, t.image))
             bar.update()
         rows = torch.isin(table.image, torch.nonzero(held).flatten())
@@ -228,7 +234,7 @@ def _rule_quality(pred: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarr
     """Macro-F1 of boolean (I, E) answers over each mask's concepts with a positive image, and the largest
     false-positive rate of any concept."""
     tp = (pred & truth).sum(0)
-    f1 = 2 * tp / np.maximum(pred.sum(0) + truth.sum(0), 1)
+    f1 = f1_counts(tp, pred.sum(0) - tp, truth.sum(0) - tp)
     has = truth.any(0)
     out = {k: float(f1[m & has].mean()) if (m & has).any() else 0.0 for k, m in masks.items()}
     neg = (~truth).sum(0)

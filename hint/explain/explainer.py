@@ -23,6 +23,7 @@ from hint.head import box_on_grid
 from hint.hierarchy import Hierarchy
 from hint.presence import apply_rule as presence_rule
 from hint.presence import pool
+from hint.probes import probe_maps
 from hint.serve.options import ALL, defaults
 
 #: request options (hint.serve.options.OPTIONS) and their defaults, as :meth:`Explainer.answer` reads them;
@@ -180,7 +181,7 @@ class Explainer:
             z = z.clone()
             idx = torch.as_tensor(ablate, device=z.device)
             z[:, idx] = self.baseline[idx].view(1, -1, 1, 1)
-        maps = torch.sigmoid(torch.einsum("ndhw,ed->nehw", z, self.weight) + self.bias.view(1, -1, 1, 1))
+        maps = probe_maps(z, self.weight, self.bias)
         return maps, z
 
     def explain(

@@ -23,7 +23,8 @@ from skimage.measure import label, regionprops
 from support import REPO
 from support.wsol import random_bank, run_evaluate_wsol
 
-from hint.boxes import boxes_at, iou, upsample_map
+from hint._utils import stats
+from hint.boxes import upsample_map
 from hint.evaluation.wsol import metrics as wsol
 from hint.evaluation.wsol import run as wsol_eval
 from offline.__main__ import main
@@ -86,6 +87,27 @@ def test_shifted_box_known_iou():
     assert r["max_box_acc_v2_per_iou"] == {30: 1.0, 50: 1.0, 70: 0.0}
     assert r["max_box_acc_v2"] == pytest.approx(2 / 3)
     assert r["mean_iou"] == pytest.approx(41 / 61)
+
+
+def iou(box, boxes: np.ndarray) -> np.ndarray:
+    """Reference: IoU of one box against (K, 4) boxes, wsolevaluation's formula (+1 pixel convention)."""
+    b, g = np.asarray(box, dtype=np.float64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    inter = (np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]) + 1, 0, None)
+             * np.clip(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]) + 1, 0, None))  # fmt: skip
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_b + (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1) - inter)
+
+
+def boxes_at(score_map: np.ndarray, threshold: float, all_contours: bool = False) -> list[list[int]]:
+    """Reference: wsolevaluation's boxes around the contours of ``score_map >= threshold`` (the largest by
+    area, or all), unclipped; ``[[0, 0, 0, 0]]`` for an empty mask."""
+    mask = (np.asarray(score_map) >= threshold).astype(np.uint8)
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return [[0, 0, 0, 0]]
+    if not all_contours:
+        contours = [max(contours, key=cv2.contourArea)]
+    return [[x, y, x + w, y + h] for x, y, w, h in map(cv2.boundingRect, contours)]
 
 
 def test_iou_matches_localization_iou_and_degenerate_guard():
@@ -611,7 +633,7 @@ def test_shared_annotations_parse():
 
 
 def test_bootstrap_intervals():
-    w = wsol.bootstrap_weights(50, draws=200, seed=0)
+    w = stats.bootstrap_weights(50, draws=200, seed=0)
     assert w.shape == (200, 50) and (w.sum(1) == 50).all()
     s = wsol.MethodScores.empty(100, 3)
     s.iou_largest[:, 1] = s.iou_all[:, 1] = 1.0

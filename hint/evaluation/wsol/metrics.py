@@ -9,9 +9,9 @@ wsolevaluation evaluates at the network input (224 × 224, the image squashed) w
 resized by :func:`resize_bbox` (``int()`` of the scaled coordinates). For every score-map threshold τ in
 :data:`THRESHOLDS` (``np.arange(0, 1, 0.01)``) the map is quantised as wsolevaluation does
 (``uint8(map * 255)``, foreground where the value is > ``int(τ · max)``), boxes are read off its contours
-(OpenCV ``RETR_TREE``, the rule of :func:`hint.boxes.boxes_at`; ``x1``/``y1`` clipped to
+(OpenCV ``RETR_TREE``, :func:`hint.boxes.contour_rects`; ``x1``/``y1`` clipped to
 ``W - 1``/``H - 1``; ``[0, 0, 0, 0]`` when nothing passes) and compared with every GT box of the image
-(IoU with the +1 pixel convention, :func:`hint.boxes.iou`).
+(IoU with the +1 pixel convention, :func:`multiple_iou`).
 
 Per image and τ this keeps two numbers: the best IoU of the *largest* contour's box against any GT
 box (GT-known Loc, Top-1 Loc, MaxBoxAcc) and the best IoU over *all* contours' boxes against any GT
@@ -36,10 +36,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from hint.boxes import normalise_minmax, upsample_map
+from hint._utils import stats
+from hint.boxes import contour_rects, normalise_minmax, upsample_map
 from hint.hierarchy import Hierarchy
 
 THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's cam_curve_interval = 0.01
@@ -157,19 +157,6 @@ def threshold_mask(q: np.ndarray, threshold: float) -> np.ndarray:
     return (q > int(threshold * int(q.max()))).view(np.uint8)
 
 
-def _rects(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], int]:
-    """``cv2.boundingRect`` of every contour (``RETR_TREE``) and the index of the largest by
-    ``cv2.contourArea`` (the first on ties); ``[(0, 0, 0, 0)], 0`` for an empty mask."""
-    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    if not contours:
-        return [(0, 0, 0, 0)], 0
-    rects = [cv2.boundingRect(c) for c in contours]
-    if len(contours) == 1:
-        return rects, 0
-    areas = [cv2.contourArea(c) for c in contours]
-    return rects, areas.index(max(areas))
-
-
 def _clip(rects: np.ndarray, width: int, height: int) -> np.ndarray:
     """(x, y, w, h) rects → x0 y0 x1 y1 with ``x1 = min(x + w, W - 1)``, ``y1 = min(y + h, H - 1)``."""
     r = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
@@ -180,19 +167,19 @@ def _clip(rects: np.ndarray, width: int, height: int) -> np.ndarray:
 def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(box of the largest contour (4,), boxes of all contours (K, 4)) of a 0/1 mask, int64 x0 y0 x1 y1.
 
-    One ``cv2.findContours`` call (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``, as
-    :func:`hint.boxes.boxes_at`); "largest" by ``cv2.contourArea``, first one on ties;
+    The contours of :func:`hint.boxes.contour_rects` (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``); "largest" by
+    ``cv2.contourArea``, first one on ties;
     ``x1``/``y1`` = ``x + w``/``y + h`` clipped to ``W - 1``/``H - 1`` (wsolevaluation). An empty mask
     gives the degenerate box ``[0, 0, 0, 0]`` for both.
     """
-    rects, big = _rects(np.ascontiguousarray(mask, dtype=np.uint8))
+    rects, big = contour_rects(np.ascontiguousarray(mask, dtype=np.uint8))
     boxes = _clip(rects, mask.shape[1], mask.shape[0])
     return boxes[big], boxes
 
 
 def multiple_iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(A, B) IoU of boxes against GT boxes; :func:`hint.boxes.iou` vectorised, with
-    wsolevaluation's guard (a non-positive union gives 0)."""
+    """(A, B) IoU of boxes (A, 4) against GT boxes (B, 4), x0 y0 x1 y1, as wsolevaluation computes it: the
+    +1 pixel convention (a box covers x0..x1 inclusive) and a non-positive union giving 0."""
     a = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
     g = np.asarray(gt, dtype=np.float64).reshape(1, -1, 4)
     iw = np.clip(np.minimum(a[..., 2], g[..., 2]) - np.maximum(a[..., 0], g[..., 0]) + 1, 0, None)
@@ -211,7 +198,7 @@ def image_ious(scoremap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = TH
     qmax = int(q.max())
     rects, counts, big = [], [], []
     for t in thresholds:
-        r, b = _rects((q > int(t * qmax)).view(np.uint8))
+        r, b = contour_rects((q > int(t * qmax)).view(np.uint8))
         big.append(len(rects) + b)
         rects += r
         counts.append(len(r))
@@ -292,15 +279,10 @@ def localization_metrics(scores: MethodScores, correct: np.ndarray, selection: n
     }
 
 
-def bootstrap_weights(n: int, draws: int = 1000, seed: int = 0) -> np.ndarray:
-    """(draws, n) multiplicities of the n test images in each bootstrap resample."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
-
-
 def bootstrap_metrics(scores: MethodScores, correct: np.ndarray, test: np.ndarray, threshold_index: int,
                       weights: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
     """Each metric over the bootstrap resamples of the test images (``weights`` from
-    :func:`bootstrap_weights`; the operating threshold stays the one chosen on the selection split).
+    :func:`hint._utils.stats.bootstrap_weights`; the operating threshold stays the one chosen on the selection split).
     Using the same weights for two methods gives paired differences."""
     n = len(test)
     big, every = scores.iou_largest[test], scores.iou_all[test]
@@ -317,8 +299,8 @@ def bootstrap_metrics(scores: MethodScores, correct: np.ndarray, test: np.ndarra
 
 
 def ci95(samples: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return [round(float(lo), 5), round(float(hi), 5)]
+    """The evaluation's 95 % bootstrap interval of ``samples`` (B,): :func:`hint._utils.stats.ci95` to 5 decimals."""
+    return stats.ci95(samples, digits=5)
 
 
 # ------------------------------------------------------------------------------------- export (npy)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hint._utils.io import atomic_write_text, save_figure
 from hint.evaluation.wsol import metrics as wsol
 from hint.evaluation.wsol.run import MAIN, Evaluation
 
@@ -27,8 +28,7 @@ def write_outputs(ev: Evaluation, out: Path, photos: bool = False) -> list[Path]
 
 def save_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1))
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _pct(x: float) -> str:
@@ -132,8 +132,7 @@ def write_markdown(report: dict, path: Path) -> Path:
               + f" ({a['fallback_to_whole']} of these images have no bank concept above their ground-truth class: "
               "whole map).",
               ""]  # fmt: skip
-    path.write_text("\n".join(lines))
-    return path
+    return atomic_write_text(path, "\n".join(lines))
 
 
 def faithfulness_rows(report: dict) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
@@ -226,10 +225,7 @@ def plot_curves(report: dict, path: Path) -> Path:
     for ax in axes:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_faithfulness(report: dict, path: Path) -> Path:
@@ -255,10 +251,7 @@ def plot_faithfulness(report: dict, path: Path) -> Path:
         ax.set_title(f"HINT-{kind}: classifiers on the top-{report['retrain']['k_faith']} neurons")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_overlays(ev: Evaluation, path: Path, photos: bool = False) -> Path:
@@ -296,10 +289,7 @@ def plot_overlays(ev: Evaluation, path: Path, photos: bool = False) -> Path:
                 ok = "✓" if pred == a.label else "✗"
                 ax.set_ylabel(f"{h.class_names[a.label][:22]}\npred {ok} {h.class_names[pred][:18]}", fontsize=7)
     fig.suptitle("GT boxes green, predicted box (largest contour at the operating threshold τ*) red", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, rect=(0, 0, 1, 0.98))
 
 
 def summary(report: dict) -> str:

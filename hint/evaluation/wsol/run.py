@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from hint import head
+from hint._utils.stats import bootstrap_weights
 from hint.bank import ConceptBank
 from hint.build.classifiers import train_classifier
 from hint.build.concepts import SHARES, ConceptSamples, RegionTable, concept_samples, paper_concepts
@@ -51,6 +52,7 @@ from hint.evaluation.cam_baselines import DEFAULT as DEFAULT_BASELINES
 from hint.evaluation.wsol import metrics as wsol
 from hint.evaluation.wsol.served import SERVED, box_hits, level_hits, served
 from hint.hierarchy import Hierarchy
+from hint.probes import probe_map
 
 CAM_LAYERS = {  # backbone -> (module whose output are the final conv features, the FC classifier)
     "efficientnet_lite0": ("_head_act", "_fc"),
@@ -600,7 +602,7 @@ def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: to
             z = keep["z"].float()
             for o, r in zip(out, rows, strict=True):
                 r = r[i * batch_size : i * batch_size + len(batch)]
-                o.append(classifier_maps(z, weight[r], bias[r]))
+                o.append(probe_map(z, weight[r], bias[r]))
     return [torch.cat(o).numpy() for o in out]
 
 
@@ -661,7 +663,7 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
             keys.append("whole_neg")
             weight, bias = torch.cat([weight, w]), torch.cat([bias, b])
         if bb is None:
-            maps[layer]["whole_neg"] = classifier_maps(z.float(), weight[0], bias[0]).numpy()
+            maps[layer]["whole_neg"] = probe_map(z.float(), weight[0], bias[0]).numpy()
         else:
             rowsets = {"whole": 0, "ancestor": rows, "whole_neg": len(weight) - 1}
             rowsets = [torch.full((len(anns),), r) if isinstance(r, int) else r for r in map(rowsets.get, keys)]
@@ -721,16 +723,8 @@ def raw_maps(fwd: Forward, bank: ConceptBank, sets: dict[str, ClassifierSet], me
             continue
         c = sets[v]
         i = iw if kind == "whole" else ia
-        out[m] = classifier_maps(z, c.weight[i], c.bias[i]).numpy()
+        out[m] = probe_map(z, c.weight[i], c.bias[i]).numpy()
     return out
-
-
-def classifier_maps(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """σ(αᵀz + b) at every position of activations z (N, D, h, w) → (N, h, w): one classifier for every
-    image (weight (D,), bias ()) or one per image (weight (N, D), bias (N,))."""
-    if weight.dim() == 1:
-        return torch.sigmoid(torch.einsum("ndhw,d->nhw", z, weight) + bias)
-    return torch.sigmoid(torch.einsum("ndhw,nd->nhw", z, weight) + bias.view(-1, 1, 1))
 
 
 def _score_chunk(chunk: list, size: tuple[int, int], upsample: str, export_to) -> list:
@@ -812,7 +806,7 @@ def bootstrap_report(scores: dict[str, wsol.MethodScores], results: dict, correc
                      seed: int, draws: int = 1000) -> dict:  # fmt: skip
     """95% bootstrap intervals over the test images of each row's metrics, the paired differences
     row − CAM (same resamples), and the faithfulness differences (Shapley − |α|, Shapley − random)."""
-    weights = wsol.bootstrap_weights(len(test), draws, seed)
+    weights = bootstrap_weights(len(test), draws, seed)
     th = np.round(wsol.THRESHOLDS, 4)
     samples = {m: wsol.bootstrap_metrics(scores[m], correct, test, int(np.argmin(np.abs(th - results[m]["threshold"]))),
                                          weights) for m in results}  # fmt: skip
@@ -842,7 +836,7 @@ def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dic
     """The served boxes on the test half: box accuracy (IoU >= 0.5 with a GT box, as the service drew
     them), its 95% bootstrap interval and the paired difference to CAM's GT-known Loc (same resamples),
     the share of images where the concept is marked present, the box threshold and the head."""
-    weights = wsol.bootstrap_weights(len(test), draws, seed)
+    weights = bootstrap_weights(len(test), draws, seed)
     th = np.round(wsol.THRESHOLDS, 4)
     cam = None
     if "CAM" in scores:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hint.boxes import iou
 from hint.evaluation.wsol import metrics as wsol
 from hint.explain.explainer import Explainer
 
@@ -73,7 +72,8 @@ def served(explainer: Explainer, anns: list[wsol.Annotation], whole: str, ancest
 
 def box_hits(boxes: list[list[int] | None], anns: list[wsol.Annotation], delta: float = wsol.IOU_LOC) -> np.ndarray:
     """(N,) bool: the served box overlaps a GT box (stored pixels) with IoU >= ``delta``; no box: a miss."""
-    return np.array([b is not None and float(iou(b, a.boxes_float).max()) >= delta for b, a in zip(boxes, anns, strict=True)])
+    return np.array([b is not None and float(wsol.multiple_iou(b, a.boxes_float).max()) >= delta
+                     for b, a in zip(boxes, anns, strict=True)])
 
 
 def level_hits(got: Served, anns: list[wsol.Annotation], delta: float = wsol.IOU_LOC) -> list[np.ndarray]:
