@@ -10,8 +10,9 @@ import argparse
 import torch
 
 from hint.backbones import get_backbone
+from hint.build.config import BuildConfig
 from hint.build.datasets import discover
-from hint.build.pipeline import BuildConfig, region_table
+from hint.build.pipeline import region_table
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = ["BuildConfig", "ConceptBank", "Explainer", "Hierarchy", "build_bank", "__version__"]
 
 _HOMES = {
-    "BuildConfig": "hint.build.pipeline",
+    "BuildConfig": "hint.build.config",
     "ConceptBank": "hint.bank",
     "Explainer": "hint.explain.explainer",
     "Hierarchy": "hint.hierarchy",
@@ -32,7 +32,7 @@ _HOMES = {
 if TYPE_CHECKING:
     from hint.bank import ConceptBank
     from hint.build.builder import build_bank
-    from hint.build.pipeline import BuildConfig
+    from hint.build.config import BuildConfig
     from hint.explain.explainer import Explainer
     from hint.hierarchy import Hierarchy
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hint.build.config import BuildConfig
+
 
 def add_bank_arguments(p: argparse.ArgumentParser) -> None:
     """--bank, --out, --data, --cache, --weights, --batch-size, --no-progress."""
@@ -14,5 +16,5 @@ def add_bank_arguments(p: argparse.ArgumentParser) -> None:
     a("--data", type=Path, help="the bank's build images (default: the folder its manifest records)")
     a("--cache", type=Path, help="step cache (default BANK/../.hint-cache)")
     a("--weights", help="backbone weights file (a bank built from one)")
-    a("--batch-size", type=int, default=32)
+    a("--batch-size", type=int, default=BuildConfig.batch_size, help="images per forward pass")
     a("--no-progress", action="store_true")

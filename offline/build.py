@@ -7,75 +7,58 @@ Multi-process: ``torchrun --nproc_per_node N -m offline build ...`` shards step 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from pathlib import Path
 
+from hint._utils.options import add_arguments, from_args
 from hint.build.builder import build_bank
 from hint.build.concepts import SHARES
-from hint.build.pipeline import BuildConfig
-from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
-from hint.regions import METHODS
+from hint.build.config import BuildConfig
+from hint.head import DEFAULT_LAYERS
+
+#: build_bank's defaults (the flags below that are not BuildConfig fields)
+DEFAULTS = {k: v.default for k, v in inspect.signature(build_bank).parameters.items()}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a concept bank from labelled images")
     p.add_argument("--data", required=True, help="class folders (nested or not: root/animal/dog/*.jpg), a flat "
                    "nXXXXXXXX_* folder, or a CSV (file,wnid or file,label)")
-    p.add_argument("--hierarchy", default="wordnet", help="the concept hierarchy: 'wordnet' (the default, over the "
-                   "ImageNet-1k classes), a JSON file, or 'folders' (the nested folder tree --data); see docs/custom.md")
-    p.add_argument("--classes", default=None, help="the model's class ids in output order (one per line), or "
-                   "'imagenet'; replaces the hierarchy's list")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--layer", default=None, help="hooked layer (default: the backbone's)")
-    p.add_argument("--weights", default=None, help="weights file for the backbone")
+    p.add_argument("--hierarchy", default=DEFAULTS["hierarchy"], help="the concept hierarchy: 'wordnet' (the default, "
+                   "over the ImageNet-1k classes), a JSON file, or 'folders' (the nested folder tree --data); see "
+                   "docs/custom.md")  # fmt: skip
+    p.add_argument("--classes", default=DEFAULTS["classes"], help="the model's class ids in output order (one per "
+                   "line), or 'imagenet'; replaces the hierarchy's list")  # fmt: skip
+    p.add_argument("--backbone", default=DEFAULTS["backbone"])
+    p.add_argument("--layer", default=DEFAULTS["layer"], help="hooked layer (default: the backbone's)")
+    p.add_argument("--weights", default=DEFAULTS["weights"], help="weights file for the backbone")
     p.add_argument("--random-init", action="store_true", help="random weights (tests)")
     p.add_argument(
-        "--concepts", nargs="+", default=None,
+        "--concepts", nargs="+", default=DEFAULTS["concepts"],
         help="candidate concepts, ids or names (default: every concept with 2+ classes; the data-sufficiency "
         "rule picks those built)",
     )  # fmt: skip
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (held-out F1, thresholds)")
-    p.add_argument("--min-images", type=int, default=3, help="data-sufficiency rule: images under a concept")
-    p.add_argument("--min-regions", type=int, default=24, help="data-sufficiency rule: responsible regions")
     p.add_argument("--out", required=True, type=Path, help="bank folder to write")
     p.add_argument("--cache", type=Path, default=None, help="step cache (default: OUT/../.hint-cache)")
-    p.add_argument("--l2", type=float, default=1e-3, help="probe weight decay on standardised features")
-    p.add_argument("--method", choices=sorted(METHODS), default="guided")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--permutations", type=int, default=256, help="Shapley permutations M")
-    p.add_argument("--patience", type=int, default=0, help="stop Shapley when the top-k is stable this many chunks")
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--faithfulness-k", type=int, default=20, help="neurons kept in the faithfulness test (0: skip it)")
-    p.add_argument("--baseline", choices=["auto", "zero", "mean"], default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use the first N images only")
-    p.add_argument("--views", type=int, default=1,
+    p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use the first N images only")
+    p.add_argument("--views", type=int, default=DEFAULTS["views"],
                    help="augmented views per image (flips, crops, scales; hint.build.views): they add training regions, "
                    "calibration uses the photos")  # fmt: skip
-    p.add_argument("--per-class", type=int, default=8,
-                   help="step-1 reservoir: images kept per class (memory bound, hint.build.reservoir)")  # fmt: skip
-    p.add_argument("--checkpoint-every", type=int, default=2000, help="step-1 checkpoint interval (images)")
-    p.add_argument("--head-layers", nargs="+", default=None, metavar="LAYER",
+    p.add_argument("--head-layers", nargs="+", default=DEFAULTS["head_layers"], metavar="LAYER",
                    help="layers of the localisation head (maps and boxes; hint.head), 'none' for no head "
                    "(default: the backbone's, " + ", ".join(f"{k}: {' '.join(v)}" for k, v in DEFAULT_LAYERS.items())
                    + "; other backbones: none); its box threshold: python -m offline head --calibrate")  # fmt: skip
-    p.add_argument("--head-negatives", nargs="+", default=list(DEFAULT_NEGATIVES), choices=list(SHARES), metavar="KIND",
-                   help="negative kinds of the head's classifiers (default %(default)s)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--head-negatives", nargs="+", default=list(DEFAULTS["head_negatives"]), choices=list(SHARES),
+                   metavar="KIND", help="negative kinds of the head's classifiers (default %(default)s)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
+    # the steps' settings: one flag per BuildConfig field; amp follows --device
+    add_arguments(BuildConfig, p, exclude={"amp"}, defaults={"device": "auto"})
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = BuildConfig(
-        method=args.method, threshold=args.threshold, permutations=args.permutations, patience=args.patience,
-        top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
-        folds=args.folds, min_images=args.min_images, min_regions=args.min_regions, l2=args.l2,
-        faithfulness_k=args.faithfulness_k, per_class=args.per_class, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, device=args.device, amp=args.device == "cuda",
-    )  # fmt: skip
+    cfg = from_args(BuildConfig, args, amp=args.device == "cuda")
 
     def say(step: str, cached: bool) -> None:
         print(f"{step}: {'reused from cache' if cached else 'done'}", file=sys.stderr)

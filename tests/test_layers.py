@@ -53,8 +53,8 @@ SERVING += _files(REPO / "handlers")
 def test_core_explain_and_serve_import_no_build_or_evaluation(path):
     bad = sorted(n for n in imports(path) if _within(n, BUILD) or _within(n, EVALUATION))
     if path == HINT / "__init__.py":  # the public API names build_bank and BuildConfig, imported on first use
-        bad = [n for n in bad if n not in {"hint.build.builder", "hint.build.pipeline", "hint.build.builder.build_bank",
-                                           "hint.build.pipeline.BuildConfig"}]
+        bad = [n for n in bad if n not in {"hint.build.builder", "hint.build.config", "hint.build.builder.build_bank",
+                                           "hint.build.config.BuildConfig"}]
     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 

@@ -3,6 +3,6 @@ neuron Shapley values (step 3, :mod:`hint.shapley`), calibration, the presence r
 head. :func:`build_bank` runs it all."""
 
 from hint.build.builder import build_bank
-from hint.build.pipeline import BuildConfig
+from hint.build.config import BuildConfig
 
 __all__ = ["BuildConfig", "build_bank"]

@@ -19,8 +19,9 @@ import torch
 from hint.backbones import get_backbone
 from hint.bank import ConceptBank
 from hint.build.concepts import resolve
+from hint.build.config import BuildConfig
 from hint.build.datasets import discover, with_views
-from hint.build.pipeline import BuildConfig, build
+from hint.build.pipeline import build
 from hint.head import DEFAULT_LAYERS, DEFAULT_NEGATIVES
 from hint.hierarchy import Hierarchy, hierarchy_for
 

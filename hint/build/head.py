@@ -20,8 +20,9 @@ from hint.backbones import Backbone, get_backbone
 from hint.bank import ConceptBank
 from hint.build.classifiers import fit_logistic
 from hint.build.concepts import SHARES, concept_samples
+from hint.build.config import BuildConfig
 from hint.build.datasets import Sample
-from hint.build.pipeline import BuildConfig, cached_regions, torch_threads
+from hint.build.pipeline import cached_regions, torch_threads
 from hint.head import DEFAULT_NEGATIVES, LocalisationHead
 
 
@@ -34,12 +35,12 @@ def negative_shares(negatives: Sequence[str]) -> dict[str, float]:
     return {k: 1 / len(set(negatives)) if k in negatives else 0.0 for k in SHARES}
 
 
-def build_config(bank: ConceptBank, batch_size: int = 32) -> BuildConfig:
-    """The bank's step-1 and training settings (its manifest's ``build``) as a :class:`BuildConfig`."""
-    p = bank.meta.get("build", {})
-    keep = {k: p[k] for k in ("method", "threshold", "quantile", "max_positives", "l2", "seed", "folds") if k in p}
-    # banks from before the step-1 reservoirs kept every image
-    return BuildConfig(**keep, per_class=p.get("per_class") or 1_000_000, batch_size=batch_size)
+def build_config(bank: ConceptBank, batch_size: int = BuildConfig.batch_size) -> BuildConfig:
+    """The bank's settings (:meth:`BuildConfig.from_manifest`) to rerun its steps here: on the CPU, without
+    AMP, ``batch_size`` images per forward pass, and cross-validated with the default folds when the bank
+    was built before the cross-validation."""
+    cfg = BuildConfig.from_manifest(bank, batch_size=batch_size, device="cpu", amp=False)
+    return cfg if cfg.folds else replace(cfg, folds=BuildConfig.folds)
 
 
 def fit_head(

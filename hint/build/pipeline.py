@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from hint.build.concepts import (
     paper_concepts,
     select_concepts,
 )
+from hint.build.config import BuildConfig
 from hint.build.datasets import ImageDataset, Sample
 from hint.build.faithfulness import top_k_f1
 from hint.build.reservoir import ImageReservoir
@@ -48,37 +49,6 @@ log = logging.getLogger("hint.build.pipeline")
 
 #: Bumped when a step's algorithm changes, so that cached outputs of older code are not reused.
 STEP_REVISION = {"regions": 2, "classifiers": 4, "shapley": 3}
-
-
-@dataclass
-class BuildConfig:
-    method: str = "guided"
-    threshold: float = 0.5
-    quantile: float = 0.99
-    batch_size: int = 32
-    max_positives: int = 2000
-    test_fraction: float = 0.2  # the faithfulness test's held-out images
-    folds: int = 5  # cross-validation folds (by image): held-out region F1, image thresholds, reliability
-    min_images: int = 3  # data-sufficiency rule (hint.build.concepts.select_concepts)
-    min_regions: int = 24
-    l2: float = 1e-3
-    baseline: str = "auto"  # auto: zero after a ReLU, else the channel mean; or "zero" / "mean"
-    permutations: int = 256
-    shapley_regions: int = 512
-    top_k: int = 20
-    patience: int = 0  # >0: stop Shapley early once the top-k set is stable this many chunks
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    workers: int = 2
-    per_class: int = 8  # step-1 reservoir: images kept per class (hint.build.reservoir; memory bound)
-    checkpoint_every: int = 2000  # step-1 checkpoint interval, images
-    faithfulness_k: int = 20  # 0 turns the top-k retraining test off
-    faithfulness_draws: int = 5
-
-    def params(self, *names: str) -> dict:
-        d = asdict(self)
-        return {k: d[k] for k in names}
 
 
 def _key(*parts) -> str:

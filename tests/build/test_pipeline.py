@@ -12,8 +12,9 @@ from PIL import Image
 from hint.backbones import get_backbone
 from hint.bank import BankError, ConceptBank
 from hint.build.concepts import resolve
+from hint.build.config import BuildConfig
 from hint.build.datasets import discover
-from hint.build.pipeline import BuildConfig, build
+from hint.build.pipeline import build
 from hint.hierarchy import Hierarchy
 
 CONCEPTS = ["whole", "animal", "artifact"]
@@ -106,6 +107,9 @@ def test_bank_round_trip_and_tables(built, tmp_path):
     for k, v in bank.tensors().items():
         torch.testing.assert_close(loaded.tensors()[k], v)
     assert loaded.concepts == json.loads(json.dumps(bank.concepts))
+    # the build's settings, read back from the saved manifest
+    assert BuildConfig.from_manifest(loaded) == built[3]
+    assert BuildConfig.from_manifest(json.loads((folder / "manifest.json").read_text())) == built[3]
     w = loaded.wnids[1]
     top = loaded.top_neurons(w, 5)
     assert len(top) == 5 and top[0][1] == float(loaded.phi[1].max())

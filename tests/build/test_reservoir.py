@@ -16,8 +16,9 @@ from PIL import Image
 from support import REPO
 
 from hint.backbones import get_backbone
+from hint.build.config import BuildConfig
 from hint.build.datasets import ImageDataset, discover, with_views
-from hint.build.pipeline import BuildConfig, extract_regions, load_meta, load_table, region_table
+from hint.build.pipeline import extract_regions, load_meta, load_table, region_table
 from hint.build.reservoir import ImageReservoir, priority
 from hint.build.views import make_view
 

@@ -645,3 +645,35 @@ def test_bootstrap_intervals():
     b = wsol.bootstrap_metrics(s, np.ones(100, bool), test, 1, w)
     lo, hi = wsol.ci95(b["gt_known_loc"])
     assert lo < 0.5 < hi and hi - lo < 0.35
+
+
+def test_evaluate_wsol_flags_are_the_eval_config_fields():
+    """``offline evaluate-wsol``: one flag per EvalConfig option field, with its default (``--bank``: the
+    default bank), help and choices; ``--no-x`` for a field that is True by default; the parsed flags give
+    the config, and the recorded command names what differs from the defaults."""
+    import argparse
+    from dataclasses import MISSING
+
+    from hint._utils.options import flag_name, from_args, options
+    from offline.__main__ import build_parser
+    from offline.evaluate_wsol import command_line
+
+    parser, _ = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["evaluate-wsol"]
+    actions = {a.dest: a for a in sub._actions if a.dest != "help"}
+    fields = options(wsol_eval.EvalConfig)
+    assert [a.dest for a in actions.values()] == [f.name for f in fields]  # the fields' order is the flags'
+    for f in fields:
+        a = actions[f.name]
+        assert a.option_strings == [flag_name(f)] and a.help == f.metadata["help"]
+        want = Path("model_store/hint-bank") if f.name == "bank" else f.default
+        if f.default is not MISSING or f.name == "bank":
+            assert a.default == (list(want) if isinstance(want, tuple) else want), f.name
+        assert a.required == (f.default is MISSING and f.name != "bank")
+    args = parser.parse_args(["evaluate-wsol", "--data", "d", "--no-retrain", "--percents", "10", "--jobs", "2"])
+    cfg = from_args(wsol_eval.EvalConfig, args, command=command_line(args))
+    assert (cfg.retrain, cfg.percents, cfg.jobs, cfg.progress, cfg.data) == (False, [10], 2, True, Path("d"))
+    assert cfg.command == ("python -m offline evaluate-wsol --bank model_store/hint-bank --data d --out docs/wsol "
+                           "--percents 10 --no-retrain --jobs 2")  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate-wsol", "--data", "d", "--step1-methods", "nothing"])

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 from support import REPO
 
+from hint._utils.options import from_args
 from hint.bank import ConceptBank
-from offline.__main__ import main
+from hint.build.builder import pick_device
+from hint.build.config import BuildConfig
+from offline.__main__ import build_parser, main
 
 ARGS = ["--concepts", "whole", "animal", "artifact", "--permutations", "16", "--workers", "0", "--no-progress",
         "--batch-size", "8"]  # fmt: skip
@@ -141,3 +146,29 @@ def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp
     cal = head.info["calibration"]
     assert cal["images"] == 2 and 0 <= head.box_threshold < 1 and cal["data"] == str(boxes)
     assert f"box threshold {head.box_threshold}" in capsys.readouterr().out
+
+
+def test_build_flags_are_the_build_config_fields():
+    """``offline build`` has one flag per BuildConfig field (but ``amp``, which follows ``--device``) with the
+    field's default, type, choices and help; ``--device`` defaults to auto."""
+    parser, _ = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["build"]
+    actions = {a.dest: a for a in sub._actions}
+    for f in fields(BuildConfig):
+        if f.name == "amp":
+            assert f.name not in actions
+            continue
+        a = actions[f.name]
+        assert a.option_strings == ["--" + f.name.replace("_", "-")]
+        assert a.default == ("auto" if f.name == "device" else f.default), f.name
+        assert a.help == f.metadata["help"] and a.choices == f.metadata["choices"]
+        assert a.type is (None if isinstance(f.default, str) else type(f.default))
+    args = parser.parse_args(["build", "--data", "d", "--out", "o", "--device", "cuda", "--top-k", "5"])
+    assert from_args(BuildConfig, args, amp=args.device == "cuda") == BuildConfig(device="cuda", amp=True, top_k=5)
+
+
+def test_cli_bank_manifest_gives_back_the_flags(cli_bank):
+    """A bank built by the CLI records the flags' settings: read back, they are the config it ran with."""
+    device = pick_device("auto")
+    want = BuildConfig(permutations=16, workers=0, batch_size=8, device=device, amp=device == "cuda")
+    assert BuildConfig.from_manifest(ConceptBank.load(cli_bank)) == want

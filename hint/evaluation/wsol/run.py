@@ -28,12 +28,11 @@ Maps (rows of the report), all from one forward pass per batch:
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +40,24 @@ import torch
 from tqdm import tqdm
 
 from hint import head
+from hint._utils.options import option
 from hint._utils.stats import bootstrap_weights
 from hint.bank import ConceptBank
+from hint.boxes import UPSAMPLING
 from hint.build.classifiers import train_classifier
 from hint.build.concepts import SHARES, ConceptSamples, RegionTable, concept_samples, paper_concepts
+from hint.build.config import BuildConfig
 from hint.build.faithfulness import select_neurons
-from hint.build.pipeline import BuildConfig, load_meta, load_table, save_table
+from hint.build.head import build_config
+from hint.build.pipeline import load_meta, load_table, save_table
 from hint.build.pipeline import region_table as pipeline_region_table
+from hint.evaluation.cam_baselines import BASELINES, ONE_PASS_PER_CHANNEL
 from hint.evaluation.cam_baselines import DEFAULT as DEFAULT_BASELINES
 from hint.evaluation.wsol import metrics as wsol
 from hint.evaluation.wsol.served import SERVED, box_hits, level_hits, served
 from hint.hierarchy import Hierarchy
 from hint.probes import probe_map
+from hint.regions import METHODS
 
 CAM_LAYERS = {  # backbone -> (module whose output are the final conv features, the FC classifier)
     "efficientnet_lite0": ("_head_act", "_fc"),
@@ -65,34 +70,57 @@ CAM_PRED = "CAM (predicted class)"
 
 @dataclass
 class EvalConfig:
-    """Everything one evaluation run depends on (the command's options)."""
+    """Everything one evaluation run depends on: the options of ``python -m offline evaluate-wsol``, made
+    from these fields (:func:`hint._utils.options.add_arguments`; the order is the flags')."""
 
-    bank: Path
-    data: Path
-    annotations: Path | None = None  # default DATA/annotations.csv
-    limit: int | None = None
-    split_seed: int = 0
-    upsample: str = "cubic"
-    percents: Sequence[int] = (10, 20, 40, 80)
-    faithfulness_k: int | None = None  # default: the bank's, or 20
-    draws: int = 5
-    retrain: bool = True
-    recompute_regions: bool = True  # step 1 again on the bank's build data when its table is not cached
-    step1_methods: Sequence[str] = ()
-    layers: Sequence[str] = ()  # rows from classifiers fit at these layers of the backbone
-    fuse: Sequence[str] = ()  # rows of fused maps, each "LAYER+LAYER[+…]"
-    whole_negatives: Sequence[str] = ()  # also rows with `whole` trained against these negative kinds only
+    bank: Path = option(help="concept bank folder")
+    data: Path = option(help="folder of the images (or of images/)")
+    annotations: Path | None = option(None, "CSV file,wnid,label_index,width,height,boxes_xyxy (default "
+                                      "DATA/annotations.csv)")  # fmt: skip
+    out: Path = option(Path("docs/wsol"), "results folder (default %(default)s)")
+    limit: int | None = option(None, "first N images only")
+    split_seed: int = option(0, "seed of the selection/test halves")
+    upsample: str = option("cubic", "how every map is resized to the network input (default %(default)s, as "
+                           "wsolevaluation)", choices=UPSAMPLING)  # fmt: skip
+    export_npy: Path | None = option(None, "save score maps (.npy) and wsolevaluation metadata", metavar="DIR")
+    export_methods: Sequence[str] = option(MAIN, "methods to export (default: %(default)s; 'all' for every one)",
+                                           metavar="METHOD")  # fmt: skip
+    cache: Path | None = option(None, "step cache of the bank (default BANK/../.hint-cache)")
+    recompute_regions: bool = option(True, "never recompute the bank's step-1 table from its build data (then no "
+                                     "retrained rows without a cache)")  # fmt: skip
+    percents: Sequence[int] = option((10, 20, 40, 80), "the (x%%) rows", nargs="*")
+    faithfulness_k: int | None = option(None, f"neurons kept (default: the bank's, or {BuildConfig.faithfulness_k})")
+    draws: int = option(5, "random neuron draws (seeds) in the faithfulness test")
+    step1_methods: Sequence[str] = option((), "also rows with classifiers trained on regions of these step-1 "
+                                          f"methods ({', '.join(METHODS)})", choices=METHODS, nargs="*",
+                                          metavar="METHOD")  # fmt: skip
+    layers: Sequence[str] = option((), "also rows with classifiers fit at these layers of the backbone "
+                                   "(python -m hint.backbones layers NAME)", metavar="LAYER")  # fmt: skip
+    fuse: Sequence[str] = option((), "also rows of fused maps: the mean of these layers' maps on the finest "
+                                 "grid, e.g. _blocks.15+_blocks.10", metavar="L1+L2")  # fmt: skip
+    whole_negatives: Sequence[str] = option((), "also HINT-whole rows (bank layer, --layers, --fuse) with the "
+                                            "whole classifier trained against these negative kinds only, in equal "
+                                            f"shares ({', '.join(SHARES)})", choices=SHARES,
+                                            metavar="KIND")  # fmt: skip
+    baselines: Sequence[str] = option(
+        DEFAULT_BASELINES,
+        f"rows from pytorch-grad-cam (PyPI grad-cam) at the CAM's layer for the ground-truth class, scored as CAM: "
+        f"{', '.join(BASELINES)} (default: {' '.join(DEFAULT_BASELINES)}, one forward and backward pass per batch "
+        f"each, about 85 s per 1300 images on 2 CPU cores; {', '.join(sorted(ONE_PASS_PER_CHANNEL))}: one forward "
+        "pass per channel, 1280 per image on efficientnet_lite0, 40-110 s per image, so only when named; none: "
+        "--baselines alone)",
+        choices=BASELINES, nargs="*", metavar="NAME",
+    )  # fmt: skip
+    retrain: bool = option(True, "skip the (x%%) rows, the faithfulness test and --step1-methods")
+    weights: str | None = option(None, "backbone weights file (default: the packaged ones)")
+    batch_size: int = option(32, "images per forward pass")
+    jobs: int = option(1, "processes scoring the maps (default %(default)s)")
+    overlays: int = option(6, "test images in overlays.png (0: none)")
+    overlay_photos: bool = option(False, "draw the photographs under the heat maps (do not commit such figures "
+                                  "of licensed data)")  # fmt: skip
+    progress: bool = option(True, "no progress bars")
     served: bool = True  # the rows "HINT-whole (served)" / "HINT-ancestor (served)": the service's maps and boxes
-    baselines: Sequence[str] = DEFAULT_BASELINES  # rows from pytorch-grad-cam (hint.evaluation.cam_baselines.BASELINES)
-    cache: Path | None = None  # default BANK/../.hint-cache
-    weights: str | None = None
-    batch_size: int = 32
-    jobs: int = 1
-    export_npy: Path | None = None
-    export_methods: Sequence[str] = MAIN  # or ("all",)
-    overlays: int = 6
-    progress: bool = True
-    command: str = ""
+    command: str = ""  # the command line, recorded in the report
 
     @property
     def cache_dir(self) -> Path:
@@ -193,7 +221,7 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     sets = {"bank": bank_set(bank)}
     retrain_info: dict = {"done": False, "reason": "disabled (--no-retrain)"}
     ctx = Context(cfg, bank, h, used, bb)
-    k_faith = cfg.faithfulness_k or int(bank.meta.get("faithfulness", {}).get("k", 20))
+    k_faith = cfg.faithfulness_k or BuildConfig.from_manifest(bank).faithfulness_k or BuildConfig.faithfulness_k
     extra: dict[str, dict] = {}
     if cfg.retrain:
         t = time.perf_counter()
@@ -381,14 +409,8 @@ def ancestor_concept(wnid: str, bank_wnids: list[str], h: Hierarchy) -> str | No
 
 
 def build_params(bank: ConceptBank) -> dict:
-    """The build parameters recorded in the bank's manifest."""
+    """What the bank's manifest records of its build (its settings: :meth:`BuildConfig.from_manifest`)."""
     return dict(bank.meta.get("build", {}))
-
-
-def _kwargs(fn: Callable, params: dict, skip: set[str]) -> dict:
-    """The entries of ``params`` that ``fn`` takes as keyword arguments (so new build options pass through)."""
-    names = set(inspect.signature(fn).parameters) - skip
-    return {k: v for k, v in params.items() if k in names}
 
 
 def own_table_name(bank: ConceptBank, method: str | None = None, layer: str | None = None) -> str:
@@ -450,12 +472,10 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
     samples = discover(root, ctx.hierarchy).samples
     total = (params.get("n_images") or 0) + (params.get("unreadable") or 0)
     samples = samples[:total] if total else samples  # built with --limit
-    use = method or params.get("method", "guided")
+    use = method or BuildConfig.from_manifest(bank).method
     at = f" at {layer}" if layer else ""
     _warn(f"step 1 ({use}{at}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)")
-    step1 = BuildConfig(method=use, threshold=params.get("threshold", 0.5), quantile=params.get("quantile", 0.99),
-                        batch_size=cfg.batch_size, seed=params.get("seed", 0),
-                        per_class=params.get("per_class") or len(samples))  # banks before the reservoirs kept all
+    step1 = replace(build_config(bank, cfg.batch_size), method=use)
     table, stats = pipeline_region_table(backbone or ctx.backbone, samples, step1, cfg.progress)
     out = cfg.cache_dir / own_table_name(bank, method, layer)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -469,28 +489,22 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
 def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str], h: Hierarchy,
                  shares: dict[str, float] | None = None) -> dict[str, ConceptSamples]:  # fmt: skip
     """Each concept's training samples, rebuilt as the bank build does: the manifest's group parent and
-    the build parameters that :func:`hint.build.concepts.concept_samples` takes (``shares``: other negative shares)."""
-    kw = _kwargs(concept_samples, build_params(bank), {"table", "wnid", "parent", "hierarchy"})
-    if shares is not None:
-        kw["shares"] = shares
+    build's positives cap and seed (``shares``: other negative shares)."""
+    b = BuildConfig.from_manifest(bank)
     out = {}
     for w in wnids:
         parent = bank.concepts[bank.index(w)].get("parent") or h.group_parent(w, bank.wnids)
-        out[w] = concept_samples(table, w, parent, h, **kw)
+        out[w] = concept_samples(table, w, parent, h, b.max_positives, b.seed, shares)
     return out
 
 
 def fit(bank: ConceptBank, s: ConceptSamples, neurons: torch.Tensor | None = None):
     """:func:`hint.build.classifiers.train_classifier` with the bank's training parameters (and the samples'
     loss weights when both have them), on CPU; held-out F1 is NaN when the build trained on every image."""
-    skip = {"x", "y", "image", "neurons", "device", "sample_weight", "test"}
-    params = build_params(bank)
-    kw = _kwargs(train_classifier, params, skip)
-    if params.get("folds"):  # a build with cross-validated metrics fits each probe on every image
-        kw["test_fraction"] = 0.0
-    if getattr(s, "weight", None) is not None and "sample_weight" in inspect.signature(train_classifier).parameters:
-        kw["sample_weight"] = s.weight
-    return train_classifier(s.x, s.y, s.image, neurons=neurons, **kw)
+    b = BuildConfig.from_manifest(bank)
+    # a build with cross-validated metrics (folds) fits each probe on every image
+    return train_classifier(s.x, s.y, s.image, neurons=neurons, test_fraction=0.0 if b.folds else b.test_fraction,
+                            seed=b.seed, l2=b.l2, sample_weight=getattr(s, "weight", None))  # fmt: skip
 
 
 def bank_set(bank: ConceptBank) -> ClassifierSet:
@@ -559,7 +573,7 @@ def step1_builder(methods: Sequence[str]) -> VariantBuilder:
     def build(ctx: Context) -> tuple[list[ClassifierSet], dict]:
         out, info = [], {}
         for m in methods:
-            table, where = region_table(ctx, None if m == build_params(ctx.bank).get("method") else m)
+            table, where = region_table(ctx, None if m == BuildConfig.from_manifest(ctx.bank).method else m)
             if table is None:
                 info[f"step 1: {m}"] = {"done": False, "reason": where}
                 continue
