@@ -103,10 +103,22 @@ class Explainer:
     @classmethod
     def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
                   weights: str | None = None, recorded: bool = True) -> Explainer:  # fmt: skip
-        """Load a bank folder (sha256 checked), with its hierarchy, and the backbone it names; BankError /
-        ValueError with one readable line when they do not fit. A bank built from a weights file gets its
-        backbone from ``weights``, else the ``backbone-weights.*`` beside it, else (``recorded``) the path
-        recorded at build time (:func:`hint.bank.backbone_weights`; sha256 checked)."""
+        """Load a bank folder with its hierarchy and the backbone it names.
+
+        Args:
+            folder: a bank folder (every file's sha256 is checked).
+            device: ``"cpu"`` or a CUDA device.
+            fast, box_grid: how boxes are drawn (see the class; the service uses :data:`SERVING`).
+            weights: the backbone's weights file for a bank built from one; default: the
+                ``backbone-weights.*`` beside the bank, else (``recorded``) the path recorded at build time
+                (:func:`hint.bank.backbone_weights`; sha256 checked).
+
+        Returns:
+            An :class:`Explainer`.
+
+        Raises:
+            BankError, ValueError: one readable line when the files or the backbone do not fit.
+        """
         from hint.backbones import get_backbone
         from hint.bank import BankError, backbone_weights
 
@@ -188,15 +200,28 @@ class Explainer:
         self,
         images: list[Image.Image],
         concepts: list[str] | str | None = None,
-        top_k: int = 5,
-        threshold: float = 0.5,
+        top_k: int = DEFAULTS["top_k"],
+        threshold: float = DEFAULTS["threshold"],
         ablate: list[int] | None = None,
-        return_maps: bool = False,
+        return_maps: bool = DEFAULTS["return_maps"],
         topk_classes: int = 5,
         **options,
     ) -> list[dict]:
-        """One JSON-ready dict per image (see docs/api.md), all with the same options (``concepts``:
-        bank WNIDs, ``"all"``, or None for the relevant ones; more options: :data:`DEFAULTS`)."""
+        """Explain images, all with the same options.
+
+        Args:
+            images: PIL images (any size; the backbone squashes them to its input).
+            concepts: bank WNIDs to report, ``"all"``, or None for the relevant ones (the predicted class's
+                path and the present concepts).
+            top_k: neurons listed per concept; threshold: share of a concept's bank-layer map maximum that
+                outlines its region; ablate: neurons set to the baseline inside the network;
+                return_maps: add each concept's map; topk_classes: predicted classes listed.
+            **options: any other option of :data:`DEFAULTS` (docs/api.md).
+
+        Returns:
+            One answer document (a JSON-ready dict, ``#/$defs/explanation`` of docs/response.schema.json)
+            per image; boxes are in the image's pixels.
+        """
         opts = {**options, "concepts": concepts, "top_k": top_k, "threshold": threshold,
                 "ablate": list(ablate or []), "return_maps": return_maps}  # fmt: skip
         return self.answer(images, [im.size for im in images], [opts] * len(images), topk_classes)
@@ -205,9 +230,17 @@ class Explainer:
     def answer(
         self, images: list[Image.Image], sizes: list[tuple[int, int]], options: list[dict], topk_classes: int = 5
     ) -> list[dict]:
-        """Explain a batch, each image with its own options (:data:`DEFAULTS` names; ``sizes``: (W, H) of
-        each image as displayed). One forward pass serves the whole batch: images with a network
-        ablation run in it a second time, their copy edited by the hook."""
+        """Explain a batch, each image with its own options, in one forward pass (images with a network
+        ablation run in it a second time, their copy edited by the hook).
+
+        Args:
+            images: N PIL images; sizes: N (width, height) as displayed (the pixels boxes are given in).
+            options: N dicts of :data:`DEFAULTS` names (missing ones take the defaults).
+            topk_classes: predicted classes listed.
+
+        Returns:
+            N answer documents (see :meth:`explain`).
+        """
         opts = [{**DEFAULTS, **o} for o in options]
         for o in opts:
             for n in o["ablate"]:
