@@ -52,7 +52,6 @@ DEFAULTS = {
     "box_grid": SERVING["box_grid"],
     "default_top_k": 5,
     "default_threshold": 0.5,
-    "default_permutations": 8,  # per-image Shapley permutations M when a request sets none (serving budget)
     "log_timings": False,  # log preprocess / inference / postprocess milliseconds of every batch
 }
 
@@ -100,7 +99,7 @@ class HintHandler(BaseHandler):
         return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
                       max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
                       default_top_k=int(c["default_top_k"]), default_threshold=float(c["default_threshold"]),
-                      default_permutations=int(c["default_permutations"]), options=self.OPTIONS,
+                      options=self.OPTIONS,
                       max_instances=int(c["max_instances"]), **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:
