@@ -53,7 +53,7 @@ BASELINES = tuple(f"{m}_{t}" for m in METHODS for t in TARGETS)
 ARMS = ("image", "image_abs", "image_mc", "global", "random", *BASELINES)
 LABELS = {"image": "served: this image's exact logit-game Shapley (signed)",
           "image_abs": "this image's exact logit-game Shapley (absolute)",
-          "image_mc": "this image's probability-game Shapley, Monte Carlo (signed; `game: probability`)",
+          "image_mc": "this image's probability-game Shapley, Monte Carlo (signed; a request with `permutations`)",
           "global": "bank's global φ", "random": "random",
           **{f"{m}_{t}": f"{label}, {t} target" for m, label in METHODS.items() for t in TARGETS}}  # fmt: skip
 METRICS = {"probability": "drop of the model's probability for its predicted class",
@@ -209,8 +209,12 @@ def markdown(rep: dict, command: str, plot: str | None = "neurons.png") -> str:
         "Library arms (`hint.evaluation.neuron_baselines`): a neuron's value is the method's attribution at the bank "
         "layer summed over all positions; *concept target* = e's probe logit summed over R, Σ_{r∈R} (αᵀz(r) + b) "
         "(its gradient is zero outside R), *class target* = the logit of c. Integrated Gradients integrates from the "
-        "bank-layer activations of an all-zero input (the mean grey image after normalisation); zennit-crp starts "
-        "its relevance at 1 on the target. Values: mean drop over images, [95 % interval] (± 1.96 standard errors).", "",
+        "bank-layer activations of an all-zero input (the mean grey image after normalisation). zennit-crp runs on "
+        "EfficientNet-Lite0 as loaded: relevance starts at 1 on the target, `EpsilonPlusFlat` puts the flat rule on the "
+        "stem, z⁺ on every other convolution (the probe's 1×1 included), ε on the classifier, passes ReLU6 and "
+        "normalises the average pooling; the BatchNorms are already folded into the convolutions (no canonizer "
+        "needed), and the blocks' residual additions and TensorFlow padding are functional, so they pass plain "
+        "gradients. Values: mean drop over images, [95 % interval] (± 1.96 standard errors).", "",
     ]  # fmt: skip
     for metric, title in METRICS.items():
         summ = rep["summary"][metric]
@@ -248,8 +252,10 @@ def markdown(rep: dict, command: str, plot: str | None = "neurons.png") -> str:
         "served top-k are the k neurons whose removal lowers e's region logit most. Captum's gradient × activation "
         "on the concept target is α_d · Σ_R z_d(r), the same without the baseline; Integrated Gradients is exact "
         "for this linear target too, but from the grey image's activations instead of the bank's baseline. The "
-        "class probability never enters the served game, so its drop is the independent check; the class-target "
-        "arms aim at it directly.", "",
+        "probe image score pools σ of the logit over the map's top cells, so the exact logit ranking is not "
+        "guaranteed to be the best for it; on these images no other arm removes more of it. The class probability "
+        "never enters the served game, so its drop is the independent check; the class-target arms aim at it "
+        "directly and remove more of it, and less of the concept's score.", "",
     ]  # fmt: skip
     if plot:
         lines += [f"![mean drops with 95 % intervals]({plot})", ""]
@@ -274,8 +280,10 @@ def verdict(rep: dict, target: tuple[str, str] = TARGET) -> str:
 
 def plot(rep: dict, path: str | Path) -> None:
     """Mean drops with 95 % intervals against k, one panel per metric."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
+    palette = colormaps["tab20"]
     fig = Figure(figsize=(12, 5), dpi=110, layout="constrained")
     ks = [int(k) for k in rep["ks"]]
     for i, (metric, title) in enumerate(METRICS.items()):
@@ -285,7 +293,7 @@ def plot(rep: dict, path: str | Path) -> None:
             mean = np.array([r["mean"] for r in rows])
             lo, hi = mean - np.array([r["ci"][0] for r in rows]), np.array([r["ci"][1] for r in rows]) - mean
             ax.errorbar(np.array(ks) + (j - (len(ARMS) - 1) / 2) * 0.2, mean, yerr=[lo, hi], marker="o", ms=3,
-                        capsize=2, label=LABELS[arm], ls="-" if j < 5 else "--")  # fmt: skip
+                        capsize=2, label=LABELS[arm], ls="-" if j < 5 else "--", color=palette(j))  # fmt: skip
         ax.set_xticks(ks)
         ax.set_xlabel("k neurons removed")
         ax.set_ylabel("mean drop")
