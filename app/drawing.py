@@ -182,13 +182,13 @@ def neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None)
     return fig
 
 
-POSITIVE_COLOR = "#54a24b"  # a neuron that raises the concept's probability on this image
+POSITIVE_COLOR = "#54a24b"  # a neuron that raises the concept's probe logit on this image
 NEGATIVE_COLOR = "#b279a2"  # one that lowers it
 
 
 def image_neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None):
     """A matplotlib Figure: this image's signed Shapley values (``image_neurons``), green when the neuron
-    raises the concept's probability here, purple when it lowers it, the first ``removed`` in red; each
+    raises the concept's probe logit here, purple when it lowers it, the first ``removed`` in red; each
     tick reads ``#neuron`` over ``g<global rank>`` (its rank in the bank's global table)."""
     from matplotlib.patches import Patch
 

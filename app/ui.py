@@ -42,7 +42,6 @@ MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"
 # are re-encoded as JPEG at the same size in pixels (boxes stay in the original image's pixels).
 SEND_AS_IS_BYTES = 4_000_000
 MAX_NEURONS = 20  # neurons asked per concept; the ablation slider's range
-PERMUTATIONS = 32  # per-image Shapley permutations the page asks for (steadier bars than the service's default)
 SEP = " › "
 IMAGE_SOURCE = "this image's neurons (signed Shapley value)"
 GLOBAL_SOURCE = "the bank's neurons (global Shapley value)"
@@ -423,8 +422,7 @@ class HintApp:
             raise HintError("upload an image (or pick an example) first")
         t0 = time.perf_counter()
         result = self.client.explain(
-            upload_bytes(path), concepts=["all"], top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True,
-            permutations=PERMUTATIONS,
+            upload_bytes(path), concepts=["all"], top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True
         )
         seconds = time.perf_counter() - t0
         if not result["concepts"]:

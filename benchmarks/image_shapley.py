@@ -1,11 +1,13 @@
 """Per-image Shapley values: milliseconds per image for 26 concepts × all neurons, one CPU thread.
 
-    python benchmarks/image_shapley.py [--images 50] [--permutations 8 16 32] [--repeats 5] [--no-write]
+    python benchmarks/image_shapley.py [--images 50] [--permutations 0 8 16 32] [--repeats 5] [--no-write]
 
 For each image (the first ``--images`` of ``../shared/data/imagenet-val-boxes``, else scikit-image's
 photos) the forward pass runs once, untimed; then what the service adds per image for its per-image
-neuron answer is timed (``Explainer._image_neurons``: :func:`hint.explain.neurons.image_shapley` over every
-concept's region, the ranks over all D neurons and the top-5 lists), for two sets of 26 concepts:
+neuron answer is timed (``Explainer._image_neurons``: the values over every concept's region, the ranks over
+all D neurons and the top-5 lists), for two sets of 26 concepts. M = 0 is the service's default, the
+probe-logit game's exact values (:func:`hint.explain.neurons.image_logit_shapley`); M > 0 a request with
+``permutations`` M, the probability game's Monte Carlo (:func:`hint.explain.neurons.image_shapley`):
 
 * ``paper``: the paper's 26 levels that the bank has (25: *plant* is not built) + the deepest reliable
   bank concept on the predicted class's path (or, when that is one of them, the next best-scoring);
@@ -72,7 +74,7 @@ def measure(ex, image, permutations: list[int], repeats: int) -> dict:
     for name, rows in concept_sets(ex, probs[0], maps[0]).items():
         cells = int((rel[rows] >= 0.5).sum())
         for mm in permutations:
-            opts = {"threshold": 0.5, "permutations": mm, "seed": 0, "top_k": 5}
+            opts = {"threshold": 0.5, "permutations": mm or None, "seed": 0, "top_k": 5}
             ex._image_neurons(rel, z[0], rows, opts, None)  # warm
             wall, cpu = [], []
             for _ in range(repeats):
@@ -92,7 +94,7 @@ def table(results: list[dict], permutations: list[int]) -> str:
             rows = [r[(name, mm)] for r in results]
             wall, cpu, cells = (np.array([x[i] for x in rows]) for i in range(3))
             p50 = float(np.median(cpu))
-            lines.append(f"| {name} (26) | {mm} | {cells.mean():.0f} | {np.median(wall):.2f} | {np.percentile(wall, 90):.2f} "
+            lines.append(f"| {name} (26) | {mm or 'exact'} | {cells.mean():.0f} | {np.median(wall):.2f} | {np.percentile(wall, 90):.2f} "
                          f"| {p50:.2f} | {np.percentile(cpu, 90):.2f} | {'yes' if p50 <= TARGET_MS else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -113,7 +115,8 @@ def write_doc(text: str, path: Path, title: str = "## Per-image Shapley") -> Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=50)
-    ap.add_argument("--permutations", type=int, nargs="+", default=[8, 16, 32], help="M values (8: the service's default)")
+    ap.add_argument("--permutations", type=int, nargs="+", default=[0, 8, 16, 32],
+                    help="M values (0: the service's default, exact probe-logit values)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bank", type=Path, default=REPO / "model_store" / "hint-bank")
     ap.add_argument("--no-write", action="store_true")
@@ -141,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         body,
         "",
         "*paper*: the paper's 26 levels the bank has (25) + the deepest reliable concept on the predicted class's "
-        "path; *top*: the image's 26 best-scoring concepts (their regions are larger). The estimator is the bank's "
+        "path; *top*: the image's 26 best-scoring concepts (their regions are larger). M = *exact*: the service's default, "
+        "the probe-logit game's exact values (`hint.explain.neurons.image_logit_shapley`, one matrix product). M > 0: a "
+        "request with `permutations` M, the probability game's estimate with the bank's estimator "
         "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.explain.neurons.RowsShapley` plays all "
         "concepts' region rows in one pass, laid out neurons × rows, equal to `NeuronShapley.attribute` on the same "
-        "permutations, `tests/explain/test_neurons.py`). Its cost is ~permutations × region cells × neurons.",
+        "permutations, `tests/explain/test_neurons.py`), whose cost is ~permutations × region cells × neurons.",
         "",
     ])  # fmt: skip
     print(text)

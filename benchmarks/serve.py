@@ -153,18 +153,15 @@ P50_TARGET, RPS_TARGET = 1.3, 0.8  # issue 11: with this image's neurons on, at 
 NOTES = """\
 The answer is the service's default: the relevant concepts (the predicted class's path and the present
 ones, 13 on this photo), 5 neurons of the bank and **5 of this image's own per concept** (per-image
-Shapley values, M = 8 permutations over each concept's region: ~450 region cells × 320 neurons here;
-see "Per-image Shapley"), no maps. Where HINT's extra time goes per image (the in-process handler,
+Shapley values over each concept's region, exact in the probe-logit game; see "Per-image Shapley"), no maps. Where HINT's extra time goes per image (the in-process handler,
 batches of 4 such requests, 1 torch thread, cProfile and timers):
 
 * the forward pass (~28 ms) is the same in both handlers;
 * the concept maps of all 249 concepts, their pooled scores and presence, the boxes of the present
   concepts on a 112x112 grid (`fast`), the chain and the bank's neurons: ~1.5-2 ms;
-* this image's neurons: ~4 ms at M = 8 (the estimator laid out neurons x region cells, permutations
-  memoised, ranks only for the listed neurons: `hint.explain.neurons`; `"image_neurons": false` saves it), ~7.5
-  ms at M = 16. At M = 16 the 8-client throughput ratio was 0.77-0.82 in five runs on 2026-11-30, some
-  with other jobs running, hence the default M = 8 (handler option `default_permutations`); a request
-  may ask for more (`permutations`);
+* this image's neurons: the exact probe-logit values are one matrix product (CPU p50 in "Per-image
+  Shapley"; `"image_neurons": false` saves it). A request with `permutations` M gets the probability
+  game's Monte Carlo instead, ~4 ms at M = 8 and ~7.5 ms at M = 16 here;
 * the JSON answer (~20 kB): ~0.2 ms.
 
 The ratios move with the load other jobs put on the 2 cores (both endpoints are measured in alternating

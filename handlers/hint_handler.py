@@ -58,7 +58,6 @@ DEFAULTS = {
     # a request's defaults for these options (hint.serve.options.OPTIONS declares them): set here to change them
     "default_top_k": OPTIONS["top_k"].default,
     "default_threshold": OPTIONS["threshold"].default,
-    "default_permutations": OPTIONS["permutations"].default,  # per-image Shapley M (serving budget)
     "log_timings": False,  # log preprocess / inference / postprocess milliseconds of every batch
 }
 
@@ -105,8 +104,8 @@ class HintHandler(BaseHandler):
         c = self.cfg
         return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
                       max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
-                      defaults={"top_k": int(c["default_top_k"]), "threshold": float(c["default_threshold"]),
-                                "permutations": int(c["default_permutations"])}, options=self.OPTIONS,
+                      defaults={"top_k": int(c["default_top_k"]), "threshold": float(c["default_threshold"])},
+                      options=self.OPTIONS,
                       max_instances=int(c["max_instances"]), **kw)  # fmt: skip
 
     def _load(self, model_dir: Path) -> Limits:

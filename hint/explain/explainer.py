@@ -18,7 +18,14 @@ from hint import __version__
 from hint.backbones import Backbone
 from hint.bank import ConceptBank
 from hint.boxes import box_from_map, scale_box
-from hint.explain.neurons import ChannelEdit, image_shapley, rank_of, ranks, responsible_region
+from hint.explain.neurons import (
+    ChannelEdit,
+    image_logit_shapley,
+    image_shapley,
+    rank_of,
+    ranks,
+    responsible_region,
+)
 from hint.head import box_on_grid
 from hint.hierarchy import Hierarchy
 from hint.presence import apply_rule as presence_rule
@@ -444,8 +451,12 @@ class Explainer:
             out["localisation"] = {"layers": self.head.layers, "grid": list(loc.shape[1:]) if loc is not None else self.head.grid,
                                    "box_threshold": self.box_threshold(o)}  # fmt: skip
         if o["image_neurons"]:
-            out["image_shapley"] = {"permutations": int(o["permutations"]), "seed": int(o["seed"]),
-                                    "region": "concept_map" if region is None else "responsible"}  # fmt: skip
+            where = "concept_map" if region is None else "responsible"
+            if o["permutations"] is None:
+                out["image_shapley"] = {"game": "logit", "method": "exact", "region": where}
+            else:
+                out["image_shapley"] = {"game": "probability", "method": "monte_carlo", "permutations": int(o["permutations"]),
+                                        "seed": int(o["seed"]), "region": where}  # fmt: skip
         if region is not None:
             c = region["class"]
             out["responsible"] = {
@@ -475,17 +486,21 @@ class Explainer:
 
     def _image_neurons(self, rel: np.ndarray, z: torch.Tensor, rows: list[int], o: dict, region: dict | None):
         """Per listed concept: (region cells, its ``top_k`` neurons by this image's signed Shapley value,
-        i.e. the neurons that raise the concept's probability most on this image, each with its ranks over
-        all D neurons: signed, the paper's absolute form, and the bank's global φ), from one
-        :func:`hint.explain.neurons.image_shapley` call."""
+        i.e. the neurons that raise the concept's probe logit most on this image, each with its ranks over
+        all D neurons: signed, absolute, and the bank's global φ). The values are exact in the probe-logit
+        game (:func:`hint.explain.neurons.image_logit_shapley`), or, when the request sets ``permutations``,
+        the probability game's Monte-Carlo estimate (:func:`hint.explain.neurons.image_shapley`)."""
         k, cells = len(rows), rel.shape[1] * rel.shape[2]
         if region is None:
             masks = torch.from_numpy(rel[rows].reshape(k, cells) >= o["threshold"]).to(z.device)
         else:
             masks = region["mask"].reshape(1, cells).expand(k, cells).to(z.device)
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        signed, absolute = image_shapley(z, masks, self.weight[idx], self.bias[idx], self.baseline,
-                                         int(o["permutations"]), int(o["seed"]))  # fmt: skip
+        if o["permutations"] is None:
+            signed, absolute = image_logit_shapley(z, masks, self.weight[idx], self.baseline)
+        else:
+            signed, absolute = image_shapley(z, masks, self.weight[idx], self.bias[idx], self.baseline,
+                                             int(o["permutations"]), int(o["seed"]))  # fmt: skip
         counts = masks.sum(1)
         acts = (masks.float() @ z.reshape(z.shape[0], cells).float().T) / counts.unsqueeze(1)  # (K, D) region means
         top = signed.topk(min(o["top_k"], signed.shape[1]), dim=1).indices

@@ -3,7 +3,14 @@
 **Image-specific Shapley values.** For concept *e* and one image, the region is a set of cells of the
 hooked layer's map (by default the cells of *e*'s concept map at or above ``threshold`` × its maximum,
 the region its box outlines; or the step-1 responsible region of the predicted class, see
-:func:`responsible_region`). Every cell r is a game of the D neurons, exactly as in the bank's step 3:
+:func:`responsible_region`).
+
+*Served: the probe-logit game* (:func:`image_logit_shapley`). v(S) = mean over the region of e's probe
+logit b + Σ_{j∈S} α_j r_j + Σ_{j∉S} α_j β_j. It is additive in the neurons, so its Shapley values are
+exact and closed-form: α_d · mean_r (r_d − β_d) (signed), one matrix product for all concepts.
+
+*On request (``permutations``): the probability game*, the paper's. Every cell r is a game of the D
+neurons, exactly as in the bank's step 3:
 L_e^S(r) = σ(b + Σ_{j∈S} α_j r_j + Σ_{j∉S} α_j β_j) with β the bank's baseline, and the estimator is
 the bank's own (:class:`hint.shapley.NeuronShapley`: M seeded permutations, marginal contributions from
 one cumulative sum per permutation). Per neuron d this gives
@@ -117,6 +124,38 @@ def image_shapley(
     return (per_cell @ mean).T, (per_cell.abs() @ mean).T
 
 
+def image_logit_shapley(
+    z: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor, baseline: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(signed (K, D), absolute (K, D)) exact Shapley values of the D neurons for K concepts on one
+    image, in the probe-logit game.
+
+    The game of concept e is v(S) = mean_{r∈R} (b + Σ_{j∈S} α_j z_j(r) + Σ_{j∉S} α_j β_j) over e's
+    region R (β: the bank's baseline). It is additive in the neurons, so every permutation gives neuron
+    d the same marginal contribution and its Shapley value is exact and closed-form: per cell
+    α_d (z_d(r) − β_d). Signed = its mean over R; absolute = the mean of its magnitude. The signed
+    values add up to v(all) − v(∅) (efficiency); the bias cancels.
+
+    Args:
+        z: the image's activations (D, h, w).
+        masks: each concept's region cells, bool (K, h·w), none empty.
+        weight: the concepts' probe weights α (K, D).
+        baseline: the bank's baseline β (D,).
+
+    Returns:
+        (signed, absolute), each (K, D).
+    """
+    d = z.shape[0]
+    dev = z.reshape(d, -1).float() - baseline.float().to(z.device).view(-1, 1)  # (D, h·w)
+    masks = masks.to(dev.device)
+    counts = masks.sum(1, keepdim=True)
+    if (counts == 0).any():
+        raise ValueError("every concept needs at least one region cell")
+    share = masks.float() / counts.float()  # (K, h·w): each cell's share of its concept's mean
+    w = weight.float().to(dev.device)
+    return w * (share @ dev.T), w.abs() * (share @ dev.abs().T)
+
+
 def rank_of(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Ranks (K, k) of the entries ``index`` (K, k) within their rows of ``values`` (K, D), as
     :func:`ranks` gives them, without ranking the whole rows."""
@@ -134,12 +173,16 @@ def ranks(values: torch.Tensor) -> torch.Tensor:
 class ChannelEdit:
     """A forward hook's edit of the hooked layer's output: for batch item i, the channels ``edits[i]``
     set to ``baseline``; the network then continues from the edited map. ``None`` entries stay as they
-    are. Equivalent to a plain hook ``out = out.clone(); out[i, c] = baseline[c]; return out``."""
+    are. Equivalent to a plain hook ``out = out.clone(); out[i, c] = baseline[c]; return out``. An output
+    of batch size 1 with several edits is first repeated once per edit (the network before the layer
+    runs once for them all)."""
 
     def __init__(self, baseline: torch.Tensor, edits: list[list[int] | None]):
         self.baseline, self.edits = baseline, edits
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] == 1 and len(self.edits) > 1:
+            output = output.expand(len(self.edits), *output.shape[1:])
         out = output.clone()
         for i, channels in enumerate(self.edits):
             if channels:

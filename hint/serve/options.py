@@ -25,7 +25,7 @@ MAX_NAME = 200  # longest concept name or WNID accepted
 
 
 
-MAX_PERMUTATIONS = 256  # per-image Shapley permutations a request may ask for (the bank uses 256)
+MAX_PERMUTATIONS = 256  # probability-game permutations a request may ask for (the bank uses 256)
 
 
 
@@ -140,9 +140,10 @@ OPTIONS: dict[str, Option] = {
         Option("ablate_probe_only", "bool", False,
                help="ablate in the concept probes' input only: concept maps change, the class prediction does not"),
         Option("image_neurons", "bool", True, help="this image's Shapley value of every neuron per concept"),
-        Option("permutations", "int", 8, lo=1, hi=MAX_PERMUTATIONS,
-               help="permutations M of the per-image Shapley values"),
-        Option("seed", "int", 0, lo=0, hi=2**31 - 1, help="seed of the per-image Shapley permutations"),
+        Option("permutations", "int", None, lo=1, hi=MAX_PERMUTATIONS, nullable=True,
+               help="this image's neurons in the probe-probability game instead (the paper's, as the bank's φ), "
+                    "estimated with M seeded permutations; absent: exact values of the probe-logit game"),
+        Option("seed", "int", 0, lo=0, hi=2**31 - 1, help="seed of those permutations (with permutations)"),
         Option("regions", "bool", False,
                help="per-image Shapley over the predicted class's step-1 responsible region (guided "
                     "backprop), returned as a map, instead of each concept's own region"),

@@ -27,7 +27,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from app.client import HintClient  # noqa: E402
 from app.drawing import BOX_COLOR, KEPT_COLOR, POSITIVE_COLOR, REMOVED_COLOR  # noqa: E402
-from app.ui import GLOBAL_SOURCE, IMAGE_SOURCE, PERMUTATIONS  # noqa: E402
+from app.ui import GLOBAL_SOURCE, IMAGE_SOURCE  # noqa: E402
 
 FELINE, WHOLE, PERSON, ANIMAL, BIRD = "n02120997", "n00003553", "n00007846", "n00015388", "n01503061"
 
@@ -152,7 +152,7 @@ def test_ablation_through_the_network_matches_the_endpoint(explained, app, endpo
     from app.ui import upload_bytes
 
     data = upload_bytes(examples / "chelsea.jpg")
-    base = direct.explain(data, concepts=[FELINE], top_k=10, threshold=0.5, permutations=PERMUTATIONS)["concepts"][0]
+    base = direct.explain(data, concepts=[FELINE], top_k=10, threshold=0.5)["concepts"][0]
     ids = [n["neuron"] for n in base["image_neurons" if source == IMAGE_SOURCE else "neurons"]]
     abl = direct.explain(data, concepts=[FELINE], ablate=ids, threshold=0.5)
     cls = abl["ablation"]["class"]

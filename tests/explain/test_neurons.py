@@ -1,5 +1,6 @@
-"""Per-image Shapley values (hint.explain.neurons): the bank's estimator on several concepts at once, the
-efficiency axiom per position, exact enumeration on a small D, ranks, and the ablation hook's edit."""
+"""Per-image Shapley values (hint.explain.neurons): the served probe-logit game's closed form against
+coalition enumeration and permutation sampling, the probability game's estimator on several concepts at
+once, the efficiency axiom per position, exact enumeration on a small D, ranks, and the ablation hook's edit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hint.explain.neurons import ChannelEdit, RowsShapley, image_shapley, rank_of, ranks
+from hint.explain.neurons import ChannelEdit, RowsShapley, image_logit_shapley, image_shapley, rank_of, ranks
 from hint.shapley import NeuronShapley
 
 BANK = Path(__file__).resolve().parents[2] / "model_store" / "hint-bank"
@@ -99,6 +100,97 @@ def test_image_shapley_on_the_bank_sums_to_the_probe_gain():
         image_shapley(zz, torch.zeros(1, 49, dtype=torch.bool), ex.weight[:1], ex.bias[:1], ex.baseline)
 
 
+def _logit_game(z, mask, w, b, base):
+    """v(S) = mean over the region of the probe logit with the neurons outside S at the baseline: the
+    served game, played coalition by coalition (no use of its additivity)."""
+    cells = z.reshape(z.shape[0], -1).T[mask]  # (N, D)
+
+    def v(coalition) -> float:
+        keep = torch.zeros(z.shape[0], dtype=torch.bool)
+        keep[list(coalition)] = True
+        return float((torch.where(keep, cells, base) @ w + b).mean())
+
+    return v
+
+
+def test_logit_game_closed_form_is_its_shapley_value():
+    """The closed form α_d · mean_R (z_d − β_d) against (1) the Shapley formula over every coalition of
+    D = 6 neurons and (2) the permutation estimate of the same game with many permutations (the
+    bank's sampling scheme: marginal contributions along random orders); efficiency; bias irrelevant."""
+    from math import factorial
+
+    w, b, base = _probes(e=2, d=6, seed=6)
+    z = torch.rand(6, 3, 3, generator=torch.Generator().manual_seed(7)) * 2
+    masks = torch.zeros(2, 9, dtype=torch.bool)
+    masks[0, [0, 4, 8]] = True
+    masks[1, 1:] = True
+    signed, absolute = image_logit_shapley(z, masks, w, base)
+    for e in range(2):
+        v, d = _logit_game(z, masks[e], w[e], b[e], base), 6
+        exact = torch.zeros(d)
+        for n in range(d):
+            others = [j for j in range(d) if j != n]
+            for size in range(d):
+                weight = factorial(size) * factorial(d - size - 1) / factorial(d)
+                for s in itertools.combinations(others, size):
+                    exact[n] += weight * (v((*s, n)) - v(s))
+        torch.testing.assert_close(signed[e], exact, atol=1e-5, rtol=0)
+        gen, sampled, m = torch.Generator().manual_seed(e), torch.zeros(d), 300
+        for _ in range(m):
+            order, before = torch.randperm(d, generator=gen).tolist(), []
+            for n in order:
+                sampled[n] += v((*before, n)) - v(before)
+                before.append(n)
+        torch.testing.assert_close(signed[e], sampled / m, atol=1e-5, rtol=0)
+        assert float(signed[e].sum()) == pytest.approx(v(range(d)) - v(()), abs=1e-5)
+        cells = z.reshape(6, 9).T[masks[e]]
+        torch.testing.assert_close(absolute[e], (w[e] * (cells - base)).abs().mean(0), atol=1e-6, rtol=0)
+    assert (signed[0] - signed[1]).abs().max() > 1e-3, "each concept on its own region and probe"
+
+
+def test_logit_game_is_the_probability_game_near_zero():
+    """A probe scaled towards 0 makes σ linear (σ(x) ≈ 1/2 + x/4): the probability game's Shapley values
+    (image_shapley, 2000 permutations) then approach the logit game's divided by 4."""
+    w, b, base = _probes(e=2, d=40, seed=8)
+    z = torch.rand(40, 4, 4, generator=torch.Generator().manual_seed(9)) * 2
+    masks = torch.rand(2, 16, generator=torch.Generator().manual_seed(10)) > 0.4
+    eps = 1e-3
+    logit, _ = image_logit_shapley(z, masks, w * eps, base)
+    prob, _ = image_shapley(z, masks, w * eps, b * eps, base, n_permutations=2000, seed=0)
+    torch.testing.assert_close(prob, logit / 4, atol=1e-4 * float(logit.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="at least one region cell"):
+        image_logit_shapley(z, torch.zeros(1, 16, dtype=torch.bool), w[:1], base)
+
+
+def test_logit_game_on_the_bank_sums_to_the_region_logit_gain():
+    """On the committed bank and a real photo: per concept the signed values add up to the mean over
+    its region of logit(all) − logit(none); a neuron at its baseline everywhere gets nothing; the top
+    neurons by signed value are those whose removal lowers the region's logit most."""
+    from PIL import Image
+    from skimage import data
+
+    from hint.explain.explainer import Explainer
+
+    ex = Explainer.from_bank(BANK)
+    _, maps, z = ex.forward([Image.fromarray(data.chelsea())])
+    rows = [ex.bank.index(ex.h.find(n).wnid) for n in ("mammal", "feline", "animal")]
+    m = maps[0, rows].flatten(1)
+    masks = m >= 0.5 * m.max(1, keepdim=True).values
+    zz = z[0].clone()
+    zz[7] = ex.baseline[7]
+    signed, absolute = image_logit_shapley(zz, masks, ex.weight[rows], ex.baseline)
+    cells = zz.reshape(zz.shape[0], -1).T
+    for k, r in enumerate(rows):
+        full = cells[masks[k]] @ ex.weight[r] + ex.bias[r]
+        none = ex.baseline @ ex.weight[r] + ex.bias[r]
+        assert float(signed[k].sum()) == pytest.approx(float((full - none).mean()), abs=1e-4)
+        assert signed[k, 7] == 0 and absolute[k, 7] == 0
+        top = signed[k].topk(10).indices
+        _, probe_off, _ = ex.forward([Image.fromarray(data.chelsea())], ablate=top.tolist())
+        gone = (torch.logit(maps[0, r].flatten()[masks[k]].double()) - torch.logit(probe_off[0, r].flatten()[masks[k]].double())).mean()
+        assert float(gone) == pytest.approx(float(signed[k, top].sum()), rel=1e-3)
+
+
 def test_ranks_share_ties_and_start_at_one():
     v = torch.tensor([[3.0, 1.0, 3.0, 2.0], [0.0, -1.0, 5.0, 0.5]])
     assert ranks(v).tolist() == [[1, 4, 1, 3], [3, 4, 1, 2]]
@@ -118,5 +210,8 @@ def test_channel_edit_is_a_plain_baseline_edit():
     want = out.clone()
     want[0, 1], want[0, 3], want[2, 4] = 1.0, 3.0, 4.0
     assert torch.equal(edited, want) and not torch.equal(out, want), "the input is not edited in place"
+    one = torch.randn(1, 5, 2, 2)
+    torch.testing.assert_close(ChannelEdit(base, [[1, 3], None, [4]])(one), ChannelEdit(base, [[1, 3], None, [4]])(one.expand(3, -1, -1, -1)),
+                               atol=0, rtol=0)  # fmt: skip
     for perm in itertools.permutations([0, 2]):
         assert torch.equal(ChannelEdit(base, [list(perm), None, None])(out)[0, [0, 2]], base[[0, 2]].view(2, 1, 1).expand(2, 2, 2))

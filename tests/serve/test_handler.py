@@ -300,16 +300,28 @@ def test_image_neurons_options_and_regions(served, tabby_jpeg):
     b64 = base64.b64encode(tabby_jpeg).decode()
     req = {"image": b64, "concepts": ["mammal", "feline"], "top_k": 320, "return_maps": True}
     code, full = one(served, {"body": req})
-    assert code == 200 and full["image_shapley"] == {"permutations": 8, "seed": 0, "region": "concept_map"}
+    assert code == 200 and full["image_shapley"] == {"game": "logit", "method": "exact", "region": "concept_map"}
+    ex = served[0].explainer
     for c in full["concepts"]:
         assert sorted(n["neuron"] for n in c["image_neurons"]) == list(range(320)), "every neuron ranked"
         assert sorted(n["global_rank"] for n in c["image_neurons"])[0] == 1
-    # seeded: the same answer again; another seed or M: other Monte-Carlo noise
-    code, again = one(served, {"body": req})
+        # the probe-logit game's exact values: probe weight x mean (activation - baseline) over the region
+        r = ex.bank.index(c["wnid"])
+        for n in c["image_neurons"][:20]:
+            want = float(ex.weight[r, n["neuron"]]) * (n["activation"] - float(ex.baseline[n["neuron"]]))
+            assert n["signed"] == pytest.approx(want, abs=2e-4 * abs(float(ex.weight[r, n["neuron"]])) + 2e-6)
+    # exact: the seed changes nothing
+    code, again = one(served, {"body": {**req, "seed": 5}})
     assert again["concepts"][0]["image_neurons"] == full["concepts"][0]["image_neurons"]
+    # permutations: the probability game's Monte-Carlo estimate; another seed or M, other noise
+    code, mc = one(served, {"body": {**req, "permutations": 8}})
+    assert mc["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 8, "seed": 0,
+                                   "region": "concept_map"}  # fmt: skip
     code, other = one(served, {"body": {**req, "seed": 5, "permutations": 32}})
-    assert other["image_shapley"] == {"permutations": 32, "seed": 5, "region": "concept_map"}
-    assert other["concepts"][0]["image_neurons"] != full["concepts"][0]["image_neurons"]
+    assert other["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 32, "seed": 5,
+                                      "region": "concept_map"}  # fmt: skip
+    assert other["concepts"][0]["image_neurons"] != mc["concepts"][0]["image_neurons"]
+    assert mc["concepts"][0]["image_neurons"] != full["concepts"][0]["image_neurons"]
     # off: the old answer, without the new fields
     code, off = one(served, {"body": {**req, "image_neurons": False}})
     assert "image_shapley" not in off and all("image_neurons" not in c for c in off["concepts"])
@@ -324,7 +336,8 @@ def test_image_neurons_options_and_regions(served, tabby_jpeg):
     # multipart text forms
     code, mp = one(served, {"data": tabby_jpeg, "concepts": b"mammal", "permutations": b"12", "seed": b"3",
                             "image_neurons": b"true", "regions": b"false", "ablate_probe_only": b"false"})  # fmt: skip
-    assert code == 200 and mp["image_shapley"] == {"permutations": 12, "seed": 3, "region": "concept_map"}
+    assert code == 200 and mp["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 12,
+                                                   "seed": 3, "region": "concept_map"}  # fmt: skip
 
 
 def test_neuron_reverse_lookup(served, tabby_result):

@@ -54,7 +54,7 @@ def test_every_request_form():
         r = parse_request(row, LIMITS)
         assert isinstance(r, ExplainRequest) and r.size == (160, 120) and r.format == "JPEG"
         assert r.options == {"concepts": None, "top_k": 5, "threshold": 0.5, "return_maps": False, "ablate": [],
-                             "ablate_probe_only": False, "image_neurons": True, "permutations": 8, "seed": 0,
+                             "ablate_probe_only": False, "image_neurons": True, "permutations": None, "seed": 0,
                              "regions": False, "box_threshold": None, "all_boxes": False}  # fmt: skip
     r = parse_request({"data": jpg, "top_k": b"3", "concepts": b"dog, mammal,dog", "threshold": b"0.25",
                        "return_maps": b"yes", "ablate": b"4 5,6"}, LIMITS)  # fmt: skip
