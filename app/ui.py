@@ -1,7 +1,8 @@
 """The Gradio Blocks page: upload → explain through the endpoint → prediction and its concept chain,
 concept picker (every built concept, searchable, with its path in the bank's hierarchy: WordNet by
 default, or the bank's own, docs/custom.md — names and paths come from the service), overlays with boxes, this
-image's neurons beside the bank's global ones, live ablation through the network, neuron look-up.
+image's neurons beside the bank's global ones, live ablation through the network, neuron look-up with the
+neuron's label and exemplars (its top image patches), also opened from a list of the charts' neurons.
 
 Everything model-side comes from :class:`app.client.HintClient`; this module only draws and lays out.
 The pure helpers (labels, markdown, frames, overlays) are importable without starting a server.
@@ -329,19 +330,20 @@ def neuron_label_markdown(answer: dict) -> str:
             lines.append(f"NetDissect's label (largest IoU over the build images): **{best['name']}** "
                          f"(IoU {best['iou']:.3f})")  # fmt: skip
     if ex.get("available"):
-        lines.append(f"Its top {ex['k']} image patches in the bank's build images (largest activation first; "
-                     f"{ex.get('window_cells')} × {ex.get('window_cells')} cells around the peak):")  # fmt: skip
+        w = ex.get("window_cells")
+        window = f"; {w:g} × {w:g} cells of the bank layer around the peak" if isinstance(w, int | float) else ""
+        lines.append(f"Its top {ex['k']} image patches in the bank's build images (largest activation first{window}):")
     else:
         lines.append(f"_No exemplars: {ex.get('reason', 'the service sent none')}._")
     return "  \n".join(lines)
 
 
 def exemplar_items(answer: dict) -> list[tuple[np.ndarray, str]]:
-    """The neuron's exemplars as gallery items: (thumbnail, 'rank · image · activation')."""
+    """The neuron's exemplars as gallery items: (thumbnail, 'rank · activation · image')."""
     out = []
     for p in (answer.get("exemplars") or {}).get("patches") or []:
         with Image.open(io.BytesIO(base64.b64decode(p["thumbnail"]))) as im:
-            out.append((np.asarray(im.convert("RGB")), f"{p['rank']} · {p['image']} · {p['activation']:.2f}"))
+            out.append((np.asarray(im.convert("RGB")), f"{p['rank']} · {p['activation']:.2f} · {p['image']}"))
     return out
 
 
@@ -702,14 +704,15 @@ class HintApp:
                                           elem_id="before")  # fmt: skip
                         after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
                                          elem_id="after")  # fmt: skip
-            with gr.Accordion("Neuron look-up: which concepts does a neuron serve?", open=True):
+            with gr.Accordion("Neuron look-up: which concepts does a neuron serve, and what does it look for?",
+                              open=True, elem_id="neuron-lookup"):  # fmt: skip
                 with gr.Row():
                     neuron_no = gr.Number(
                         value=0, precision=0, minimum=0, label="Neuron", scale=1, elem_id="neuron-no"
                     )
                     neuron_btn = gr.Button("Look up", scale=0)
                 neuron_label = gr.Markdown(elem_id="neuron-label")
-                neuron_grid = gr.Gallery(label="Exemplars: the neuron's top image patches (rank · image · activation)",
+                neuron_grid = gr.Gallery(label="Exemplars: the neuron's top image patches (rank · activation · image)",
                                          columns=9, height=None, format="jpeg", object_fit="contain",
                                          elem_id="neuron-grid")  # fmt: skip
                 neuron_table = gr.Dataframe(
@@ -761,7 +764,8 @@ def upload_image(**kw):
 
 
 CSS = """
-#overlays .grid-wrap { min-height: 0 !important; height: auto !important; max-height: none !important; }
+#overlays .grid-wrap, #neuron-grid .grid-wrap { min-height: 0 !important; height: auto !important;
+                                                max-height: none !important; }
 .hint-error { color: #b00020; font-weight: 600; padding: 0.4em 0.6em; border: 1px solid #b00020;
               border-radius: 6px; background: #fff0f0; }
 """

@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=8,
                    help="step-1 reservoir: images kept per class (memory bound, hint.build.reservoir)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=2000, help="step-1 checkpoint interval (images)")
+    p.add_argument("--exemplars", type=int, default=BuildConfig.exemplars, metavar="K",
+                   help="every neuron's top-K image patches and its label, kept in step 1's pass (hint.build.exemplars; "
+                   "0: none)")  # fmt: skip
     p.add_argument("--head-layers", nargs="+", default=None, metavar="LAYER",
                    help="layers of the localisation head (maps and boxes; hint.head), 'none' for no head "
                    "(default: the backbone's, " + ", ".join(f"{k}: {' '.join(v)}" for k, v in DEFAULT_LAYERS.items())
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k, baseline=args.baseline, batch_size=args.batch_size, workers=args.workers,
         folds=args.folds, min_images=args.min_images, min_regions=args.min_regions, l2=args.l2,
         faithfulness_k=args.faithfulness_k, per_class=args.per_class, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, device=args.device, amp=args.device == "cuda",
+        seed=args.seed, device=args.device, amp=args.device == "cuda", exemplars=args.exemplars,
     )  # fmt: skip
 
     def say(step: str, cached: bool) -> None:

@@ -8,20 +8,22 @@ other files are kept byte for byte. ``offline build`` makes them as part of the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from hint.build.pipeline import BuildConfig
 from offline._bank_args import add_bank_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("exemplars", help="add every neuron's top image patches and its label to a bank")
     add_bank_arguments(p)
-    p.add_argument("--k", type=int, default=9, help="patches per neuron (default %(default)s)")
+    p.add_argument("--k", type=int, default=BuildConfig.exemplars, help="patches per neuron (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     from hint.bank import ConceptBank, backbone_weights
-    from hint.build.exemplars import bank_exemplars
+    from hint.build.exemplars import bank_exemplars, label_summary
     from hint.build.head import build_samples
 
     if args.k < 1:
@@ -35,4 +37,5 @@ def run(args: argparse.Namespace) -> int:
     ex = bank.exemplars
     print(f"wrote {out} (bank {bank.id}): {ex.k} exemplars for each of {ex.neurons} neurons from {len(ex.images)} "
           f"images, {len(ex.jpeg) / 1e6:.2f} MB of thumbnails", file=sys.stderr)  # fmt: skip
+    print("labels:", json.dumps(label_summary(ex)))
     return 0

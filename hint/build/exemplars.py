@@ -225,7 +225,7 @@ def patches_path(cache_dir: Path, key: str, k: int) -> Path:
     return Path(cache_dir) / f"patches-{key}-k{k}.safetensors"
 
 
-def bank_exemplars(bank, samples: list[Sample], cache_dir: Path, k: int = 9, weights: str | Path | None = None,
+def bank_exemplars(bank, samples: list[Sample], cache_dir: Path, k: int, weights: str | Path | None = None,
                    batch_size: int = 32, progress: bool = True, backbone=None) -> Exemplars:  # fmt: skip
     """Exemplars for an existing ``bank`` (:class:`hint.bank.ConceptBank`) from ``samples`` (its build data):
     step 1 with the bank's settings (cached in ``cache_dir``, as the build's) for the table and the patches,
@@ -248,3 +248,17 @@ def bank_exemplars(bank, samples: list[Sample], cache_dir: Path, k: int = 9, wei
     table, _, key = cached_regions(backbone, samples, cfg, Path(cache_dir), progress, distributed=False, patches=k)
     return cached_exemplars(backbone, samples, table, key, bank.phi, f"bank {bank.sha256}", bank.wnids,
                             bank.load_hierarchy(), cfg, Path(cache_dir), progress)  # fmt: skip
+
+
+def label_summary(ex: Exemplars, netdissect_iou: float = 0.04) -> dict:
+    """How the labels look over all neurons: the median IoU of the φ label, how often NetDissect's label
+    (largest IoU) is the same concept, and how many neurons reach NetDissect's 'interpretable' IoU."""
+    return {
+        "neurons": ex.neurons,
+        "median_iou": round(float(ex.iou.median()), 4),
+        "median_best_iou": round(float(ex.iou_best.median()), 4),
+        "same_label": int((ex.concept == ex.iou_concept).sum()),
+        f"best_iou_over_{netdissect_iou}": int((ex.iou_best > netdissect_iou).sum()),
+        f"iou_over_{netdissect_iou}": int((ex.iou > netdissect_iou).sum()),
+        "thumbnail_bytes": len(ex.jpeg),
+    }

@@ -37,7 +37,16 @@ from hint.build.concepts import (
     select_concepts,
 )
 from hint.build.datasets import ImageDataset, Sample
-from hint.build.exemplars import QUALITY, QUANTILE, SIZE, WINDOW, TopPatches, forward_patches, make_exemplars, patches_path
+from hint.build.exemplars import (
+    QUALITY,
+    QUANTILE,
+    SIZE,
+    WINDOW,
+    TopPatches,
+    forward_patches,
+    make_exemplars,
+    patches_path,
+)
 from hint.build.faithfulness import top_k_f1
 from hint.build.reservoir import ImageReservoir
 from hint.exemplars import Exemplars
