@@ -58,6 +58,7 @@ class TopPatches:
         self.index = torch.empty(0, 0, dtype=torch.long)
         self.cell = torch.empty(0, 0, dtype=torch.long)  # y * w + x on the layer's grid
         self.grid: list[int] | None = None  # [h, w]; None until an image was offered
+        self.partial = False  # some images were not offered (a resumed checkpoint without patches)
 
     def offer(self, z: torch.Tensor, index: torch.Tensor) -> None:
         """One batch: activations ``z`` (N, D, h, w) of the samples ``index`` (N,)."""

@@ -141,6 +141,8 @@ def extract_regions(
         res = ImageReservoir.from_state(t, cfg.per_class, cfg.seed)
         if patches is not None and "patches.value" in t:
             patches.merge(TopPatches.from_state(t, patches.k))
+        elif patches is not None:  # a checkpoint without them: the images before it were not offered
+            patches.partial = True
         log.info("step 1: resuming after %d of %d images", run["done"], len(todo))
     first = {}
     source = [first.setdefault(s.path, i) for i, s in enumerate(samples)]
@@ -391,14 +393,14 @@ def cached_regions(
         for p in part[1:]:
             t = load_file(str(p))
             res.merge(ImageReservoir.from_state(t, cfg.per_class, cfg.seed))
-            if top is not None:
+            if top is not None and "patches.value" in t:
                 top.merge(TopPatches.from_state(t, top.k))
             runs.append(load_meta(p))
         run = _combine_runs(runs)
     if not len(res):
         raise ValueError("no readable images")
     table, stats = res.table(), region_stats(run, len(res), world)
-    if top is not None:
+    if top is not None and not top.partial:  # else cached_patches makes them with a forward pass
         _atomic_save(top.state(), patches_path(cache_dir, k1, top.k))
     save_table(table, p1, stats)
     for p in part:

@@ -217,3 +217,46 @@ def test_bad_exemplars_file_is_one_line(tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BankError, match=r"bad exemplars.safetensors \(shapes do not fit 320 neurons\)"):
         ConceptBank.load(bad)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_killed_step_one_resumes_its_patches(tiny_data, tmp_path, monkeypatch):
+    """The patches are checkpointed with the reservoir: a resumed step 1 keeps the same ones as an
+    uninterrupted one; a checkpoint without them (older code) marks them partial."""
+    from hint.backbones import get_backbone
+    from hint.build.datasets import ImageDataset, discover
+    from hint.build.pipeline import BuildConfig, extract_regions
+
+    lite = get_backbone("efficientnet_lite0")
+    samples = discover(tiny_data).samples
+    cfg = BuildConfig(batch_size=4, workers=0, checkpoint_every=4)
+    whole = TopPatches(5)
+    extract_regions(lite, samples, cfg, progress=False, patches=whole)
+    ckpt = tmp_path / "part.safetensors"
+    calls, real = {"n": 0}, ImageDataset.__getitem__
+
+    def dying(self, i):
+        calls["n"] += 1
+        if calls["n"] > 10:  # dies in the third batch, after two checkpoints
+            raise _Interrupt("killed")
+        return real(self, i)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", dying)
+    with pytest.raises(_Interrupt):
+        extract_regions(lite, samples, cfg, progress=False, checkpoint=ckpt, patches=TopPatches(5))
+    monkeypatch.setattr(ImageDataset, "__getitem__", real)
+    resumed = TopPatches(5)
+    extract_regions(lite, samples, cfg, progress=False, checkpoint=ckpt, patches=resumed)
+    assert torch.equal(resumed.index, whole.index) and not resumed.partial
+    torch.testing.assert_close(resumed.value, whole.value, atol=1e-3, rtol=1e-3)
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(str(ckpt)).items() if not k.startswith("patches.")}
+    save_file(state, str(ckpt), metadata={"meta": json.dumps({"done": 8, "images": 8, "unreadable": [],
+              "seconds": 1.0, "correct": 0, "fg": 0, "positions": 0})})  # fmt: skip
+    old = TopPatches(5)
+    extract_regions(lite, samples, cfg, progress=False, checkpoint=ckpt, patches=old)
+    assert old.partial
