@@ -9,7 +9,8 @@ photos are read again (each once) and each patch is cropped around the peak cell
 so a rectangle in the photo's pixels), shifted to lie inside the photo, resized to :data:`SIZE` pixels and
 stored as a JPEG (:data:`QUALITY`). The theoretical receptive field of ``_blocks.15`` covers the whole
 input; :data:`WINDOW` = 4 cells (128 of 224 pixels) holds about half of its effective one (the mean
-|∂z/∂x| of a centre cell over build photos: 55 % inside 128 px, 38 % inside 96 px, 70 % inside 160 px).
+|∂z/∂x| of a centre cell over 16 build photos: 54 % inside 128 px, 37 % inside 96 px, 70 % inside 160 px;
+``python benchmarks/receptive_field.py``).
 
 **Label** (NetDissect's, Bau et al. 2017, on the bank's data): the neuron's concept is the bank concept with
 its largest Shapley value φ (e, d); its threshold T_d is the top :data:`QUANTILE` quantile of z_d over every
