@@ -59,7 +59,7 @@ class BankError(ValueError):
 
 def bank_files(folder: str | Path) -> list[Path]:
     """The files of a bank folder: its manifest and every file the manifest lists (tensors, localisation
-    head, hierarchy), what an archive of the bank must carry."""
+    head, exemplars, hierarchy), what an archive of the bank must carry."""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     return [folder / MANIFEST, *(folder / name for name in manifest.get("files", {}))]
