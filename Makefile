@@ -51,6 +51,8 @@ COMMA       := ,
 BANK_HIER    = $(if $(wildcard $(BANK)/hierarchy.json),$(BANK)/hierarchy.json$(COMMA))
 # the bank's localisation head (hint/head.py), when it has one
 BANK_HEAD    = $(if $(wildcard $(BANK)/head.safetensors),$(BANK)/head.safetensors$(COMMA))
+# the neurons' exemplars and labels (hint/exemplars.py), when it has them
+BANK_EXEMPLARS = $(if $(wildcard $(BANK)/exemplars.safetensors),$(BANK)/exemplars.safetensors$(COMMA))
 # the weights file the bank's backbone was built from (offline build --weights FILE), when it was
 WEIGHTS     ?=
 # the archive's batchSize instead of handlers/model-config.yaml's 4: BATCH_SIZE=1 for a server with a KServe
@@ -63,7 +65,7 @@ COPY_HINT   := rm -rf $(MAR_SRC) && mkdir -p $(MAR_SRC) model_store && cp -r hin
 	&& rm -rf $(MAR_SRC)/hint/build $(MAR_SRC)/hint/evaluation \
 	&& find $(MAR_SRC) -name __pycache__ -prune -exec rm -rf {} +
 
-archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package; BATCH_SIZE=N
+archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensors, exemplars.safetensors and hierarchy.json, + WEIGHTS=FILE if built from one; sha256 checked now) + hint package; BATCH_SIZE=N
 	@test -f $(BANK)/manifest.json || (echo "no concept bank at $(BANK) (build one, or make archive BANK=...)" >&2; exit 1)
 	$(COPY_HINT)
 	$(if $(BATCH_SIZE),mkdir -p $(dir $(MODEL_CONFIG)) && sed -E 's/^batchSize:[[:space:]]*[0-9]+/batchSize: $(BATCH_SIZE)/' handlers/model-config.yaml > $(MODEL_CONFIG))
@@ -72,7 +74,7 @@ archive: venv  ## $(STORE)/hint.mar: handler + bank files (+ its head.safetensor
 	mkdir -p $(STORE)
 	$(BIN)/torch-model-archiver --force --model-name hint --version $(MAR_VERSION) \
 		--handler handlers/hint_handler.py --config-file $(MODEL_CONFIG) \
-		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HEAD)$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
+		--extra-files $(BANK)/manifest.json,$(BANK)/bank.safetensors,$(BANK_HEAD)$(BANK_EXEMPLARS)$(BANK_HIER)$(MAR_SRC) --export-path $(STORE)
 
 bare-archive: venv  ## model_store/bare.mar: the plain top-5 classifier (benchmark baseline)
 	$(COPY_HINT)

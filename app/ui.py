@@ -1,7 +1,8 @@
 """The Gradio Blocks page: upload → explain through the endpoint → prediction and its concept chain,
 concept picker (every built concept, searchable, with its path in the bank's hierarchy: WordNet by
 default, or the bank's own, docs/custom.md — names and paths come from the service), overlays with boxes, this
-image's neurons beside the bank's global ones, live ablation through the network, neuron look-up.
+image's neurons beside the bank's global ones, live ablation through the network, neuron look-up with the
+neuron's label and exemplars (its top image patches), also opened from a list of the charts' neurons.
 
 Everything model-side comes from :class:`app.client.HintClient`; this module only draws and lays out.
 The pure helpers (labels, markdown, frames, overlays) are importable without starting a server.
@@ -9,6 +10,7 @@ The pure helpers (labels, markdown, frames, overlays) are importable without sta
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import logging
@@ -316,6 +318,49 @@ def neuron_frame(answer: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rank", "concept", "wnid", "shapley", "rank in concept"])
 
 
+def neuron_label_markdown(answer: dict) -> str:
+    """The looked-up neuron's label (its largest-φ concept, with its NetDissect IoU) and where its exemplars
+    come from, or that the bank has none."""
+    n, label, ex = answer.get("neuron"), answer.get("label") or {}, answer.get("exemplars") or {}
+    lines = [f"### Neuron #{n}"]
+    if label:
+        iou = f", IoU {label['iou']:.3f} with its regions" if label.get("iou") is not None else ""
+        lines.append(f"**Label: {label['name']}** (largest Shapley value {label['shapley']:.4f}{iou})")
+        best = label.get("best_iou")
+        if best:
+            lines.append(f"NetDissect's label (largest IoU over the build images): **{best['name']}** "
+                         f"(IoU {best['iou']:.3f})")  # fmt: skip
+    if ex.get("available"):
+        w = ex.get("window_cells")
+        window = f"; {w:g} × {w:g} cells of the bank layer around the peak" if isinstance(w, int | float) else ""
+        lines.append(f"Its top {ex['k']} image patches in the bank's build images (largest activation first{window}):")
+    else:
+        lines.append(f"_No exemplars: {ex.get('reason', 'the service sent none')}._")
+    return "  \n".join(lines)
+
+
+def exemplar_items(answer: dict) -> list[tuple[np.ndarray, str]]:
+    """The neuron's exemplars as gallery items: (thumbnail, 'rank · activation · image')."""
+    out = []
+    for p in (answer.get("exemplars") or {}).get("patches") or []:
+        with Image.open(io.BytesIO(base64.b64decode(p["thumbnail"]))) as im:
+            out.append((np.asarray(im.convert("RGB")), f"{p['rank']} · {p['activation']:.2f} · {p['image']}"))
+    return out
+
+
+def neuron_choices(c: dict) -> list[tuple[str, int]]:
+    """The neurons of the focused concept's two charts, to open their exemplars: this image's, then the
+    bank's not already listed."""
+    out, seen = [], set()
+    for n in c.get("image_neurons") or []:
+        out.append((f"#{n['neuron']} · this image, signed {float(n['signed']):+.4f}", int(n["neuron"])))
+        seen.add(int(n["neuron"]))
+    for n in c.get("neurons") or []:
+        if int(n["neuron"]) not in seen:
+            out.append((f"#{n['neuron']} · the bank, global {float(n['shapley']):.4f}", int(n["neuron"])))
+    return out
+
+
 def ablation_markdown(focus: dict, removed: list[int], after: dict, source: str = IMAGE_SOURCE) -> str:
     """What the network did without the removed neurons (``after``: the endpoint's answer with
     ``ablate``; its ``ablation`` block holds the unablated side): the class prediction before → after,
@@ -410,7 +455,7 @@ class HintApp:
             return self.status_line()
         return warn_markdown(f"service unreachable at {self.client.endpoint} — start it with `make serve`")
 
-    N_EXPLAIN = 16
+    N_EXPLAIN = 17
 
     def explain(self, path, threshold, state):
         return self._guard(self._explain, self.N_EXPLAIN, path, threshold, state)
@@ -444,6 +489,7 @@ class HintApp:
                 choices=concept_choices(result["concepts"], with_scores=False), value=focus, interactive=True
             ),
             *self.bars(fc),
+            self._opener(fc),
             self._slider(fc),
             before,
             None,
@@ -451,6 +497,12 @@ class HintApp:
             gr.Column(visible=True),
             state,
         )
+
+    @staticmethod
+    def _opener(c: dict):
+        import gradio as gr
+
+        return gr.Dropdown(choices=neuron_choices(c), value=None, interactive=True)
 
     @staticmethod
     def _slider(c: dict):
@@ -509,7 +561,7 @@ class HintApp:
         return (self.status_line(), gr.Gallery(value=items, columns=max(1, min(4, len(items)))),
                 concepts_frame(state["result"]["concepts"], wnids))  # fmt: skip
 
-    N_FOCUS = 9
+    N_FOCUS = 10
 
     def focus(self, wnid, state):
         return self._guard(self._focus, self.N_FOCUS, wnid, state)
@@ -520,7 +572,8 @@ class HintApp:
         if not state or not wnid:
             return (gr.skip(),) * self.N_FOCUS
         c = self._concept(state, wnid)
-        return (gr.skip(), *self.bars(c), self._slider(c), self._focus_image(state, c), None, ABLATION_HINT)
+        return (gr.skip(), *self.bars(c), self._opener(c), self._slider(c), self._focus_image(state, c), None,
+                ABLATION_HINT)  # fmt: skip
 
     N_ABLATE = 8
 
@@ -559,7 +612,7 @@ class HintApp:
             ablation_markdown(c, ids, after, source),
         )
 
-    N_NEURON = 2
+    N_NEURON = 4
 
     def neuron(self, n):
         return self._guard(self._neuron, self.N_NEURON, n)
@@ -568,7 +621,17 @@ class HintApp:
         if n is None:
             raise HintError("type a neuron number")
         answer = self.client.neuron(int(n))
-        return self.status_line(), neuron_frame(answer)
+        items = exemplar_items(answer)
+        return self.status_line(), neuron_frame(answer), neuron_label_markdown(answer), items
+
+    def open_neuron(self, n):
+        """A neuron picked from the charts' list: its look-up (number, table, label, exemplars)."""
+        import gradio as gr
+
+        if n is None:
+            return (gr.skip(),) * (self.N_NEURON + 1)
+        out = self.neuron(n)
+        return out[0], (gr.skip() if "hint-error" in str(out[0]) else int(n)), *out[1:]
 
     # -- layout
 
@@ -626,6 +689,9 @@ class HintApp:
                                 headers=list(neurons_frame({}).columns), interactive=False, max_height=300,
                                 elem_id="neurons-table",
                             )  # fmt: skip
+                opener = gr.Dropdown(choices=[], label="Open a neuron's exemplars: the neurons of these charts",
+                                     filterable=True, elem_id="open-neuron",
+                                     info="shows its image patches and label in the neuron look-up below")  # fmt: skip
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2):
                         source = gr.Radio([IMAGE_SOURCE, GLOBAL_SOURCE], value=IMAGE_SOURCE, label="Remove",
@@ -638,12 +704,17 @@ class HintApp:
                                           elem_id="before")  # fmt: skip
                         after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
                                          elem_id="after")  # fmt: skip
-            with gr.Accordion("Neuron look-up: which concepts does a neuron serve?", open=True):
+            with gr.Accordion("Neuron look-up: which concepts does a neuron serve, and what does it look for?",
+                              open=True, elem_id="neuron-lookup"):  # fmt: skip
                 with gr.Row():
                     neuron_no = gr.Number(
                         value=0, precision=0, minimum=0, label="Neuron", scale=1, elem_id="neuron-no"
                     )
                     neuron_btn = gr.Button("Look up", scale=0)
+                neuron_label = gr.Markdown(elem_id="neuron-label")
+                neuron_grid = gr.Gallery(label="Exemplars: the neuron's top image patches (rank · activation · image)",
+                                         columns=9, height=None, format="jpeg", object_fit="contain",
+                                         elem_id="neuron-grid")  # fmt: skip
                 neuron_table = gr.Dataframe(
                     headers=["rank", "concept", "wnid", "shapley", "rank in concept"], interactive=False,
                     max_height=320, elem_id="neuron-table",
@@ -652,20 +723,22 @@ class HintApp:
             neuron_outputs = [image_bars, image_table, bars, bars_table]
             explain_btn.click(
                 self.explain, [image, threshold, state],
-                [status, prediction, picker, concept_table, gallery, focus, *neuron_outputs, slider, before, after,
-                 ablation, results, state],
+                [status, prediction, picker, concept_table, gallery, focus, *neuron_outputs, opener, slider, before,
+                 after, ablation, results, state],
                 api_name="explain",
             )  # fmt: skip
             picker.input(self.select, [picker, state], [status, gallery, concept_table], api_name="select")
-            focus.input(self.focus, [focus, state], [status, *neuron_outputs, slider, before, after, ablation],
+            focus.input(self.focus, [focus, state], [status, *neuron_outputs, opener, slider, before, after, ablation],
                         api_name="focus")  # fmt: skip
             ablate_outputs = [status, *neuron_outputs, before, after, ablation]
             slider.release(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
                            api_name="ablate", trigger_mode="always_last")  # fmt: skip
             source.input(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
                          api_visibility="private", trigger_mode="always_last")  # fmt: skip
-            neuron_btn.click(self.neuron, [neuron_no], [status, neuron_table], api_name="neuron")
-            neuron_no.submit(self.neuron, [neuron_no], [status, neuron_table], api_visibility="private")
+            lookup = [status, neuron_table, neuron_label, neuron_grid]
+            neuron_btn.click(self.neuron, [neuron_no], lookup, api_name="neuron")
+            neuron_no.submit(self.neuron, [neuron_no], lookup, api_visibility="private")
+            opener.input(self.open_neuron, [opener], [status, neuron_no, *lookup[1:]], api_name="open_neuron")
             demo.load(self.check_service, None, [status], api_visibility="private")
         return demo
 
@@ -691,7 +764,8 @@ def upload_image(**kw):
 
 
 CSS = """
-#overlays .grid-wrap { min-height: 0 !important; height: auto !important; max-height: none !important; }
+#overlays .grid-wrap, #neuron-grid .grid-wrap { min-height: 0 !important; height: auto !important;
+                                                max-height: none !important; }
 .hint-error { color: #b00020; font-weight: 600; padding: 0.4em 0.6em; border: 1px solid #b00020;
               border-radius: 6px; background: #fff0f0; }
 """

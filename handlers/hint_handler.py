@@ -4,7 +4,8 @@ Requests are parsed and validated by :func:`hint.serve.request.parse_request` (d
 :meth:`hint.explain.explainer.Explainer.answer`. Each request of a batch gets one answer, the explanation
 (docs/response.schema.json) or its own JSON error and status; valid images share one forward pass (an
 image with a network ablation runs in it twice). A bad bank fails the worker start with one line. The
-archive (``make archive``) holds this file, the bank (with its ``hierarchy.json`` when it has its own
+archive (``make archive``) holds this file, the bank (with its ``exemplars.safetensors`` when it has
+exemplars, which ``{"neuron": N}`` answers with; with its ``hierarchy.json`` when it has its own
 hierarchy; else the WordNet default is used; with ``backbone-weights.pt``/``.safetensors`` when its
 backbone was built from a weights file, sha256 checked against the manifest before it is read; else the
 backbone's named weights are used) and the ``hint`` package; options: :data:`DEFAULTS`.

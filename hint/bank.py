@@ -11,6 +11,9 @@ A bank is one folder::
                         boxes come from the bank's own layer (``offline build --head-layers none``)
     hierarchy.json      the concept hierarchy the bank was built with (hint.hierarchy's user format);
                         absent: the bundled WordNet/ImageNet one
+    exemplars.safetensors  every neuron's top-k image patches (JPEG thumbnails, image ids, boxes, activations)
+                        and its label (hint.exemplars); settings in the manifest's ``exemplars``; absent:
+                        the bank has none (the neuron look-up says so)
 
 Writes are atomic (a temporary folder renamed into place); loading verifies every sha256.
 
@@ -33,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hint import __version__
+from hint import exemplars as exm
 from hint import head as loc_head
 from hint._utils.io import atomic_path, sha256_file
 from hint.hierarchy import Hierarchy
@@ -54,7 +59,7 @@ class BankError(ValueError):
 
 def bank_files(folder: str | Path) -> list[Path]:
     """The files of a bank folder: its manifest and every file the manifest lists (tensors, localisation
-    head, hierarchy), what an archive of the bank must carry."""
+    head, exemplars, hierarchy), what an archive of the bank must carry."""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     return [folder / MANIFEST, *(folder / name for name in manifest.get("files", {}))]
@@ -73,6 +78,7 @@ class ConceptBank:
     sha256: str | None = None  # of bank.safetensors, set on save/load
     hierarchy: Hierarchy | None = None  # its own hierarchy (hierarchy.json); None: the WordNet default
     head: loc_head.LocalisationHead | None = None  # maps and boxes (head.safetensors); None: the bank layer's
+    exemplars: exm.Exemplars | None = None  # neurons' top image patches and labels (exemplars.safetensors)
 
     def load_hierarchy(self) -> Hierarchy:
         """The hierarchy the bank's concepts and classes belong to (its own, else the WordNet default)."""
@@ -133,11 +139,15 @@ class ConceptBank:
             save_file(self.tensors(), str(tmp / TENSORS))
             self.sha256 = sha256_file(tmp / TENSORS)
             files = {TENSORS: self.sha256}
-            meta = {k: v for k, v in self.meta.items() if k not in ("hierarchy", "localisation")}
+            meta = {k: v for k, v in self.meta.items() if k not in ("hierarchy", "localisation", "exemplars")}
             if self.head is not None:
                 save_file(self.head.tensors(), str(tmp / loc_head.FILE))
                 files[loc_head.FILE] = sha256_file(tmp / loc_head.FILE)
                 meta["localisation"] = self.head.manifest()
+            if self.exemplars is not None:
+                self.exemplars.save(tmp / exm.FILE)
+                files[exm.FILE] = sha256_file(tmp / exm.FILE)
+                meta["exemplars"] = self.exemplars.manifest()
             if self.hierarchy is not None and not self.hierarchy.builtin:
                 self.hierarchy.save(tmp / HIERARCHY)
                 files[HIERARCHY] = sha256_file(tmp / HIERARCHY)
@@ -154,7 +164,7 @@ class ConceptBank:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False))
             if folder.is_dir():  # rewritten in place: files the bank does not write (model card, weights) stay
                 for p in folder.iterdir():
-                    if p.is_file() and not (tmp / p.name).exists() and p.name not in (HIERARCHY, loc_head.FILE):
+                    if p.is_file() and not (tmp / p.name).exists() and p.name not in (HIERARCHY, loc_head.FILE, exm.FILE):
                         shutil.copy2(p, tmp / p.name)
             for p in (tmp, *tmp.iterdir()):  # mkdtemp makes 0700; a bank is shareable
                 p.chmod(0o755 if p.is_dir() else 0o644)
@@ -210,11 +220,20 @@ class ConceptBank:
                 raise BankError(f"{folder}: the localisation head does not have one classifier per concept")
         elif (folder / loc_head.FILE).exists():
             raise BankError(f"{folder}: {loc_head.FILE} is not listed in the manifest (no sha256 to check it by)")
+        exemplars = None
+        if exm.FILE in manifest["files"]:
+            try:
+                exemplars = exm.Exemplars.read(folder / exm.FILE, manifest.get("exemplars") or {},
+                                               len(manifest.get("concepts", [])), t["weight"].shape[1])  # fmt: skip
+            except (KeyError, TypeError, ValueError, SafetensorError) as e:
+                raise BankError(f"{folder}: bad {exm.FILE} ({e})") from None
+        elif (folder / exm.FILE).exists():
+            raise BankError(f"{folder}: {exm.FILE} is not listed in the manifest (no sha256 to check it by)")
         concepts = manifest.pop("concepts")
         known = hierarchy or Hierarchy.load()
         if missing := [c["wnid"] for c in concepts if c["wnid"] not in known][:3]:
             raise BankError(f"{folder}: concept(s) {missing} are not in the bank's hierarchy")
-        for k in ("format", "library_version", "bank_id", "files", "hierarchy", "localisation"):
+        for k in ("format", "library_version", "bank_id", "files", "hierarchy", "localisation", "exemplars"):
             manifest.pop(k, None)
         e, d = t["weight"].shape
         if len(concepts) != e or t["phi"].shape != (e, d) or t["baseline"].shape != (d,):
@@ -222,7 +241,7 @@ class ConceptBank:
         return cls(
             weight=t["weight"], bias=t["bias"], phi=t["phi"], phi_se=t["phi_se"], baseline=t["baseline"],
             n_permutations=t["n_permutations"], concepts=concepts, meta=manifest,
-            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy, head=head,
+            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy, head=head, exemplars=exemplars,
         )  # fmt: skip
 
     def check_backbone(self, backbone_name: str, layer: str, channels: int) -> None:

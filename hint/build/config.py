@@ -45,6 +45,8 @@ class BuildConfig:
     checkpoint_every: int = option(2000, "step-1 checkpoint interval (images)")
     faithfulness_k: int = option(20, "neurons kept in the faithfulness test (0: skip it)")
     faithfulness_draws: int = option(5, "random neuron draws in the faithfulness test")
+    exemplars: int = option(9, "every neuron's top-K image patches and its label, kept in step 1's pass "
+                            "(hint.build.exemplars; 0: none)", metavar="K", absent=0)  # banks before exemplars had none
 
     def params(self, *names: str) -> dict:
         """``{name: value}`` of the named fields."""

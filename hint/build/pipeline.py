@@ -38,8 +38,19 @@ from hint.build.concepts import (
 )
 from hint.build.config import BuildConfig
 from hint.build.datasets import ImageDataset, Sample
+from hint.build.exemplars import (
+    QUALITY,
+    QUANTILE,
+    SIZE,
+    WINDOW,
+    TopPatches,
+    forward_patches,
+    make_exemplars,
+    patches_path,
+)
 from hint.build.faithfulness import top_k_f1
 from hint.build.reservoir import ImageReservoir
+from hint.exemplars import Exemplars
 from hint.hierarchy import Hierarchy
 from hint.presence import POOL_FRACTION
 from hint.regions import METHODS, responsible_regions
@@ -48,7 +59,7 @@ from hint.shapley import NeuronShapley
 log = logging.getLogger("hint.build.pipeline")
 
 #: Bumped when a step's algorithm changes, so that cached outputs of older code are not reused.
-STEP_REVISION = {"regions": 2, "classifiers": 4, "shapley": 3}
+STEP_REVISION = {"regions": 2, "classifiers": 4, "shapley": 3, "exemplars": 1}
 
 
 def _key(*parts) -> str:
@@ -80,12 +91,15 @@ def extract_regions(
     progress: bool = True,
     todo: list[int] | None = None,
     checkpoint: Path | None = None,
+    patches: TopPatches | None = None,
 ) -> tuple[ImageReservoir, dict]:
     """Step 1, streamed: features at every position and responsible-region flags of ``samples[i]`` for
     ``i`` in ``todo`` (default: all), offered to a per-class :class:`~hint.build.reservoir.ImageReservoir`
-    (``cfg.per_class`` images per class), so memory does not grow with the number of images. With
-    ``checkpoint``, the reservoir and running statistics are saved every ``cfg.checkpoint_every`` images
-    and a rerun resumes after the last save. Returns the reservoir and the running statistics."""
+    (``cfg.per_class`` images per class), so memory does not grow with the number of images; the photos'
+    activations also to ``patches`` (:class:`hint.build.exemplars.TopPatches`) when given. With
+    ``checkpoint``, the reservoir (and patches) and running statistics are saved every
+    ``cfg.checkpoint_every`` images and a rerun resumes after the last save. Returns the reservoir and the
+    running statistics."""
     todo = list(range(len(samples))) if todo is None else todo
     run = {"done": 0, "images": 0, "unreadable": [], "seconds": 0.0, "correct": 0, "fg": 0, "positions": 0}
     res = ImageReservoir(cfg.per_class, cfg.seed)
@@ -93,6 +107,10 @@ def extract_regions(
         t = load_file(str(checkpoint))
         run = load_meta(checkpoint)
         res = ImageReservoir.from_state(t, cfg.per_class, cfg.seed)
+        if patches is not None and "patches.value" in t:
+            patches.merge(TopPatches.from_state(t, patches.k))
+        elif patches is not None:  # a checkpoint without them: the images before it were not offered
+            patches.partial = True
         log.info("step 1: resuming after %d of %d images", run["done"], len(todo))
     first = {}
     source = [first.setdefault(s.path, i) for i, s in enumerate(samples)]
@@ -118,6 +136,9 @@ def extract_regions(
                 run["positions"] += mask.numel()
                 run["images"] += len(idx)
                 run["map_size"] = list(z.shape[2:])
+                if patches is not None:
+                    photo = torch.tensor([samples[rest[i]].view == 0 for i in idx.tolist()])
+                    patches.offer(z[photo.to(z.device)], torch.tensor([rest[i] for i in idx[photo].tolist()]))
                 feats = z.permute(0, 2, 3, 1).reshape(len(idx), -1, z.shape[1]).half().cpu()
                 masks = mask.reshape(len(idx), -1).cpu()
                 for j, i in enumerate(idx.tolist()):
@@ -126,10 +147,15 @@ def extract_regions(
                               source[g], samples[g].view)  # fmt: skip
             if checkpoint is not None and since_save >= cfg.checkpoint_every:
                 run["seconds"] = time.perf_counter() - t0
-                _atomic_save(res.state(), checkpoint, run)
+                _atomic_save(_step1_state(res, patches), checkpoint, run)
                 since_save = 0
     run["seconds"] = time.perf_counter() - t0
     return res, run
+
+
+def _step1_state(res: ImageReservoir, patches: TopPatches | None) -> dict[str, torch.Tensor]:
+    """A step-1 checkpoint's tensors: the reservoir's, and the patches' when kept."""
+    return {**res.state(), **(patches.state() if patches is not None else {})}
 
 
 def region_stats(run: dict, kept: int, world: int = 1) -> dict:
@@ -300,9 +326,11 @@ def cached_regions(
     progress: bool = True,
     on_step: Callable[[str, bool], None] | None = None,
     distributed: bool = True,
+    patches: int = 0,
 ) -> tuple[RegionTable | None, dict, str]:
     """Step 1, read from ``cache_dir`` when an identical run finished before: (table, stats, cache key).
-    ``distributed=False``: this process alone, even under torchrun.
+    ``distributed=False``: this process alone, even under torchrun. ``patches`` > 0: the pass also keeps
+    every neuron's top ``patches`` image patches, cached beside the table (:func:`cached_patches` reads them).
 
     Each process streams its images into its own reservoir with a checkpoint file beside the cache
     (a killed build resumes there). Under torchrun rank r takes ``samples[r::world]``; after a barrier
@@ -320,27 +348,77 @@ def cached_regions(
         return table, stats, k1
     rank, world = _dist() if distributed else (0, 1)
     part = [cache_dir / f"regions-{k1}-part{r}of{world}.safetensors" for r in range(world)]
+    top = TopPatches(patches) if patches else None
     res, run = extract_regions(backbone, samples, cfg, progress and rank == 0, list(range(rank, len(samples), world)),
-                               part[rank])  # fmt: skip
+                               part[rank], top)  # fmt: skip
     if world > 1:
-        if rank != 0:  # hand the reservoir to rank 0
-            _atomic_save(res.state(), part[rank], run)
+        if rank != 0:  # hand the reservoir (and patches) to rank 0
+            _atomic_save(_step1_state(res, top), part[rank], run)
         torch.distributed.barrier()
         if rank != 0:
             return None, {}, k1
         runs = [run]
         for p in part[1:]:
-            res.merge(ImageReservoir.from_state(load_file(str(p)), cfg.per_class, cfg.seed))
+            t = load_file(str(p))
+            res.merge(ImageReservoir.from_state(t, cfg.per_class, cfg.seed))
+            if top is not None and "patches.value" in t:
+                top.merge(TopPatches.from_state(t, top.k))
             runs.append(load_meta(p))
         run = _combine_runs(runs)
     if not len(res):
         raise ValueError("no readable images")
     table, stats = res.table(), region_stats(run, len(res), world)
+    if top is not None and not top.partial:  # else cached_patches makes them with a forward pass
+        _atomic_save(top.state(), patches_path(cache_dir, k1, top.k))
     save_table(table, p1, stats)
     for p in part:
         p.unlink(missing_ok=True)
     _note(on_step, "regions", False)
     return table, stats, k1
+
+
+def cached_patches(backbone: Backbone, samples: list[Sample], cfg: BuildConfig, cache_dir: Path, key: str,
+                   progress: bool = True) -> TopPatches:  # fmt: skip
+    """Every neuron's top ``cfg.exemplars`` patches: the ones step 1 (cache key ``key``) kept, else (a step 1
+    cached without them) from a forward pass over the photos, then cached."""
+    path = patches_path(cache_dir, key, cfg.exemplars)
+    if path.exists():
+        return TopPatches.from_state(load_file(str(path)), cfg.exemplars)
+    model = backbone.model.to(cfg.device).eval()
+    top = forward_patches(model, backbone.layer_module(), samples, cfg.exemplars, backbone.preprocess,
+                          backbone.input_size, cfg.batch_size, cfg.workers, cfg.device, progress)  # fmt: skip
+    _atomic_save(top.state(), path)
+    return top
+
+
+def cached_exemplars(
+    backbone: Backbone,
+    samples: list[Sample],
+    table: RegionTable,
+    regions_key: str,
+    phi: torch.Tensor,
+    phi_key: str,
+    wnids: list[str],
+    hierarchy: Hierarchy,
+    cfg: BuildConfig,
+    cache_dir: Path,
+    progress: bool = True,
+    on_step: Callable[[str, bool], None] | None = None,
+) -> Exemplars:
+    """The neurons' exemplars and labels (:func:`hint.build.exemplars.make_exemplars`) from step 1's table and
+    patches (``regions_key``: its cache key) and the Shapley table ``phi`` (E, D) (``phi_key``: what it is
+    from), read from ``cache_dir`` when made before."""
+    key = _key(regions_key, phi_key, STEP_REVISION["exemplars"], cfg.exemplars, SIZE, QUALITY, WINDOW, QUANTILE)
+    path = cache_dir / f"exemplars-{key}.safetensors"
+    if path.exists():
+        m = load_meta(path)
+        _note(on_step, "exemplars", True)
+        return Exemplars(**load_file(str(path)), images=m["images"], info=m["info"])
+    top = cached_patches(backbone, samples, cfg, cache_dir, regions_key, progress)
+    ex = make_exemplars(top, samples, table, phi, wnids, hierarchy, progress=progress)
+    _atomic_save(ex.tensors(), path, {"images": ex.images, "info": ex.info})
+    _note(on_step, "exemplars", False)
+    return ex
 
 
 def _combine_runs(runs: list[dict]) -> dict:
@@ -379,7 +457,7 @@ def build(
             outer(step, cached)
 
     t = time.perf_counter()
-    table, stats, k1 = cached_regions(backbone, samples, cfg, cache_dir, progress, on_step)
+    table, stats, k1 = cached_regions(backbone, samples, cfg, cache_dir, progress, on_step, patches=cfg.exemplars)
     if table is None:
         return None  # type: ignore[return-value]  # a torchrun rank > 0: rank 0 goes on
     timings["regions"] = time.perf_counter() - t
@@ -422,6 +500,11 @@ def build(
         _atomic_save({"phi": phi, "phi_se": se, "n_permutations": used}, p3)
         _note(on_step, "shapley", False)
     timings["shapley"] = time.perf_counter() - t
+    exemplars = None
+    if cfg.exemplars:
+        t = time.perf_counter()
+        exemplars = cached_exemplars(backbone, samples, table, k1, phi, k3, built, h, cfg, cache_dir, progress, on_step)
+        timings["exemplars"] = time.perf_counter() - t
 
     weight = torch.stack([f.weight for f in fits])
     faith = None
@@ -481,6 +564,7 @@ def build(
         n_permutations=used,
         concepts=concepts,
         meta=meta,
+        exemplars=exemplars,
     )
 
 

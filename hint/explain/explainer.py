@@ -537,15 +537,33 @@ class Explainer:
         return out
 
     def neuron(self, neuron: int) -> dict:
-        """Reverse direction: one neuron's Shapley value for every concept, ranked."""
+        """Reverse direction: one neuron's Shapley value for every concept, ranked; its label (the concept of
+        largest φ, with its NetDissect IoU when the bank has exemplars) and its exemplars (top image patches
+        as base64 JPEG thumbnails; ``available: false`` for a bank without them)."""
         ranked = self.bank.neuron_concepts(neuron)
+        ex = self.bank.exemplars
+        row = int(ex.concept[neuron]) if ex is not None else self.bank.index(ranked[0][0])  # the largest φ
+        top = self.bank.wnids[row]
+        label = {"wnid": top, "name": self.h[top].name, "shapley": round(float(self.bank.phi[row, neuron]), 6),
+                 "iou": None}
+        if ex is None:
+            exemplars = {"available": False, "reason": "this bank has no exemplars (python -m offline exemplars "
+                                                       "--bank BANK adds them)"}  # fmt: skip
+        else:
+            best = self.bank.wnids[int(ex.iou_concept[neuron])]
+            label.update(iou=round(float(ex.iou[neuron]), 4), threshold=round(float(ex.threshold[neuron]), 4),
+                         best_iou={"wnid": best, "name": self.h[best].name, "iou": round(float(ex.iou_best[neuron]), 4)})
+            exemplars = {"available": True, "k": ex.k, "format": "jpeg", "size": ex.info.get("size"),
+                         "window_cells": ex.info.get("window_cells"), "patches": ex.patches(neuron)}  # fmt: skip
         return {
             "neuron": neuron,
+            "label": label,
             "concepts": [
                 {"wnid": w, "name": self.h[w].name, "shapley": round(v, 6),
                  "rank_in_concept": 1 + int((self.bank.phi[self.bank.index(w)] > v).sum())}
                 for w, v in ranked
             ],  # fmt: skip
+            "exemplars": exemplars,
             "model": {"backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id},
         }
 

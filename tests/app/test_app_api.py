@@ -86,8 +86,8 @@ def explained(app):
 
 def test_explain(explained):
     _, out = explained
-    (status, prediction, picker, concepts, gallery, focus, image_bars, image_table, bars, table, slider, before,
-     after, ablation) = out  # fmt: skip
+    (status, prediction, picker, concepts, gallery, focus, image_bars, image_table, bars, table, opener, slider,
+     before, after, ablation) = out  # fmt: skip
     assert status.startswith("Explained in") and "efficientnet_lite0" in status
     assert re.search(r"^### .*cat — \d+\.\d %", prediction), prediction
     assert "**feline**" in prediction and "**whole**" in prediction and " › " in prediction
@@ -118,6 +118,9 @@ def test_explain(explained):
     shap = [row[1] for row in table["data"]]
     assert shap == sorted(shap, reverse=True)
     assert slider["maximum"] == 20 and slider["value"] == 0
+    # the charts' neurons, to open their exemplars: this image's 20, then the bank's others
+    ids = [v for _, v in opener["choices"]]
+    assert ids[:20] == [int(r[0].lstrip("#")) for r in image_table["data"]] and len(ids) == len(set(ids)) >= 20
     assert Path(before).is_file() and after is None
 
 
@@ -169,16 +172,21 @@ def test_ablation_through_the_network_matches_the_endpoint(explained, app, endpo
 
 def test_neuron_lookup(explained):
     client, _ = explained
-    status, table = client.predict(45, api_name="/neuron")
+    status, table, label, grid = client.predict(45, api_name="/neuron")
     rows = table["data"]
+    assert label.startswith("### Neuron #45") and "Label: " in label and "IoU" in label
+    assert len(grid) == 9 and all(it.get("caption", "").count(" · ") == 2 for it in grid)
     import json
 
     bank = json.loads((Path(__file__).resolve().parents[2] / "model_store" / "hint-bank" / "manifest.json").read_text())
     assert len(rows) == len(bank["concepts"]), "one row per concept of the bank"
     shap = [r[3] for r in rows]
     assert shap == sorted(shap, reverse=True)
-    status, table = client.predict(100000, api_name="/neuron")
+    status, *_ = client.predict(100000, api_name="/neuron")
     assert "hint-error" in status and "HTTP 400" in status and "out of range" in status
+    # opened from the charts' list: the number box follows
+    status, number, table, label, grid = client.predict(275, api_name="/open_neuron")
+    assert number == 275 and label.startswith("### Neuron #275") and len(grid) == 9
 
 
 def test_uploads_that_are_not_images_get_the_apps_own_error(app, tmp_path):

@@ -101,7 +101,12 @@ def test_upload_explain_ablate_lookup(browser_deps, photo, tmp_path):
     assert f["ablation"].startswith("Class ") and "→" in f["ablation"] and "points" in f["ablation"]
     assert "probe score" in f["ablationScore"] and "→" in f["ablationScore"]
     assert "rank in concept" in f["neuronTable"] and re.search(r" n\d{8} ", f["neuronTable"]), f["neuronTable"]
-    for shot in ("explain.png", "overlays.png"):
+    # a neuron of the charts opened from the list: its number, label and 9 exemplars
+    opened = re.match(r"#(\d+) · this image", f["opened"])
+    assert opened and f["neuronNo"] == opened.group(1), (f["opened"], f["neuronNo"])
+    assert f"Neuron #{opened.group(1)}" in f["neuronLabel"] and "Label: " in f["neuronLabel"] and "IoU" in f["neuronLabel"]
+    assert f["exemplars"] == 9
+    for shot in ("explain.png", "overlays.png", "neuron-grid.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
 
 

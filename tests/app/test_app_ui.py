@@ -25,8 +25,11 @@ from app.ui import (
     default_selection,
     display_image,
     example_images,
+    exemplar_items,
     image_neurons_frame,
+    neuron_choices,
     neuron_frame,
+    neuron_label_markdown,
     neurons_frame,
     prediction_markdown,
     upload_bytes,
@@ -140,6 +143,41 @@ def test_frames(concepts):
     assert g.iloc[1][["signed rank", "abs rank", "global rank"]].tolist() == [2, 3, 4] and g["signed"][1] == pytest.approx(0.14)
     t = neuron_frame({"concepts": [{"wnid": "n1", "name": "a", "shapley": 0.2, "rank_in_concept": 3}]})
     assert t.iloc[0].tolist() == [1, "a", "n1", 0.2, 3]
+
+
+def test_neuron_grid_label_and_chart_choices(concepts):
+    import base64
+
+    def thumb(colour) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buf, "JPEG", quality=95)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    answer = {
+        "neuron": 45, "concepts": [],
+        "label": {"wnid": "n1", "name": "game equipment", "shapley": 0.0189, "iou": 0.0123, "threshold": 8.9,
+                  "best_iou": {"wnid": "n2", "name": "cat", "iou": 0.0714}},
+        "exemplars": {"available": True, "k": 2, "format": "jpeg", "size": 64, "window_cells": 4.0,
+                      "patches": [{"rank": 1, "image": "a.JPEG", "box": [0, 0, 9, 9], "activation": 16.49,
+                                   "thumbnail": thumb((250, 0, 0))},
+                                  {"rank": 2, "image": "b.JPEG", "box": [0, 0, 9, 9], "activation": 14.9,
+                                   "thumbnail": thumb((0, 0, 250))}]},
+    }  # fmt: skip
+    items = exemplar_items(answer)
+    assert [cap for _, cap in items] == ["1 · 16.49 · a.JPEG", "2 · 14.90 · b.JPEG"]
+    assert items[0][0].shape == (64, 64, 3) and items[0][0][..., 0].mean() > 240 and items[1][0][..., 2].mean() > 240
+    md = neuron_label_markdown(answer)
+    assert md.startswith("### Neuron #45") and "**Label: game equipment**" in md and "IoU 0.012" in md
+    assert "**cat** (IoU 0.071)" in md and "top 2 image patches" in md and "4 × 4 cells" in md
+    old = {"neuron": 3, "concepts": [], "label": {"wnid": "n1", "name": "x", "shapley": 0.1, "iou": None},
+           "exemplars": {"available": False, "reason": "this bank has no exemplars"}}  # fmt: skip
+    assert exemplar_items(old) == [] and "_No exemplars: this bank has no exemplars._" in neuron_label_markdown(old)
+    assert "IoU" not in neuron_label_markdown(old)
+    # the charts' neurons: this image's (signed), then the bank's
+    choices = neuron_choices(concepts[0])
+    assert len(choices) == 40 and choices[0] == ("#100 · this image, signed +0.1500", 100)
+    assert choices[20] == ("#0 · the bank, global 0.1000", 0)
+    assert neuron_choices({}) == []
 
 
 def test_ablation_markdown(concepts):

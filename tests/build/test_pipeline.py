@@ -58,7 +58,7 @@ def test_discover_layouts(tiny_data, tmp_path):
 
 def test_build_outputs(built, lite):
     bank, found, _, _, steps = built
-    assert [s for s, _ in steps] == ["regions", "classifiers", "shapley"]
+    assert [s for s, _ in steps] == ["regions", "classifiers", "shapley", "exemplars"]
     assert not any(c for _, c in steps)
     e, d = bank.weight.shape
     assert (e, d) == (3, 320)
@@ -90,13 +90,53 @@ def test_rebuild_is_cached_and_identical(built, lite):
     steps = []
     again = build(lite, found.samples, resolve(CONCEPTS), cfg, cache, progress=False,
                   on_step=lambda s, c: steps.append(c))  # fmt: skip
-    assert steps == [True, True, True]
+    assert steps == [True, True, True, True]
     torch.testing.assert_close(again.phi, bank.phi)
+    assert torch.equal(again.exemplars.jpeg, bank.exemplars.jpeg)
     torch.testing.assert_close(again.weight, bank.weight)
     # a fresh cache recomputes and gives the same numbers (seeded)
     fresh = build(lite, found.samples, resolve(CONCEPTS), cfg, cache / "fresh", progress=False)
     torch.testing.assert_close(fresh.phi, bank.phi, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fresh.weight, bank.weight, atol=1e-4, rtol=1e-3)
+
+
+def test_exemplars_are_the_top_photos_of_every_neuron(built, lite, tmp_path):
+    """The build's exemplars: per neuron the 9 photos with the largest peak activation (a direct forward pass
+    over all 16), each patch's box around its peak cell, the labels from the bank's φ; a step-1 cache without
+    the patches gets them from a forward pass, the same ones."""
+    from hint.build.datasets import load_rgb
+    from hint.build.exemplars import patch_box
+    from hint.build.pipeline import cached_patches
+
+    bank, found, cache, cfg, _ = built
+    ex = bank.exemplars
+    assert (ex.neurons, ex.k) == (320, 9) and ex.info["grid"] == [7, 7] and ex.info["table_images"] == 16
+    z = {}
+    handle = lite.layer_module().register_forward_hook(lambda _m, _i, o: z.__setitem__("z", o.detach()))
+    with torch.no_grad():
+        lite.model(lite.preprocess([load_rgb(s.path) for s in found.samples]))
+    handle.remove()
+    peak, cell = z["z"].flatten(2).max(2)  # (16, 320)
+    for d in (0, 45, 319):
+        want = peak[:, d].argsort(descending=True, stable=True)[:9]
+        assert [ex.images[i] for i in ex.image[d].tolist()] == [found.samples[i].key for i in want.tolist()]
+        torch.testing.assert_close(ex.activation[d], peak[want, d], atol=1e-3, rtol=1e-3)
+        for j, i in enumerate(want.tolist()):
+            w, h = load_rgb(found.samples[i].path).size
+            assert ex.box[d, j].tolist() == patch_box(int(cell[i, d]), [7, 7], w, h)
+    assert torch.equal(ex.concept, bank.phi.argmax(0))
+    assert ((ex.iou >= 0) & (ex.iou <= ex.iou_best) & (ex.iou_best <= 1)).all()
+    # a step-1 cache from before the patches: a forward pass finds the same ones
+    from hint.build.exemplars import patches_path
+
+    key = next(cache.glob("regions-*.safetensors")).stem.removeprefix("regions-")
+    path = patches_path(cache, key, 9)
+    path.rename(tmp_path / "kept")
+    again = cached_patches(lite, found.samples, cfg, cache, key, progress=False)
+    assert path.exists()
+    keys = [[found.samples[i].key for i in row] for row in again.index.tolist()]
+    assert keys == [[ex.images[i] for i in row] for row in ex.image.tolist()]
+    torch.testing.assert_close(again.value, ex.activation, atol=1e-3, rtol=1e-3)
 
 
 def test_bank_round_trip_and_tables(built, tmp_path):

@@ -5,8 +5,8 @@
 //
 // MODE=explain: upload IMAGE, click Explain, wait for the overlays; check the prediction, the concept
 // names, the magenta box pixels (and, with BIG_IMAGE, the upload size limit) in an overlay, the neuron bar
-// charts (this image's and the bank's), the concept search, one ablation through the network and one
-// neuron look-up; screenshots under OUT_DIR. MODE=unreachable: the page must say "service unreachable".
+// charts (this image's and the bank's), the concept search, one ablation through the network, one
+// neuron look-up and one neuron's exemplars opened from the charts' list; screenshots under OUT_DIR. MODE=unreachable: the page must say "service unreachable".
 // Prints one JSON line of findings; exits 1 with a message when a check fails.
 import fs from "node:fs";
 import os from "node:os";
@@ -151,6 +151,23 @@ try {
       return t && /n\d{8}/.test(t.innerText);
     });
     findings.neuronTable = (await page.locator("#neuron-table").innerText()).replace(/\s+/g, " ").slice(0, 300);
+
+    // Exemplars: a neuron of the charts opened from the list under them -> its label and its image patches.
+    await page.locator("#open-neuron input").first().click();
+    const first = page.locator("ul[role=listbox] li").first();
+    await first.waitFor();
+    findings.opened = (await first.innerText()).trim();
+    await first.click();
+    const opened = findings.opened.match(/^#(\d+)/)[1];
+    await page.waitForFunction((n) => {
+      const label = document.querySelector("#neuron-label");
+      return label && label.innerText.includes(`Neuron #${n}`) && document.querySelectorAll("#neuron-grid img").length >= 9;
+    }, opened);
+    findings.neuronNo = await page.locator("#neuron-no input").first().inputValue();
+    findings.neuronLabel = (await page.locator("#neuron-label").innerText()).replace(/\s+/g, " ").trim();
+    findings.exemplars = await page.locator("#neuron-grid img").count();
+    await page.locator("#neuron-lookup").scrollIntoViewIfNeeded();
+    await page.locator("#neuron-lookup").screenshot({ path: path.join(OUT_DIR, "neuron-grid.png") });
     check(!/Traceback/.test(await page.content()), "no stack trace in the page");
 
     await page.locator("#overlays").scrollIntoViewIfNeeded();

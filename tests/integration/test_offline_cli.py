@@ -92,6 +92,9 @@ def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path)
     assert dist.meta["build"]["step1"]["world_size"] == 2
     assert dist.meta["build"]["step1"]["images"] == single.meta["build"]["step1"]["images"] == 16
     torch.testing.assert_close(dist.phi, single.phi, atol=1e-4, rtol=1e-3)
+    # the ranks' top patches, merged: the same exemplars as one process keeps
+    assert dist.exemplars.images == single.exemplars.images and torch.equal(dist.exemplars.box, single.exemplars.box)
+    torch.testing.assert_close(dist.exemplars.activation, single.exemplars.activation, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.slow
@@ -172,3 +175,30 @@ def test_cli_bank_manifest_gives_back_the_flags(cli_bank):
     device = pick_device("auto")
     want = BuildConfig(permutations=16, workers=0, batch_size=8, device=device, amp=device == "cuda")
     assert BuildConfig.from_manifest(ConceptBank.load(cli_bank)) == want
+
+
+def test_exemplars_command_adds_them_to_a_bank_and_keeps_its_files(cli_bank, tiny_data, tmp_path, capsys):
+    """offline exemplars on a bank without them: the build's exemplars, the bank's other files byte for byte."""
+    import json
+
+    from hint.exemplars import FILE
+
+    built = ConceptBank.load(cli_bank)
+    old = tmp_path / "old"
+    built.exemplars, want = None, built.exemplars
+    built.save(old)
+    (old / "MODEL_CARD.md").write_text("kept\n")
+    before = json.loads((old / "manifest.json").read_text())["files"]
+    assert FILE not in before
+    assert main(["exemplars", "--bank", str(old), "--data", str(tiny_data), "--cache", str(tmp_path / "c"),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "labels:" in capsys.readouterr().out
+    files = json.loads((old / "manifest.json").read_text())["files"]
+    assert {k: files[k] for k in before} == before and FILE in files
+    assert (old / "MODEL_CARD.md").read_text() == "kept\n"
+    got = ConceptBank.load(old).exemplars
+    assert got.images == want.images and torch.equal(got.box, want.box) and torch.equal(got.concept, want.concept)
+    torch.testing.assert_close(got.activation, want.activation, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(got.iou, want.iou, atol=1e-3, rtol=1e-3)
+    assert main(["exemplars", "--bank", str(old), "--k", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --k must be at least 1, not 0"

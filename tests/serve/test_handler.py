@@ -359,6 +359,48 @@ def test_neuron_reverse_lookup(served, tabby_result):
     assert code == 200 and doc2 == doc
 
 
+def test_neuron_answer_has_its_label_and_exemplars_within_200_kb(served):
+    h, _ = served
+    bank = h.explainer.bank
+    ex = bank.exemplars
+    assert ex is not None and ex.neurons == 320 and ex.k >= 9, "the default bank carries exemplars for every neuron"
+    n = 45
+    code, doc = one(served, {"body": {"neuron": n}})
+    assert code == 200
+    label, got = doc["label"], doc["exemplars"]
+    row = int(bank.phi[:, n].argmax())
+    assert label["wnid"] == bank.wnids[row] and label["shapley"] == pytest.approx(float(bank.phi[row, n]), abs=1e-6)
+    assert label["shapley"] == doc["concepts"][0]["shapley"]
+    assert 0 <= label["iou"] <= label["best_iou"]["iou"] <= 1
+    assert got["available"] and got["k"] == len(got["patches"]) == ex.k and got["format"] == "jpeg"
+    acts = [p["activation"] for p in got["patches"]]
+    assert acts == sorted(acts, reverse=True) and [p["rank"] for p in got["patches"]] == list(range(1, ex.k + 1))
+    size = got["size"]
+    for p in got["patches"]:
+        im = Image.open(io.BytesIO(base64.b64decode(p["thumbnail"])))
+        assert im.format == "JPEG" and im.size == (size, size)
+        x0, y0, x1, y1 = p["box"]
+        assert 0 <= x0 < x1 and 0 <= y0 < y1 and p["image"].endswith(".JPEG")
+    # every neuron's answer (as the handler writes it) stays within 200 kB
+    sizes = [len(json.dumps(h.explainer.neuron(d), separators=(",", ":"))) for d in range(bank.weight.shape[1])]
+    assert max(sizes) <= 200_000, max(sizes)
+
+
+def test_neuron_answer_of_a_bank_without_exemplars_says_so(tmp_path):
+    from hint.exemplars import FILE
+
+    model_dir = archive_dir(tmp_path / "m")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    del manifest["files"][FILE], manifest["exemplars"]
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    (model_dir / FILE).unlink()
+    h = hint_handler.HintHandler()
+    h.initialize(FakeContext(model_dir, {"handler": {"torch_threads": 1}}))
+    code, doc = one((h, h.context), {"body": {"neuron": 45}})
+    assert code == 200 and doc["exemplars"]["available"] is False and "no exemplars" in doc["exemplars"]["reason"]
+    assert doc["label"]["iou"] is None and doc["label"]["wnid"] == doc["concepts"][0]["wnid"]
+
+
 # ------------------------------------------------------------------------------------------ formats
 
 
