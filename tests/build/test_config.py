@@ -22,13 +22,13 @@ def test_old_manifest_gets_the_defaults_and_what_older_builds_did():
     manifest = {"build": {"method": "gradient", "l2": 0.05, "seed": 3, "n_images": 10, "step1": {"images": 10}}}
     cfg = BuildConfig.from_manifest(manifest)
     assert (cfg.method, cfg.l2, cfg.seed) == ("gradient", 0.05, 3)
-    assert cfg.per_class == 1_000_000 and cfg.folds == 0
+    assert cfg.per_class == 1_000_000 and cfg.folds == 0 and cfg.exemplars == 0
     assert build_config(manifest_bank(manifest)).folds == BuildConfig.folds  # rerun: cross-validated
     want = asdict(BuildConfig())
     got = asdict(cfg)
-    assert {k: v for k, v in got.items() if k not in ("method", "l2", "seed", "per_class", "folds")} == \
-        {k: v for k, v in want.items() if k not in ("method", "l2", "seed", "per_class", "folds")}  # fmt: skip
-    assert BuildConfig.from_manifest({}) == BuildConfig(per_class=1_000_000, folds=0)
+    assert {k: v for k, v in got.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")} == \
+        {k: v for k, v in want.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")}  # fmt: skip
+    assert BuildConfig.from_manifest({}) == BuildConfig(per_class=1_000_000, folds=0, exemplars=0)
 
 
 def manifest_bank(manifest: dict) -> SimpleNamespace:
