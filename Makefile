@@ -25,12 +25,14 @@ hierarchy: apt-wordnet venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 e2e-deps:  ## Debian chromium + npm playwright-core for the browser test (it skips, saying why, if this fails)
 	-scripts/e2e-deps.sh
 
 test: venv apt-java e2e-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -ra
 
 APP_ARGS ?=

@@ -21,20 +21,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="The HINT Gradio app: explore an image's concepts, boxes and neurons through the "
         "TorchServe endpoint POST /predictions/hint (it never loads the model itself).",
     )
-    p.add_argument("--host", default=os.environ.get("HINT_APP_HOST", "127.0.0.1"),
-                   help="address to bind (default 127.0.0.1: this machine only)")  # fmt: skip
+    p.add_argument(
+        "--host",
+        default=os.environ.get("HINT_APP_HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1: this machine only)",
+    )
     p.add_argument(
         "--port", type=int, default=int(os.environ.get("HINT_APP_PORT", "7860")), help="default 7860"
     )
-    p.add_argument("--endpoint", default=os.environ.get("HINT_ENDPOINT", "http://127.0.0.1:8080"),
-                   help="TorchServe inference address (default http://127.0.0.1:8080, env HINT_ENDPOINT)")  # fmt: skip
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("HINT_ENDPOINT", "http://127.0.0.1:8080"),
+        help="TorchServe inference address (default http://127.0.0.1:8080, env HINT_ENDPOINT)",
+    )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--token", default=None, help="inference key (env HINT_TOKEN)")
-    auth.add_argument("--token-file", default=None,
-                      help="TorchServe key_file.json to read the inference key from at each request "
-                           "(env HINT_TOKEN_FILE; default ./key_file.json)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("HINT_TIMEOUT", "60")),
-                   help="seconds to wait for an answer (default 60)")  # fmt: skip
+    auth.add_argument(
+        "--token-file",
+        default=None,
+        help="TorchServe key_file.json to read the inference key from at each request "
+        "(env HINT_TOKEN_FILE; default ./key_file.json)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("HINT_TIMEOUT", "60")),
+        help="seconds to wait for an answer (default 60)",
+    )
     p.add_argument("--quiet", action="store_true", help="less logging")
     return p.parse_args(argv)
 

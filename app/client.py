@@ -177,8 +177,10 @@ class HintClient:
                     if not self.token
                     else "given"
                 )
-                msg = (f"{msg} — the inference token {where} was rejected; TorchServe writes a new one to "
-                       "key_file.json where it starts: pass --token-file PATH or --token KEY")  # fmt: skip
+                msg = (
+                    f"{msg} — the inference token {where} was rejected; TorchServe writes a new one to "
+                    "key_file.json where it starts: pass --token-file PATH or --token KEY"
+                )
             elif resp.status_code == 404:
                 msg = f"{msg} — is the model '{self.model}' registered? {START_HINT}"
             elif resp.status_code == 413:

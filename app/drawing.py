@@ -173,12 +173,26 @@ def neuron_bars(neurons: list[dict], removed: int = 0, title: str | None = None)
     values = [float(n["shapley"]) for n in neurons]
     errors = [float(n.get("shapley_se", 0.0)) for n in neurons]
     colors = [REMOVED_COLOR if i < removed else KEPT_COLOR for i in range(len(neurons))]
-    fig, ax = _bar_axes(values, colors, "Shapley value", "neuron (largest Shapley value first)", title,
-                        yerr=errors, ecolor="#333333", capsize=2)  # fmt: skip
+    fig, ax = _bar_axes(
+        values,
+        colors,
+        "Shapley value",
+        "neuron (largest Shapley value first)",
+        title,
+        yerr=errors,
+        ecolor="#333333",
+        capsize=2,
+    )
     ax.set_xticks(range(len(values)), labels, rotation=60, fontsize=8)
     if removed:
-        ax.legend(handles=[Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"),
-                           Patch(color=KEPT_COLOR, label="kept")], fontsize=8, frameon=False)  # fmt: skip
+        ax.legend(
+            handles=[
+                Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"),
+                Patch(color=KEPT_COLOR, label="kept"),
+            ],
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
@@ -194,14 +208,23 @@ def image_neuron_bars(neurons: list[dict], removed: int = 0, title: str | None =
 
     values = [float(n["signed"]) for n in neurons]
     labels = [f"#{n['neuron']}\ng{n.get('global_rank', '?')}" for n in neurons]
-    colors = [REMOVED_COLOR if i < removed else POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR
-              for i, v in enumerate(values)]  # fmt: skip
-    fig, ax = _bar_axes(values, colors, "signed Shapley value (this image)",
-                        "neuron, g = its rank in the bank's global table", title)  # fmt: skip
+    colors = [
+        REMOVED_COLOR if i < removed else POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR
+        for i, v in enumerate(values)
+    ]
+    fig, ax = _bar_axes(
+        values,
+        colors,
+        "signed Shapley value (this image)",
+        "neuron, g = its rank in the bank's global table",
+        title,
+    )
     ax.axhline(0, color="#333333", linewidth=0.8)
     ax.set_xticks(range(len(values)), labels, fontsize=7)
-    handles = [Patch(color=POSITIVE_COLOR, label="raises the concept here"),
-               Patch(color=NEGATIVE_COLOR, label="lowers it")]  # fmt: skip
+    handles = [
+        Patch(color=POSITIVE_COLOR, label="raises the concept here"),
+        Patch(color=NEGATIVE_COLOR, label="lowers it"),
+    ]
     if removed:
         handles.append(Patch(color=REMOVED_COLOR, label=f"removed (top {removed})"))
     ax.legend(handles=handles, fontsize=8, frameon=False)

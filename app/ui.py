@@ -105,13 +105,19 @@ def check_upload(path: str | Path) -> None:
     except Image.DecompressionBombError as e:
         m = re.search(r"\((\d+) pixels", str(e))
         pixels = f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "too many pixels"
-        raise HintError(f"the image has {pixels}; the service accepts up to {MAX_PIXELS // 10**6} megapixels") from None
+        raise HintError(
+            f"the image has {pixels}; the service accepts up to {MAX_PIXELS // 10**6} megapixels"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise HintError(f"{p.name} is not an image the service reads (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
+        raise HintError(
+            f"{p.name} is not an image the service reads (JPEG, PNG, WebP, BMP, GIF or TIFF)"
+        ) from None
     limit = MAX_PIXELS if fmt in ("JPEG", "MPO") else MAX_DECODED_PIXELS
     if w * h > limit:
-        raise HintError(f"the image is {w}×{h} = {w * h / 1e6:.1f} megapixels; the service accepts up to "
-                        f"{limit // 10**6} megapixels for {fmt} (JPEG: {MAX_PIXELS // 10**6})")  # fmt: skip
+        raise HintError(
+            f"the image is {w}×{h} = {w * h / 1e6:.1f} megapixels; the service accepts up to "
+            f"{limit // 10**6} megapixels for {fmt} (JPEG: {MAX_PIXELS // 10**6})"
+        )
 
 
 def upload_bytes(path: str | Path, limit: int = SEND_AS_IS_BYTES) -> bytes:
@@ -242,13 +248,18 @@ def concept_caption(c: dict) -> str:
     """One line per overlay: probe score (✓ at or above its threshold) beside the model's probability,
     the served answer, the box."""
     box = c.get("box")
-    where = (f"box {box[0]},{box[1]}–{box[2]},{box[3]}, {_pct(c.get('area_fraction', 0))} of the image"
-             if box else "no box (not present)")  # fmt: skip
+    where = (
+        f"box {box[0]},{box[1]}–{box[2]},{box[3]}, {_pct(c.get('area_fraction', 0))} of the image"
+        if box
+        else "no box (not present)"
+    )
     probe = f"probe {c['score']:.3f}"
     if c.get("threshold") is not None:
         probe += f" {'✓' if c.get('probe_present') else '✗'} (threshold {c['threshold']:.2f})"
     model = f" · model {c['model_probability']:.3f}" if c.get("model_probability") is not None else ""
-    state = ("present" if c.get("present") else "absent") + (", unreliable" if c.get("reliable") is False else "")
+    state = ("present" if c.get("present") else "absent") + (
+        ", unreliable" if c.get("reliable") is False else ""
+    )
     return f"{c['name']} · {probe}{model} · {state} · {where}"
 
 
@@ -270,12 +281,19 @@ def concepts_frame(concepts: list[dict], wnids: list[str]) -> pd.DataFrame:
         c = by.get(w)
         if c is None:
             continue
-        rows.append({
-            "concept": c["name"], "hierarchy path": SEP.join(concept_path(c)), "reliable": c.get("reliable", True),
-            "probe score": round(float(c["score"]), 3), "probe threshold": round(float(c.get("threshold", 0.5)), 3),
-            "probe present": c.get("probe_present"), "model probability": round(float(c.get("model_probability", 0)), 3),
-            "present": c.get("present"), "region %": round(100 * float(c.get("area_fraction", 0)), 1),
-        })  # fmt: skip
+        rows.append(
+            {
+                "concept": c["name"],
+                "hierarchy path": SEP.join(concept_path(c)),
+                "reliable": c.get("reliable", True),
+                "probe score": round(float(c["score"]), 3),
+                "probe threshold": round(float(c.get("threshold", 0.5)), 3),
+                "probe present": c.get("probe_present"),
+                "model probability": round(float(c.get("model_probability", 0)), 3),
+                "present": c.get("present"),
+                "region %": round(100 * float(c.get("area_fraction", 0)), 1),
+            }
+        )
     return pd.DataFrame(rows, columns=CONCEPT_COLUMNS)
 
 
@@ -284,11 +302,16 @@ def neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
     of the top ones are ablated)."""
     rows = []
     for i, n in enumerate(c.get("neurons") or []):
-        rows.append({
-            "neuron": f"#{n['neuron']}", "shapley": float(n["shapley"]), "shapley_se": float(n.get("shapley_se", 0)),
-            "activation": float(n.get("activation", 0)), "contribution": float(n.get("contribution", 0)),
-            "status": "removed" if i < removed else "kept",
-        })  # fmt: skip
+        rows.append(
+            {
+                "neuron": f"#{n['neuron']}",
+                "shapley": float(n["shapley"]),
+                "shapley_se": float(n.get("shapley_se", 0)),
+                "activation": float(n.get("activation", 0)),
+                "contribution": float(n.get("contribution", 0)),
+                "status": "removed" if i < removed else "kept",
+            }
+        )
     return pd.DataFrame(
         rows, columns=["neuron", "shapley", "shapley_se", "activation", "contribution", "status"]
     )
@@ -301,20 +324,32 @@ IMAGE_NEURON_COLUMNS = ["neuron", "signed", "shapley (abs)", "signed rank", "abs
 def image_neurons_frame(c: dict, removed: int = 0) -> pd.DataFrame:
     """This image's top neurons for the concept (``image_neurons``, largest signed value first)."""
     rows = [
-        {"neuron": f"#{n['neuron']}", "signed": float(n["signed"]), "shapley (abs)": float(n["shapley"]),
-         "signed rank": n.get("signed_rank"), "abs rank": n.get("rank"), "global rank": n.get("global_rank"),
-         "activation": float(n.get("activation", 0)), "status": "removed" if i < removed else "kept"}
+        {
+            "neuron": f"#{n['neuron']}",
+            "signed": float(n["signed"]),
+            "shapley (abs)": float(n["shapley"]),
+            "signed rank": n.get("signed_rank"),
+            "abs rank": n.get("rank"),
+            "global rank": n.get("global_rank"),
+            "activation": float(n.get("activation", 0)),
+            "status": "removed" if i < removed else "kept",
+        }
         for i, n in enumerate(c.get("image_neurons") or [])
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows, columns=IMAGE_NEURON_COLUMNS)
 
 
 def neuron_frame(answer: dict) -> pd.DataFrame:
     rows = [
-        {"rank": i + 1, "concept": c["name"], "wnid": c["wnid"], "shapley": round(float(c["shapley"]), 6),
-         "rank in concept": c.get("rank_in_concept")}
+        {
+            "rank": i + 1,
+            "concept": c["name"],
+            "wnid": c["wnid"],
+            "shapley": round(float(c["shapley"]), 6),
+            "rank in concept": c.get("rank_in_concept"),
+        }
         for i, c in enumerate(answer.get("concepts") or [])
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows, columns=["rank", "concept", "wnid", "shapley", "rank in concept"])
 
 
@@ -328,12 +363,18 @@ def neuron_label_markdown(answer: dict) -> str:
         lines.append(f"**Label: {label['name']}** (largest Shapley value {label['shapley']:.4f}{iou})")
         best = label.get("best_iou")
         if best:
-            lines.append(f"NetDissect's label (largest IoU over the build images): **{best['name']}** "
-                         f"(IoU {best['iou']:.3f})")  # fmt: skip
+            lines.append(
+                f"NetDissect's label (largest IoU over the build images): **{best['name']}** "
+                f"(IoU {best['iou']:.3f})"
+            )
     if ex.get("available"):
         w = ex.get("window_cells")
-        window = f"; {w:g} × {w:g} cells of the bank layer around the peak" if isinstance(w, int | float) else ""
-        lines.append(f"Its top {ex['k']} image patches in the bank's build images (largest activation first{window}):")
+        window = (
+            f"; {w:g} × {w:g} cells of the bank layer around the peak" if isinstance(w, int | float) else ""
+        )
+        lines.append(
+            f"Its top {ex['k']} image patches in the bank's build images (largest activation first{window}):"
+        )
     else:
         lines.append(f"_No exemplars: {ex.get('reason', 'the service sent none')}._")
     return "  \n".join(lines)
@@ -373,18 +414,24 @@ def ablation_markdown(focus: dict, removed: list[int], after: dict, source: str 
         return "_the ablated answer has no such concept_"
     cls = block.get("class") or {}
     ids = ", ".join(f"#{n}" for n in removed)
-    where = "inside the network" if block.get("mode", "network") == "network" else "in the concept probes only"
+    where = (
+        "inside the network" if block.get("mode", "network") == "network" else "in the concept probes only"
+    )
     lines = []
     if cls:
         change = 100 * (cls["probability_after"] - cls["probability_before"]) + 0.0
-        lines.append(f"**Class {cls['name']}**: {_pct(cls['probability_before'])} → **{_pct(cls['probability_after'])}** "
-                     f"({change:+.1f} points)")  # fmt: skip
+        lines.append(
+            f"**Class {cls['name']}**: {_pct(cls['probability_before'])} → **{_pct(cls['probability_after'])}** "
+            f"({change:+.1f} points)"
+        )
         pb, pa = (block.get("before") or {}).get("prediction") or [], after.get("prediction") or []
         if pb and pa:
             lines += ["", "| | before | after ablation |", "|---:|---|---|"]
             for i in range(min(len(pb), len(pa))):
-                lines.append(f"| {i + 1} | {pb[i]['name']} {_pct(pb[i]['probability'])} "
-                             f"| {pa[i]['name']} {_pct(pa[i]['probability'])} |")  # fmt: skip
+                lines.append(
+                    f"| {i + 1} | {pb[i]['name']} {_pct(pb[i]['probability'])} "
+                    f"| {pa[i]['name']} {_pct(pa[i]['probability'])} |"
+                )
     d = round(fa["score"] - fb["score"], 3) + 0.0  # no "-0.000"
     lines += [
         "",
@@ -396,16 +443,24 @@ def ablation_markdown(focus: dict, removed: list[int], after: dict, source: str 
     ]
     others = [w for w in now if w != focus["wnid"] and w in before]
     if others:
-        lines += ["", "| concept | probe before | after | change | model before | after |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| concept | probe before | after | change | model before | after |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for w in others:
             b, a = before[w], now[w]
-            lines.append(f"| {a['name']} | {b['score']:.3f} | {a['score']:.3f} | {a['score'] - b['score']:+.3f} "
-                         f"| {b['model_probability']:.3f} | {a['model_probability']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {a['name']} | {b['score']:.3f} | {a['score']:.3f} | {a['score'] - b['score']:+.3f} "
+                f"| {b['model_probability']:.3f} | {a['model_probability']:.3f} |"
+            )
     return "\n".join(lines)
 
 
-ABLATION_HINT = ("_Move the slider to remove this concept's top neurons inside the network: the class "
-                 "prediction, the map, the box and the scores before and after._")
+ABLATION_HINT = (
+    "_Move the slider to remove this concept's top neurons inside the network: the class "
+    "prediction, the map, the box and the scores before and after._"
+)
 
 
 def warn_markdown(message: str) -> str:
@@ -447,8 +502,10 @@ class HintApp:
         if result is None:
             return f"Endpoint: `{self.client.url}` ({self.client.describe_auth()})"
         m = result.get("model", {})
-        return (f"Explained in {seconds:.1f} s by `{m.get('backbone')}:{m.get('layer')}`, bank `{m.get('bank_id')}` "
-                f"— endpoint `{self.client.url}`")  # fmt: skip
+        return (
+            f"Explained in {seconds:.1f} s by `{m.get('backbone')}:{m.get('layer')}`, bank `{m.get('bank_id')}` "
+            f"— endpoint `{self.client.url}`"
+        )
 
     def check_service(self):
         if self.client.ping():
@@ -467,7 +524,11 @@ class HintApp:
             raise HintError("upload an image (or pick an example) first")
         t0 = time.perf_counter()
         result = self.client.explain(
-            upload_bytes(path), concepts=["all"], top_k=MAX_NEURONS, threshold=float(threshold), return_maps=True
+            upload_bytes(path),
+            concepts=["all"],
+            top_k=MAX_NEURONS,
+            threshold=float(threshold),
+            return_maps=True,
         )
         seconds = time.perf_counter() - t0
         if not result["concepts"]:
@@ -518,7 +579,9 @@ class HintApp:
         own, glob = (removed, 0) if source == IMAGE_SOURCE else (0, removed)
         name = c.get("name", "?")
         return (
-            image_neuron_bars(c.get("image_neurons") or [], own, f"{name} on this image: signed Shapley value"),
+            image_neuron_bars(
+                c.get("image_neurons") or [], own, f"{name} on this image: signed Shapley value"
+            ),
             image_neurons_frame(c, own),
             neuron_bars(c.get("neurons") or [], glob, f"{name} in the bank: global Shapley value ± s.e."),
             neurons_frame(c, glob),
@@ -539,8 +602,10 @@ class HintApp:
 
     def gallery_items(self, state: dict, wnids: list[str]) -> list[tuple[np.ndarray, str]]:
         image, size = self._image(state)
-        return [(concept_overlay(image, self._concept(state, w), size), concept_caption(self._concept(state, w)))
-                for w in wnids]  # fmt: skip
+        return [
+            (concept_overlay(image, self._concept(state, w), size), concept_caption(self._concept(state, w)))
+            for w in wnids
+        ]
 
     def _focus_image(self, state: dict, c: dict) -> np.ndarray:
         image, size = self._image(state)
@@ -558,8 +623,11 @@ class HintApp:
             return gr.skip(), gr.skip(), gr.skip()
         wnids = list(wnids or [])
         items = self.gallery_items(state, wnids)
-        return (self.status_line(), gr.Gallery(value=items, columns=max(1, min(4, len(items)))),
-                concepts_frame(state["result"]["concepts"], wnids))  # fmt: skip
+        return (
+            self.status_line(),
+            gr.Gallery(value=items, columns=max(1, min(4, len(items)))),
+            concepts_frame(state["result"]["concepts"], wnids),
+        )
 
     N_FOCUS = 10
 
@@ -572,8 +640,15 @@ class HintApp:
         if not state or not wnid:
             return (gr.skip(),) * self.N_FOCUS
         c = self._concept(state, wnid)
-        return (gr.skip(), *self.bars(c), self._opener(c), self._slider(c), self._focus_image(state, c), None,
-                ABLATION_HINT)  # fmt: skip
+        return (
+            gr.skip(),
+            *self.bars(c),
+            self._opener(c),
+            self._slider(c),
+            self._focus_image(state, c),
+            None,
+            ABLATION_HINT,
+        )
 
     N_ABLATE = 8
 
@@ -598,9 +673,14 @@ class HintApp:
             raise HintError(f"the explanation lists no {source} for {c['name']}")
         wanted = [wnid] + [w for w in (selected or []) if w != wnid]
         after = self.client.explain(
-            upload_bytes(state["path"]), concepts=wanted, ablate=ids, top_k=1,
-            threshold=state["threshold"], return_maps=True, image_neurons=False,
-        )  # fmt: skip
+            upload_bytes(state["path"]),
+            concepts=wanted,
+            ablate=ids,
+            top_k=1,
+            threshold=state["threshold"],
+            return_maps=True,
+            image_neurons=False,
+        )
         after_by = {a["wnid"]: a for a in after["concepts"]}
         image, size = self._image(state)
         after_img = concept_overlay(image, after_by[wnid], size) if wnid in after_by else None
@@ -649,15 +729,29 @@ class HintApp:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2):
                     image = upload_image(
-                        type="filepath", image_mode=None, label=f"Image (up to {MAX_UPLOAD_MB} MB)",
-                        sources=["upload", "clipboard"], height=300, elem_id="image",
-                    )  # fmt: skip
-                    gr.Examples(examples=[[p] for p in self.examples], inputs=[image], label="Examples",
-                                example_labels=list(EXAMPLES))  # fmt: skip
+                        type="filepath",
+                        image_mode=None,
+                        label=f"Image (up to {MAX_UPLOAD_MB} MB)",
+                        sources=["upload", "clipboard"],
+                        height=300,
+                        elem_id="image",
+                    )
+                    gr.Examples(
+                        examples=[[p] for p in self.examples],
+                        inputs=[image],
+                        label="Examples",
+                        example_labels=list(EXAMPLES),
+                    )
                     with gr.Accordion("Options", open=False):
-                        threshold = gr.Slider(0.05, 0.95, value=OPTIONS["threshold"].default, step=0.05, label="Region threshold",
-                                              info="share of a concept map's maximum that outlines its box and "
-                                                   "the region its neurons are measured on")  # fmt: skip
+                        threshold = gr.Slider(
+                            0.05,
+                            0.95,
+                            value=OPTIONS["threshold"].default,
+                            step=0.05,
+                            label="Region threshold",
+                            info="share of a concept map's maximum that outlines its box and "
+                            "the region its neurons are measured on",
+                        )
                     explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")
                 with gr.Column(scale=3):
                     prediction = gr.Markdown(
@@ -665,76 +759,163 @@ class HintApp:
                     )
             with gr.Column(visible=False) as results:
                 picker = gr.Dropdown(
-                    choices=[], value=[], multiselect=True, filterable=True, elem_id="picker",
+                    choices=[],
+                    value=[],
+                    multiselect=True,
+                    filterable=True,
+                    elem_id="picker",
                     label="Concepts: every built concept, name · hierarchy path (probe score, model probability)",
                     info="type a name to search; pick several to compare them side by side; (unreliable): its "
-                         "probe does not beat chance on held-out images, its map and box are not to be trusted",
-                )  # fmt: skip
-                concept_table = gr.Dataframe(headers=CONCEPT_COLUMNS, interactive=False, max_height=240,
-                                             elem_id="concept-table", label="probe beside model")  # fmt: skip
-                gallery = gr.Gallery(label="Concept maps and boxes", columns=4, height=None, format="png",
-                                     object_fit="contain", elem_id="overlays")  # fmt: skip
+                    "probe does not beat chance on held-out images, its map and box are not to be trusted",
+                )
+                concept_table = gr.Dataframe(
+                    headers=CONCEPT_COLUMNS,
+                    interactive=False,
+                    max_height=240,
+                    elem_id="concept-table",
+                    label="probe beside model",
+                )
+                gallery = gr.Gallery(
+                    label="Concept maps and boxes",
+                    columns=4,
+                    height=None,
+                    format="png",
+                    object_fit="contain",
+                    elem_id="overlays",
+                )
                 gr.Markdown(LEGEND)
-                focus = gr.Dropdown(choices=[], label="Neurons of the concept", filterable=True, elem_id="focus")
+                focus = gr.Dropdown(
+                    choices=[], label="Neurons of the concept", filterable=True, elem_id="focus"
+                )
                 with gr.Row(equal_height=False):
                     with gr.Column():
-                        image_bars = gr.Plot(label="This image", show_label=False, format="png", elem_id="image-neurons")
+                        image_bars = gr.Plot(
+                            label="This image", show_label=False, format="png", elem_id="image-neurons"
+                        )
                         with gr.Accordion("this image's neurons as a table", open=False):
-                            image_table = gr.Dataframe(headers=IMAGE_NEURON_COLUMNS, interactive=False,
-                                                       max_height=300, elem_id="image-neurons-table")  # fmt: skip
+                            image_table = gr.Dataframe(
+                                headers=IMAGE_NEURON_COLUMNS,
+                                interactive=False,
+                                max_height=300,
+                                elem_id="image-neurons-table",
+                            )
                     with gr.Column():
                         bars = gr.Plot(label="The bank", show_label=False, format="png", elem_id="neurons")
-                        with gr.Accordion("the bank's neurons as a table, with this image's activation", open=False):
+                        with gr.Accordion(
+                            "the bank's neurons as a table, with this image's activation", open=False
+                        ):
                             bars_table = gr.Dataframe(
-                                headers=list(neurons_frame({}).columns), interactive=False, max_height=300,
+                                headers=list(neurons_frame({}).columns),
+                                interactive=False,
+                                max_height=300,
                                 elem_id="neurons-table",
-                            )  # fmt: skip
-                opener = gr.Dropdown(choices=[], label="Open a neuron's exemplars: the neurons of these charts",
-                                     filterable=True, elem_id="open-neuron",
-                                     info="shows its image patches and label in the neuron look-up below")  # fmt: skip
+                            )
+                opener = gr.Dropdown(
+                    choices=[],
+                    label="Open a neuron's exemplars: the neurons of these charts",
+                    filterable=True,
+                    elem_id="open-neuron",
+                    info="shows its image patches and label in the neuron look-up below",
+                )
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2):
-                        source = gr.Radio([IMAGE_SOURCE, GLOBAL_SOURCE], value=IMAGE_SOURCE, label="Remove",
-                                          elem_id="source")  # fmt: skip
-                        slider = gr.Slider(0, MAX_NEURONS, value=0, step=1, interactive=False, elem_id="ablate",
-                                           label="the top-k neurons of this concept (inside the network)")  # fmt: skip
+                        source = gr.Radio(
+                            [IMAGE_SOURCE, GLOBAL_SOURCE],
+                            value=IMAGE_SOURCE,
+                            label="Remove",
+                            elem_id="source",
+                        )
+                        slider = gr.Slider(
+                            0,
+                            MAX_NEURONS,
+                            value=0,
+                            step=1,
+                            interactive=False,
+                            elem_id="ablate",
+                            label="the top-k neurons of this concept (inside the network)",
+                        )
                         ablation = gr.Markdown(elem_id="ablation")
                     with gr.Column(scale=3), gr.Row():
-                        before = gr.Image(label="before", format="png", interactive=False, height=260,
-                                          elem_id="before")  # fmt: skip
-                        after = gr.Image(label="after ablation", format="png", interactive=False, height=260,
-                                         elem_id="after")  # fmt: skip
-            with gr.Accordion("Neuron look-up: which concepts does a neuron serve, and what does it look for?",
-                              open=True, elem_id="neuron-lookup"):  # fmt: skip
+                        before = gr.Image(
+                            label="before", format="png", interactive=False, height=260, elem_id="before"
+                        )
+                        after = gr.Image(
+                            label="after ablation",
+                            format="png",
+                            interactive=False,
+                            height=260,
+                            elem_id="after",
+                        )
+            with gr.Accordion(
+                "Neuron look-up: which concepts does a neuron serve, and what does it look for?",
+                open=True,
+                elem_id="neuron-lookup",
+            ):
                 with gr.Row():
                     neuron_no = gr.Number(
                         value=0, precision=0, minimum=0, label="Neuron", scale=1, elem_id="neuron-no"
                     )
                     neuron_btn = gr.Button("Look up", scale=0)
                 neuron_label = gr.Markdown(elem_id="neuron-label")
-                neuron_grid = gr.Gallery(label="Exemplars: the neuron's top image patches (rank · activation · image)",
-                                         columns=9, height=None, format="jpeg", object_fit="contain",
-                                         elem_id="neuron-grid")  # fmt: skip
+                neuron_grid = gr.Gallery(
+                    label="Exemplars: the neuron's top image patches (rank · activation · image)",
+                    columns=9,
+                    height=None,
+                    format="jpeg",
+                    object_fit="contain",
+                    elem_id="neuron-grid",
+                )
                 neuron_table = gr.Dataframe(
-                    headers=["rank", "concept", "wnid", "shapley", "rank in concept"], interactive=False,
-                    max_height=320, elem_id="neuron-table",
-                )  # fmt: skip
+                    headers=["rank", "concept", "wnid", "shapley", "rank in concept"],
+                    interactive=False,
+                    max_height=320,
+                    elem_id="neuron-table",
+                )
 
             neuron_outputs = [image_bars, image_table, bars, bars_table]
             explain_btn.click(
-                self.explain, [image, threshold, state],
-                [status, prediction, picker, concept_table, gallery, focus, *neuron_outputs, opener, slider, before,
-                 after, ablation, results, state],
+                self.explain,
+                [image, threshold, state],
+                [
+                    status,
+                    prediction,
+                    picker,
+                    concept_table,
+                    gallery,
+                    focus,
+                    *neuron_outputs,
+                    opener,
+                    slider,
+                    before,
+                    after,
+                    ablation,
+                    results,
+                    state,
+                ],
                 api_name="explain",
-            )  # fmt: skip
+            )
             picker.input(self.select, [picker, state], [status, gallery, concept_table], api_name="select")
-            focus.input(self.focus, [focus, state], [status, *neuron_outputs, opener, slider, before, after, ablation],
-                        api_name="focus")  # fmt: skip
+            focus.input(
+                self.focus,
+                [focus, state],
+                [status, *neuron_outputs, opener, slider, before, after, ablation],
+                api_name="focus",
+            )
             ablate_outputs = [status, *neuron_outputs, before, after, ablation]
-            slider.release(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
-                           api_name="ablate", trigger_mode="always_last")  # fmt: skip
-            source.input(self.ablate, [slider, source, focus, picker, state], ablate_outputs,
-                         api_visibility="private", trigger_mode="always_last")  # fmt: skip
+            slider.release(
+                self.ablate,
+                [slider, source, focus, picker, state],
+                ablate_outputs,
+                api_name="ablate",
+                trigger_mode="always_last",
+            )
+            source.input(
+                self.ablate,
+                [slider, source, focus, picker, state],
+                ablate_outputs,
+                api_visibility="private",
+                trigger_mode="always_last",
+            )
             lookup = [status, neuron_table, neuron_label, neuron_grid]
             neuron_btn.click(self.neuron, [neuron_no], lookup, api_name="neuron")
             neuron_no.submit(self.neuron, [neuron_no], lookup, api_visibility="private")
@@ -771,15 +952,29 @@ CSS = """
 """
 
 
-def launch(client: HintClient, host: str = "127.0.0.1", port: int = 7860, *, quiet: bool = False,
-           prevent_thread_lock: bool = False, examples_dir: str | Path | None = None):  # fmt: skip
+def launch(
+    client: HintClient,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    quiet: bool = False,
+    prevent_thread_lock: bool = False,
+    examples_dir: str | Path | None = None,
+):
     """Build and serve the page; returns the Blocks (running in a thread with prevent_thread_lock)."""
     hint_app = HintApp(client, examples_dir)
     demo = hint_app.build()
     demo.queue(default_concurrency_limit=2)
     demo.launch(
-        server_name=host, server_port=port, max_file_size=MAX_UPLOAD, show_error=False, quiet=quiet,
-        prevent_thread_lock=prevent_thread_lock, allowed_paths=[str(Path(hint_app.examples[0]).parent)],
-        ssr_mode=False, css=CSS, footer_links=["api"],
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_UPLOAD,
+        show_error=False,
+        quiet=quiet,
+        prevent_thread_lock=prevent_thread_lock,
+        allowed_paths=[str(Path(hint_app.examples[0]).parent)],
+        ssr_mode=False,
+        css=CSS,
+        footer_links=["api"],
+    )
     return demo

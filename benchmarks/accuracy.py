@@ -61,7 +61,9 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate(bb: Backbone, data: Path, device: torch.device, batch_size: int, workers: int, limit: int | None):
+def evaluate(
+    bb: Backbone, data: Path, device: torch.device, batch_size: int, workers: int, limit: int | None
+):
     """(top-1, top-5, images, images/s) of one backbone."""
     ds = LabelledImages(data, bb, limit)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
@@ -83,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument(
-        "--backbones", nargs="+", default=list_backbones(), choices=list_backbones(torchvision=True), metavar="NAME",
+        "--backbones",
+        nargs="+",
+        default=list_backbones(),
+        choices=list_backbones(torchvision=True),
+        metavar="NAME",
         help="registry names or any torchvision classification model (default: the registry)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -34,9 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hint-build-") as tmp:
         out = Path(tmp) / "bank"
-        cmd = [sys.executable, "-m", "offline", "build", "--data", args.data, "--out", str(out),
-               "--cache", str(Path(tmp) / "cache"), "--no-progress", *(["--layer", args.layer] if args.layer else []),
-               *args.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "offline",
+            "build",
+            "--data",
+            args.data,
+            "--out",
+            str(out),
+            "--cache",
+            str(Path(tmp) / "cache"),
+            "--no-progress",
+            *(["--layer", args.layer] if args.layer else []),
+            *args.extra,
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -48,13 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
-        "command": " ".join(cmd[1:]), "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
+        "command": " ".join(cmd[1:]),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_mb),
         "steps_s": {k: round(v, 1) for k, v in m["build"]["timings_s"].items()},
-        "images": m["build"]["step1"]["images"], "kept_images": m["build"]["step1"].get("kept_images"),
-        "views": m["build"].get("views", 1), "per_class": m["build"].get("per_class"),
-        "concepts": len(m["concepts"]), "reliable": sum(c.get("reliable", True) for c in m["concepts"]),
+        "images": m["build"]["step1"]["images"],
+        "kept_images": m["build"]["step1"].get("kept_images"),
+        "views": m["build"].get("views", 1),
+        "per_class": m["build"].get("per_class"),
+        "concepts": len(m["concepts"]),
+        "reliable": sum(c.get("reliable", True) for c in m["concepts"]),
         "load_avg_at_end": os.getloadavg()[0],
-    }  # fmt: skip
+    }
     with open(args.log, "a") as fh:
         fh.write(json.dumps(run) + "\n")
     print(json.dumps(run, indent=1))

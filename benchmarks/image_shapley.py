@@ -43,7 +43,9 @@ def images(n: int):
     from hint.build.datasets import discover, load_rgb
 
     if DATA.is_dir():
-        return [load_rgb(s.path) for s in discover(DATA).samples[:n]], f"the first {n} images of ../shared/data/imagenet-val-boxes"
+        return [
+            load_rgb(s.path) for s in discover(DATA).samples[:n]
+        ], f"the first {n} images of ../shared/data/imagenet-val-boxes"
     from skimage import data
 
     photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
@@ -87,15 +89,19 @@ def measure(ex, image, permutations: list[int], repeats: int) -> dict:
 
 
 def table(results: list[dict], permutations: list[int]) -> str:
-    lines = ["| concepts | M | region cells per image (mean) | wall ms p50 | wall ms p90 | CPU ms p50 | CPU ms p90 | ≤ 10 ms (CPU p50) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| concepts | M | region cells per image (mean) | wall ms p50 | wall ms p90 | CPU ms p50 | CPU ms p90 | ≤ 10 ms (CPU p50) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name in ("paper", "top"):
         for mm in permutations:
             rows = [r[(name, mm)] for r in results]
             wall, cpu, cells = (np.array([x[i] for x in rows]) for i in range(3))
             p50 = float(np.median(cpu))
-            lines.append(f"| {name} (26) | {mm or 'exact'} | {cells.mean():.0f} | {np.median(wall):.2f} | {np.percentile(wall, 90):.2f} "
-                         f"| {p50:.2f} | {np.percentile(cpu, 90):.2f} | {'yes' if p50 <= TARGET_MS else 'no'} |")  # fmt: skip
+            lines.append(
+                f"| {name} (26) | {mm or 'exact'} | {cells.mean():.0f} | {np.median(wall):.2f} | {np.percentile(wall, 90):.2f} "
+                f"| {p50:.2f} | {np.percentile(cpu, 90):.2f} | {'yes' if p50 <= TARGET_MS else 'no'} |"
+            )
     return "\n".join(lines)
 
 
@@ -115,8 +121,13 @@ def write_doc(text: str, path: Path, title: str = "## Per-image Shapley") -> Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=50)
-    ap.add_argument("--permutations", type=int, nargs="+", default=[0, 8, 16, 32],
-                    help="M values (0: the service's default, exact probe-logit values)")
+    ap.add_argument(
+        "--permutations",
+        type=int,
+        nargs="+",
+        default=[0, 8, 16, 32],
+        help="M values (0: the service's default, exact probe-logit values)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bank", type=Path, default=REPO / "model_store" / "hint-bank")
     ap.add_argument("--no-write", action="store_true")
@@ -131,27 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure(ex, im, args.permutations, args.repeats) for im in ims]
     load = max(load, os.getloadavg()[0])
     body = table(results, args.permutations)
-    text = "\n".join([
-        "## Per-image Shapley",
-        "",
-        f"`python benchmarks/image_shapley.py --images {args.images}` on {time.strftime('%Y-%m-%d')}: what the service "
-        f"adds per image for `image_neurons` (per-image Shapley values of all {ex.channels} neurons for 26 concepts on "
-        f"each concept's region, ranks over all neurons, top-5 lists: `Explainer._image_neurons`), **1 torch "
-        f"thread**, {source}, the median of {args.repeats} runs per image; p50/p90 over images. Target: ≤ "
-        f"{TARGET_MS:g} ms per image (CPU p50). The 2-core CPU was shared with other jobs (1-minute load average up to "
-        f"{load:.1f} while measured): wall time counts waiting for the CPU, CPU time only what the thread itself used.",
-        "",
-        body,
-        "",
-        "*paper*: the paper's 26 levels the bank has (25) + the deepest reliable concept on the predicted class's "
-        "path; *top*: the image's 26 best-scoring concepts (their regions are larger). M = *exact*: the service's default, "
-        "the probe-logit game's exact values (`hint.explain.neurons.image_logit_shapley`, one matrix product). M > 0: a "
-        "request with `permutations` M, the probability game's estimate with the bank's estimator "
-        "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.explain.neurons.RowsShapley` plays all "
-        "concepts' region rows in one pass, laid out neurons × rows, equal to `NeuronShapley.attribute` on the same "
-        "permutations, `tests/explain/test_neurons.py`), whose cost is ~permutations × region cells × neurons.",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "## Per-image Shapley",
+            "",
+            f"`python benchmarks/image_shapley.py --images {args.images}` on {time.strftime('%Y-%m-%d')}: what the service "
+            f"adds per image for `image_neurons` (per-image Shapley values of all {ex.channels} neurons for 26 concepts on "
+            f"each concept's region, ranks over all neurons, top-5 lists: `Explainer._image_neurons`), **1 torch "
+            f"thread**, {source}, the median of {args.repeats} runs per image; p50/p90 over images. Target: ≤ "
+            f"{TARGET_MS:g} ms per image (CPU p50). The 2-core CPU was shared with other jobs (1-minute load average up to "
+            f"{load:.1f} while measured): wall time counts waiting for the CPU, CPU time only what the thread itself used.",
+            "",
+            body,
+            "",
+            "*paper*: the paper's 26 levels the bank has (25) + the deepest reliable concept on the predicted class's "
+            "path; *top*: the image's 26 best-scoring concepts (their regions are larger). M = *exact*: the service's default, "
+            "the probe-logit game's exact values (`hint.explain.neurons.image_logit_shapley`, one matrix product). M > 0: a "
+            "request with `permutations` M, the probability game's estimate with the bank's estimator "
+            "(`hint.shapley.NeuronShapley`: same permutation draws and arithmetic; `hint.explain.neurons.RowsShapley` plays all "
+            "concepts' region rows in one pass, laid out neurons × rows, equal to `NeuronShapley.attribute` on the same "
+            "permutations, `tests/explain/test_neurons.py`), whose cost is ~permutations × region cells × neurons.",
+            "",
+        ]
+    )
     print(text)
     if not args.no_write:
         write_doc(text, args.doc)

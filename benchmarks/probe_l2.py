@@ -40,22 +40,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     p.add_argument("--l2", type=float, nargs="+", default=[1e-3, 1e-2, 3e-2, 1e-1])
     p.add_argument("--out", type=Path, default=REPO / "cache" / "banks" / "l2")
-    p.add_argument("--cache", type=Path, default=REPO / "model_store" / ".hint-cache", help="step cache (step 1 shared)")
+    p.add_argument(
+        "--cache", type=Path, default=REPO / "model_store" / ".hint-cache", help="step cache (step 1 shared)"
+    )
     p.add_argument("extra", nargs="*", help="more offline-build arguments (after --)")
     args = p.parse_args(argv)
     rows = []
     for l2 in args.l2:
         out = args.out / f"l2-{l2:g}"
-        cmd = [sys.executable, "-m", "offline", "build", "--data", args.data, "--out", str(out), "--cache",
-               str(args.cache), "--l2", str(l2), "--faithfulness-k", "0", "--permutations", "16", "--no-progress",
-               *args.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "offline",
+            "build",
+            "--data",
+            args.data,
+            "--out",
+            str(out),
+            "--cache",
+            str(args.cache),
+            "--l2",
+            str(l2),
+            "--faithfulness-k",
+            "0",
+            "--permutations",
+            "16",
+            "--no-progress",
+            *args.extra,
+        ]
         subprocess.run(cmd, cwd=REPO, check=True)
         rows.append((l2, summary(json.loads((out / "manifest.json").read_text()))))
-    print("| l2 | reliable | mean out-of-fold image AUROC | mean region F1 | mean image F1 | reliable, ≤ 5 images |")
+    print(
+        "| l2 | reliable | mean out-of-fold image AUROC | mean region F1 | mean image F1 | reliable, ≤ 5 images |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for l2, s in rows:
-        print(f"| {l2:g} | {s['reliable']} of {s['concepts']} | {s['image_auroc']:.3f} | {s['region_f1']:.3f} | "
-              f"{s['image_f1']:.3f} | {s['small_reliable']} |")
+        print(
+            f"| {l2:g} | {s['reliable']} of {s['concepts']} | {s['image_auroc']:.3f} | {s['region_f1']:.3f} | "
+            f"{s['image_f1']:.3f} | {s['small_reliable']} |"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Step-1 throughput (images/s): responsible regions with each attribution method.
 
-    python benchmarks/regions.py --data ../shared/data/imagenet-sample --limit 128 --methods guided gradient
+python benchmarks/regions.py --data ../shared/data/imagenet-sample --limit 128 --methods guided gradient
 """
 
 from __future__ import annotations
@@ -32,11 +32,18 @@ def main() -> None:
     print("| method | images/s | seconds | top-1 | foreground fraction |")
     print("|---|---|---|---|---|")
     for m in args.methods:
-        cfg = BuildConfig(method=m, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                          amp=args.device == "cuda")  # fmt: skip
+        cfg = BuildConfig(
+            method=m,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            amp=args.device == "cuda",
+        )
         _, st = region_table(bb, samples, cfg, progress=False)
-        print(f"| {m} | {st['images_per_s']:.1f} | {st['seconds']:.1f} | {st['top1']:.3f} | "
-              f"{st['foreground_fraction']:.3f} |")  # fmt: skip
+        print(
+            f"| {m} | {st['images_per_s']:.1f} | {st['seconds']:.1f} | {st['top1']:.3f} | "
+            f"{st['foreground_fraction']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def measure(ts: LocalTorchServe, image: bytes, n: int, clients: int, rounds: int
     rounds = max(2, 2 * round(n / per_round / 2))
     with ThreadPoolExecutor(clients) as pool:
         for r in range(rounds):
-            for model in (("hint", "bare") if r % 2 == 0 else ("bare", "hint")):
+            for model in ("hint", "bare") if r % 2 == 0 else ("bare", "hint"):
                 t = time.perf_counter()
                 lat[model] += list(pool.map(lambda k, m=model: one(m, k), range(per_round)))
                 wall[model] += time.perf_counter() - t
@@ -141,9 +141,11 @@ def table(results: dict[int, dict]) -> str:
             )
     lines.append("")
     for c, res in results.items():
-        lines.append(f"* p50 ratio HINT / bare, {c} client{'s' if c > 1 else ''}: **{res['hint']['p50'] / res['bare']['p50']:.3f}** "
-                     f"(target ≤ {P50_TARGET}); throughput ratio: **{res['hint']['rps'] / res['bare']['rps']:.3f}** "
-                     f"(target ≥ {RPS_TARGET} at 8 clients)")  # fmt: skip
+        lines.append(
+            f"* p50 ratio HINT / bare, {c} client{'s' if c > 1 else ''}: **{res['hint']['p50'] / res['bare']['p50']:.3f}** "
+            f"(target ≤ {P50_TARGET}); throughput ratio: **{res['hint']['rps'] / res['bare']['rps']:.3f}** "
+            f"(target ≥ {RPS_TARGET} at 8 clients)"
+        )
     return "\n".join(lines)
 
 
@@ -187,7 +189,9 @@ def write_doc(text: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=96, help="requests per endpoint and concurrency (96)")
-    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds the requests are split into (8)")
+    ap.add_argument(
+        "--rounds", type=int, default=8, help="alternating rounds the requests are split into (8)"
+    )
     ap.add_argument("--clients", default="1,8", help="concurrency levels (1,8)")
     ap.add_argument("--image", type=Path, help="a JPEG to send (default: skimage's chelsea, 451x300)")
     ap.add_argument("--bank", type=Path, default=DEFAULT_BANK)
@@ -227,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     load[1] = os.getloadavg()[0]
     cfg = (REPO / "handlers" / "model-config.yaml").read_text()
     batch = " ".join(
-        line.split("#")[0].strip() for line in cfg.splitlines() if line.split(":")[0] in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
-    )  # fmt: skip
+        line.split("#")[0].strip()
+        for line in cfg.splitlines()
+        if line.split(":")[0] in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
+    )
     text = "\n".join(
         [
             "## Serving",

@@ -69,9 +69,13 @@ def main() -> None:
     ap.add_argument("--regions", type=int, default=256)
     ap.add_argument("--perms", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--repeats", type=int, default=5, help="timings are the median of this many runs (>= 5)")
-    ap.add_argument("--ppe", type=int, nargs="+", default=[4, 16, 0], help="Captum perturbations_per_eval (0: D)")
+    ap.add_argument(
+        "--ppe", type=int, nargs="+", default=[4, 16, 0], help="Captum perturbations_per_eval (0: D)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log", type=Path, default=Path("docs/benchmarks-shapley.log"), help="append every run here")
+    ap.add_argument(
+        "--log", type=Path, default=Path("docs/benchmarks-shapley.log"), help="append every run here"
+    )
     args = ap.parse_args()
     if args.repeats < 5:
         ap.error("--repeats must be at least 5")
@@ -81,8 +85,13 @@ def main() -> None:
     if case is None:
         g = torch.Generator().manual_seed(args.seed)
         d = 112
-        case = (torch.randn(d, generator=g) * 0.3, -1.0, torch.zeros(d), torch.rand(args.regions, d, generator=g),
-                "synthetic")  # fmt: skip
+        case = (
+            torch.randn(d, generator=g) * 0.3,
+            -1.0,
+            torch.zeros(d),
+            torch.rand(args.regions, d, generator=g),
+            "synthetic",
+        )
     w, b, base, regions, name = case
     est = NeuronShapley(w, b, base)
     d = len(w)
@@ -91,33 +100,48 @@ def main() -> None:
         return torch.sigmoid(x @ w + b)
 
     svs = ShapleyValueSampling(forward)
-    head = (f"{datetime.datetime.now().isoformat(timespec='seconds')} case {name}: N={len(regions)} regions, "
-            f"D={d} neurons, {args.repeats} runs per timing, torch {torch.__version__}, {torch.get_num_threads()} "
-            f"threads, {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
-            f"{platform.processor() or platform.machine()}")  # fmt: skip
+    head = (
+        f"{datetime.datetime.now().isoformat(timespec='seconds')} case {name}: N={len(regions)} regions, "
+        f"D={d} neurons, {args.repeats} runs per timing, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     log = [head]
     print(head + "\n")
-    print("| M | HINT (s) | Captum, perturbations_per_eval=1 (s) | Captum, fastest (s) | speed-up vs Captum "
-          "(default / fastest) | Spearman ρ HINT vs Captum | Spearman ρ HINT M vs HINT 4096 |")
+    print(
+        "| M | HINT (s) | Captum, perturbations_per_eval=1 (s) | Captum, fastest (s) | speed-up vs Captum "
+        "(default / fastest) | Spearman ρ HINT vs Captum | Spearman ρ HINT M vs HINT 4096 |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     ref = est.attribute(regions, n_permutations=4096, seed=args.seed + 1).values
     for m in args.perms:
-        t_ours, r_ours, res = timed(lambda m=m: est.attribute(regions, n_permutations=m, seed=args.seed), args.repeats)
+        t_ours, r_ours, res = timed(
+            lambda m=m: est.attribute(regions, n_permutations=m, seed=args.seed), args.repeats
+        )
         ours = res.values
         captum = {}  # perturbations_per_eval -> (median, runs, attributions)
         for ppe in dict.fromkeys([1, *(k or d for k in args.ppe)]):
-            captum[ppe] = timed(lambda m=m, ppe=ppe: svs.attribute(regions, baselines=base[None], n_samples=m,
-                                                                     perturbations_per_eval=ppe), args.repeats)  # fmt: skip
+            captum[ppe] = timed(
+                lambda m=m, ppe=ppe: svs.attribute(
+                    regions, baselines=base[None], n_samples=m, perturbations_per_eval=ppe
+                ),
+                args.repeats,
+            )
         fastest = min(captum, key=lambda k: captum[k][0])
         t_one, t_fast = captum[1][0], captum[fastest][0]
         theirs = captum[1][2].abs().mean(0).float()
-        row = (f"| {m} | {t_ours:.3f} | {t_one:.2f} | {t_fast:.2f} (ppe={fastest}) | {t_one / t_ours:.0f}× / "
-               f"{t_fast / t_ours:.0f}× | {spearman(ours, theirs):.4f} | {spearman(ours, ref):.4f} |")  # fmt: skip
+        row = (
+            f"| {m} | {t_ours:.3f} | {t_one:.2f} | {t_fast:.2f} (ppe={fastest}) | {t_one / t_ours:.0f}× / "
+            f"{t_fast / t_ours:.0f}× | {spearman(ours, theirs):.4f} | {spearman(ours, ref):.4f} |"
+        )
         print(row, flush=True)
         log.append(f"  M={m} hint: " + " ".join(f"{x:.4f}" for x in r_ours) + " s")
         for ppe, (med, runs, _) in captum.items():
-            log.append(f"  M={m} captum perturbations_per_eval={ppe}: " + " ".join(f"{x:.4f}" for x in runs)
-                       + f" s (median {med:.4f})")  # fmt: skip
+            log.append(
+                f"  M={m} captum perturbations_per_eval={ppe}: "
+                + " ".join(f"{x:.4f}" for x in runs)
+                + f" s (median {med:.4f})"
+            )
         log.append("  " + row)
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,9 @@ class HintHandler(BaseHandler):
     """Backbone + concept bank from the model dir; explain images, or answer the reverse direction."""
 
     DEFAULTS = DEFAULTS
-    OPTIONS: tuple[str, ...] | None = None  # request options accepted (None: all of hint.serve.options.OPTIONS)
+    OPTIONS: tuple[str, ...] | None = (
+        None  # request options accepted (None: all of hint.serve.options.OPTIONS)
+    )
     envelope: str | None = None  # the KServe envelope of the batch being answered (handle)
 
     def initialize(self, context):
@@ -89,7 +91,9 @@ class HintHandler(BaseHandler):
             if not isinstance(cfg, dict):
                 raise ValueError("model-config.yaml 'handler' must be a mapping")
             if unknown := sorted(set(cfg) - set(self.DEFAULTS)):
-                raise ValueError(f"unknown handler option(s) {unknown} in model-config.yaml; known: {sorted(self.DEFAULTS)}")
+                raise ValueError(
+                    f"unknown handler option(s) {unknown} in model-config.yaml; known: {sorted(self.DEFAULTS)}"
+                )
             self.cfg.update(cfg)
             if int(self.cfg["torch_threads"]) > 0:
                 torch.set_num_threads(int(self.cfg["torch_threads"]))
@@ -103,11 +107,16 @@ class HintHandler(BaseHandler):
     def limits_for(self, input_size: int, **kw) -> Limits:
         """The request limits from the handler options (``work_size``: twice the model's input)."""
         c = self.cfg
-        return Limits(max_bytes=int(c["max_bytes"]), max_pixels=int(c["max_pixels"]),
-                      max_decode_pixels=int(c["max_decode_pixels"]), work_size=2 * input_size,
-                      defaults={"top_k": int(c["default_top_k"]), "threshold": float(c["default_threshold"])},
-                      options=self.OPTIONS,
-                      max_instances=int(c["max_instances"]), **kw)  # fmt: skip
+        return Limits(
+            max_bytes=int(c["max_bytes"]),
+            max_pixels=int(c["max_pixels"]),
+            max_decode_pixels=int(c["max_decode_pixels"]),
+            work_size=2 * input_size,
+            defaults={"top_k": int(c["default_top_k"]), "threshold": float(c["default_threshold"])},
+            options=self.OPTIONS,
+            max_instances=int(c["max_instances"]),
+            **kw,
+        )
 
     def _load(self, model_dir: Path) -> Limits:
         from hint.explain.explainer import Explainer
@@ -115,17 +124,29 @@ class HintHandler(BaseHandler):
         # the bank (every sha256 verified) with its hierarchy, and the backbone it names: a bank built from a
         # weights file takes the archive's backbone-weights.* (sha256 checked before it is read), never a path
         # recorded at build time; BankError with one line otherwise
-        self.explainer = Explainer.from_bank((model_dir / str(self.cfg["bank"])).resolve(), device=self.device,
-                                             fast=bool(self.cfg["fast"]), box_grid=int(self.cfg["box_grid"]) or None,
-                                             recorded=False)  # fmt: skip
+        self.explainer = Explainer.from_bank(
+            (model_dir / str(self.cfg["bank"])).resolve(),
+            device=self.device,
+            fast=bool(self.cfg["fast"]),
+            box_grid=int(self.cfg["box_grid"]) or None,
+            recorded=False,
+        )
         backbone, bank, self.hierarchy = self.explainer.backbone, self.explainer.bank, self.explainer.h
         probs, _, z = self.explainer.forward([Image.new("RGB", (backbone.input_size,) * 2)])  # warm-up
         bank.check_backbone(backbone.name, backbone.layer, int(z.shape[1]))
         self.hierarchy.check_outputs(int(probs.shape[1]), f"backbone {backbone.name}")
-        logger.info("HINT handler ready: %s:%s (weights %s), bank %s (%d concepts), torch threads %d",
-                    backbone.name, backbone.layer, backbone.weights, bank.id, len(bank.concepts), torch.get_num_threads())  # fmt: skip
-        return self.limits_for(backbone.input_size, channels=int(z.shape[1]),
-                               concept=bank_concepts(self.hierarchy, bank))  # fmt: skip
+        logger.info(
+            "HINT handler ready: %s:%s (weights %s), bank %s (%d concepts), torch threads %d",
+            backbone.name,
+            backbone.layer,
+            backbone.weights,
+            bank.id,
+            len(bank.concepts),
+            torch.get_num_threads(),
+        )
+        return self.limits_for(
+            backbone.input_size, channels=int(z.shape[1]), concept=bank_concepts(self.hierarchy, bank)
+        )
 
     def handle(self, data, context, envelope: str | None = None):
         """preprocess -> inference -> postprocess; one answer per request, whatever happens.
@@ -148,8 +169,13 @@ class HintHandler(BaseHandler):
         release_memory()
         ms = 1e3 * (time.perf_counter() - t0)
         if self.cfg["log_timings"]:
-            logger.info("timings ms: batch %d, preprocess %.1f, inference %.1f, postprocess %.1f",
-                        len(jobs), 1e3 * (t1 - t0), 1e3 * (t2 - t1), ms - 1e3 * (t2 - t0))  # fmt: skip
+            logger.info(
+                "timings ms: batch %d, preprocess %.1f, inference %.1f, postprocess %.1f",
+                len(jobs),
+                1e3 * (t1 - t0),
+                1e3 * (t2 - t1),
+                ms - 1e3 * (t2 - t0),
+            )
         try:
             context.metrics.add_time("HandlerTime", round(ms, 2), None, "ms")
         except Exception:  # noqa: BLE001 - metrics are best effort (and absent in tests)
@@ -174,9 +200,14 @@ class HintHandler(BaseHandler):
     def _envelope_jobs(self, items) -> list[Job]:
         """One job per instance (v1) or input (v2) of the one request an envelope hands over."""
         if self.envelope not in ENVELOPES:
-            logger.error("HINT handler: service_envelope %r is not supported (kserve, kservev2 or none)", self.envelope)
-            error = RequestError(500, f"this server's service_envelope {self.envelope!r} is not supported by HINT "
-                                      "(kserve, kservev2, or none)")  # fmt: skip
+            logger.error(
+                "HINT handler: service_envelope %r is not supported (kserve, kservev2 or none)", self.envelope
+            )
+            error = RequestError(
+                500,
+                f"this server's service_envelope {self.envelope!r} is not supported by HINT "
+                "(kserve, kservev2, or none)",
+            )
             return [Job(error=error) for _ in (items if isinstance(items, list) and items else [None])]
         parsed = parse_envelope(items, self.limits, self.envelope)
         if isinstance(parsed, RequestError):
@@ -207,8 +238,11 @@ class HintHandler(BaseHandler):
                 job.result = ex.neuron(job.request.neuron)
         images = [j for j in jobs if isinstance(j.request, ExplainRequest)]
         if images:
-            answers = ex.answer([j.request.image for j in images], [j.request.size for j in images],
-                                [j.request.options for j in images])  # fmt: skip
+            answers = ex.answer(
+                [j.request.image for j in images],
+                [j.request.size for j in images],
+                [j.request.options for j in images],
+            )
             for job, answer in zip(images, answers, strict=True):
                 job.result = answer
 

@@ -152,7 +152,12 @@ class ConceptBank:
                 self.hierarchy.save(tmp / HIERARCHY)
                 files[HIERARCHY] = sha256_file(tmp / HIERARCHY)
                 h = self.hierarchy
-                meta["hierarchy"] = {"file": HIERARCHY, "root": h.root, "classes": len(h.classes), "concepts": len(h)}
+                meta["hierarchy"] = {
+                    "file": HIERARCHY,
+                    "root": h.root,
+                    "classes": len(h.classes),
+                    "concepts": len(h),
+                }
             manifest = {
                 "format": FORMAT,
                 "library_version": __version__,
@@ -162,9 +167,15 @@ class ConceptBank:
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False))
-            if folder.is_dir():  # rewritten in place: files the bank does not write (model card, weights) stay
+            if (
+                folder.is_dir()
+            ):  # rewritten in place: files the bank does not write (model card, weights) stay
                 for p in folder.iterdir():
-                    if p.is_file() and not (tmp / p.name).exists() and p.name not in (HIERARCHY, loc_head.FILE, exm.FILE):
+                    if (
+                        p.is_file()
+                        and not (tmp / p.name).exists()
+                        and p.name not in (HIERARCHY, loc_head.FILE, exm.FILE)
+                    ):
                         shutil.copy2(p, tmp / p.name)
             for p in (tmp, *tmp.iterdir()):  # mkdtemp makes 0700; a bank is shareable
                 p.chmod(0o755 if p.is_dir() else 0o644)
@@ -213,18 +224,26 @@ class ConceptBank:
         head = None
         if loc_head.FILE in manifest["files"]:
             try:
-                head = loc_head.LocalisationHead.from_files(manifest["localisation"], load_file(str(folder / loc_head.FILE)))
+                head = loc_head.LocalisationHead.from_files(
+                    manifest["localisation"], load_file(str(folder / loc_head.FILE))
+                )
             except (KeyError, TypeError, ValueError) as e:
                 raise BankError(f"{folder}: bad localisation head ({e})") from None
             if any(w.shape[0] != t["weight"].shape[0] for w in head.weight):
                 raise BankError(f"{folder}: the localisation head does not have one classifier per concept")
         elif (folder / loc_head.FILE).exists():
-            raise BankError(f"{folder}: {loc_head.FILE} is not listed in the manifest (no sha256 to check it by)")
+            raise BankError(
+                f"{folder}: {loc_head.FILE} is not listed in the manifest (no sha256 to check it by)"
+            )
         exemplars = None
         if exm.FILE in manifest["files"]:
             try:
-                exemplars = exm.Exemplars.read(folder / exm.FILE, manifest.get("exemplars") or {},
-                                               len(manifest.get("concepts", [])), t["weight"].shape[1])  # fmt: skip
+                exemplars = exm.Exemplars.read(
+                    folder / exm.FILE,
+                    manifest.get("exemplars") or {},
+                    len(manifest.get("concepts", [])),
+                    t["weight"].shape[1],
+                )
             except (KeyError, TypeError, ValueError, SafetensorError) as e:
                 raise BankError(f"{folder}: bad {exm.FILE} ({e})") from None
         elif (folder / exm.FILE).exists():
@@ -239,10 +258,19 @@ class ConceptBank:
         if len(concepts) != e or t["phi"].shape != (e, d) or t["baseline"].shape != (d,):
             raise BankError(f"{folder}: tensor shapes do not match {len(concepts)} concepts")
         return cls(
-            weight=t["weight"], bias=t["bias"], phi=t["phi"], phi_se=t["phi_se"], baseline=t["baseline"],
-            n_permutations=t["n_permutations"], concepts=concepts, meta=manifest,
-            sha256=sha256_file(folder / TENSORS), hierarchy=hierarchy, head=head, exemplars=exemplars,
-        )  # fmt: skip
+            weight=t["weight"],
+            bias=t["bias"],
+            phi=t["phi"],
+            phi_se=t["phi_se"],
+            baseline=t["baseline"],
+            n_permutations=t["n_permutations"],
+            concepts=concepts,
+            meta=manifest,
+            sha256=sha256_file(folder / TENSORS),
+            hierarchy=hierarchy,
+            head=head,
+            exemplars=exemplars,
+        )
 
     def check_backbone(self, backbone_name: str, layer: str, channels: int) -> None:
         """BankError unless the bank was built for this backbone, layer and width."""
@@ -268,9 +296,13 @@ def weights_source(meta: dict) -> str | None:
 
 def shipped_weights(folder: str | Path) -> Path | None:
     """``backbone-weights.safetensors`` or ``backbone-weights.pt`` in ``folder``, if there is one."""
-    found = [p for p in (Path(folder) / f"{WEIGHTS}.safetensors", Path(folder) / f"{WEIGHTS}.pt") if p.is_file()]
+    found = [
+        p for p in (Path(folder) / f"{WEIGHTS}.safetensors", Path(folder) / f"{WEIGHTS}.pt") if p.is_file()
+    ]
     if len(found) > 1:
-        raise BankError(f"{folder}: both {found[0].name} and {found[1].name}; keep the one the bank was built with")
+        raise BankError(
+            f"{folder}: both {found[0].name} and {found[1].name}; keep the one the bank was built with"
+        )
     return found[0] if found else None
 
 
@@ -288,8 +320,9 @@ def check_weights(meta: dict, path: str | Path) -> Path:
     return path
 
 
-def backbone_weights(bank: ConceptBank, folder: str | Path, given: str | Path | None = None,
-                     recorded: bool = False) -> Path | None:  # fmt: skip
+def backbone_weights(
+    bank: ConceptBank, folder: str | Path, given: str | Path | None = None, recorded: bool = False
+) -> Path | None:
     """The verified weights file to build ``bank``'s backbone with, or None when the bank names its
     weights (rebuild the backbone by name, as before; ``given`` is then passed through unchecked).
 
@@ -317,12 +350,16 @@ def stage_weights(bank: ConceptBank, weights: str | Path | None, dest: str | Pat
     source = weights_source(bank.meta)
     if source is None:
         if weights:
-            raise BankError(f"WEIGHTS={weights} given, but bank {bank.id} was not built from a weights file "
-                            f"(its backbone's weights: {bank.meta.get('weights')})")  # fmt: skip
+            raise BankError(
+                f"WEIGHTS={weights} given, but bank {bank.id} was not built from a weights file "
+                f"(its backbone's weights: {bank.meta.get('weights')})"
+            )
         return None
     if not weights:
-        raise BankError(f"bank {bank.id} was built with the weights file {source}: pass it, "
-                        f"make archive BANK=... WEIGHTS=FILE")  # fmt: skip
+        raise BankError(
+            f"bank {bank.id} was built with the weights file {source}: pass it, "
+            f"make archive BANK=... WEIGHTS=FILE"
+        )
     check_weights(bank.meta, weights)  # fail before copying
     suffix = ".safetensors" if Path(weights).suffix == ".safetensors" else ".pt"
     dest = Path(dest)
@@ -348,6 +385,10 @@ def archive_main(argv: list[str]) -> int | str:
     except BankError as e:
         return f"make archive: {e}"
     print("bank", bank.id, len(bank.concepts), "concepts", end="")
-    print(f", backbone weights {weights} -> {staged.name} (sha256 {bank.meta['weights_sha256'][:12]})" if staged else "")
+    print(
+        f", backbone weights {weights} -> {staged.name} (sha256 {bank.meta['weights_sha256'][:12]})"
+        if staged
+        else ""
+    )
     sys.stdout.flush()
     return 0

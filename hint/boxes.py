@@ -10,7 +10,9 @@ import numpy as np
 
 def resize_map(score_map: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize of a (h, w) map to (height, width) pixels, float32."""
-    return cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        np.asarray(score_map, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+    )
 
 
 #: Upsampling of low-resolution maps: OpenCV interpolation by name (``cubic``: wsolevaluation's inference).
@@ -21,7 +23,9 @@ def upsample_map(score_map: np.ndarray, width: int, height: int, mode: str = "bi
     """Resize a (h, w) map to (height, width) pixels, float32, with :data:`UPSAMPLING` ``mode``."""
     if mode not in UPSAMPLING:
         raise ValueError(f"unknown upsampling {mode!r}; choose from {', '.join(UPSAMPLING)}")
-    return cv2.resize(np.asarray(score_map, dtype=np.float32), (width, height), interpolation=UPSAMPLING[mode])
+    return cv2.resize(
+        np.asarray(score_map, dtype=np.float32), (width, height), interpolation=UPSAMPLING[mode]
+    )
 
 
 def normalise_minmax(score_map: np.ndarray) -> np.ndarray:
@@ -56,7 +60,9 @@ def contour_rects(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], in
     return rects, areas.index(max(areas))
 
 
-def box_from_map(score_map: np.ndarray, width: int, height: int, threshold: float) -> tuple[list[int] | None, float]:
+def box_from_map(
+    score_map: np.ndarray, width: int, height: int, threshold: float
+) -> tuple[list[int] | None, float]:
     """The largest region where the (h, w) map, resized to the image, is ≥ ``threshold``.
 
     Returns (box in the image's pixels or None when no pixel passes, area fraction of passing pixels).
@@ -84,5 +90,9 @@ def scale_box(box: list[int], grid: tuple[int, int], size: tuple[int, int]) -> l
     if tuple(grid) == tuple(size):
         return box
     sx, sy = size[0] / grid[0], size[1] / grid[1]
-    return [int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)), min(size[0], int(math.ceil(box[2] * sx))),
-            min(size[1], int(math.ceil(box[3] * sy)))]  # fmt: skip
+    return [
+        int(math.floor(box[0] * sx)),
+        int(math.floor(box[1] * sy)),
+        min(size[0], int(math.ceil(box[2] * sx))),
+        min(size[1], int(math.ceil(box[3] * sy))),
+    ]

@@ -59,12 +59,17 @@ class Exemplars:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
-            "jpeg": self.jpeg.to(torch.uint8).contiguous(), "offsets": self.offsets.long().contiguous(),
-            "activation": self.activation.float().contiguous(), "image": self.image.long().contiguous(),
-            "box": self.box.int().contiguous(), "concept": self.concept.long().contiguous(),
-            "iou": self.iou.float().contiguous(), "iou_concept": self.iou_concept.long().contiguous(),
-            "iou_best": self.iou_best.float().contiguous(), "threshold": self.threshold.float().contiguous(),
-        }  # fmt: skip
+            "jpeg": self.jpeg.to(torch.uint8).contiguous(),
+            "offsets": self.offsets.long().contiguous(),
+            "activation": self.activation.float().contiguous(),
+            "image": self.image.long().contiguous(),
+            "box": self.box.int().contiguous(),
+            "concept": self.concept.long().contiguous(),
+            "iou": self.iou.float().contiguous(),
+            "iou_concept": self.iou_concept.long().contiguous(),
+            "iou_best": self.iou_best.float().contiguous(),
+            "threshold": self.threshold.float().contiguous(),
+        }
 
     def metadata(self) -> dict[str, str]:
         """The safetensors header metadata: the image ids."""
@@ -89,7 +94,12 @@ class Exemplars:
             images = json.loads((f.metadata() or {}).get("images", "[]"))
         ex = cls(**t, images=images, info={k: v for k, v in meta.items() if k not in _KNOWN})
         d, k = ex.activation.shape
-        if d != channels or ex.image.shape != (d, k) or ex.box.shape != (d, k, 4) or len(ex.offsets) != d * k + 1:
+        if (
+            d != channels
+            or ex.image.shape != (d, k)
+            or ex.box.shape != (d, k, 4)
+            or len(ex.offsets) != d * k + 1
+        ):
             raise ValueError(f"shapes do not fit {channels} neurons")
         if int(ex.offsets[-1]) != len(ex.jpeg) or (ex.image.numel() and len(images) <= int(ex.image.max())):
             raise ValueError("the thumbnails or image ids are cut short")
@@ -106,8 +116,12 @@ class Exemplars:
         """The neuron's patches as the service answers them: rank, image id, box, activation, thumbnail
         (base64 JPEG)."""
         return [
-            {"rank": j + 1, "image": self.images[int(self.image[neuron, j])], "box": self.box[neuron, j].tolist(),
-             "activation": round(float(self.activation[neuron, j]), 4),
-             "thumbnail": base64.b64encode(self.thumbnail(neuron, j)).decode("ascii")}
+            {
+                "rank": j + 1,
+                "image": self.images[int(self.image[neuron, j])],
+                "box": self.box[neuron, j].tolist(),
+                "activation": round(float(self.activation[neuron, j]), 4),
+                "thumbnail": base64.b64encode(self.thumbnail(neuron, j)).decode("ascii"),
+            }
             for j in range(self.k)
-        ]  # fmt: skip
+        ]

@@ -53,18 +53,30 @@ class LocalisationHead:
         return out
 
     def manifest(self) -> dict:
-        return {"file": FILE, "layers": self.layers, "grid": self.grid, "negatives": self.negatives,
-                "box_threshold": self.box_threshold, "upsample": UPSAMPLE, "fuse": "mean on the finest grid",
-                **self.info}  # fmt: skip
+        return {
+            "file": FILE,
+            "layers": self.layers,
+            "grid": self.grid,
+            "negatives": self.negatives,
+            "box_threshold": self.box_threshold,
+            "upsample": UPSAMPLE,
+            "fuse": "mean on the finest grid",
+            **self.info,
+        }
 
     @classmethod
     def from_files(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> LocalisationHead:
         n = len(meta["layers"])
         known = {"file", "layers", "grid", "negatives", "box_threshold", "upsample", "fuse"}
-        return cls(list(meta["layers"]), [tensors[f"weight.{i}"] for i in range(n)],
-                   [tensors[f"bias.{i}"] for i in range(n)], list(meta.get("negatives", DEFAULT_NEGATIVES)),
-                   meta.get("grid"), float(meta.get("box_threshold", 0.5)),
-                   {k: v for k, v in meta.items() if k not in known})  # fmt: skip
+        return cls(
+            list(meta["layers"]),
+            [tensors[f"weight.{i}"] for i in range(n)],
+            [tensors[f"bias.{i}"] for i in range(n)],
+            list(meta.get("negatives", DEFAULT_NEGATIVES)),
+            meta.get("grid"),
+            float(meta.get("box_threshold", 0.5)),
+            {k: v for k, v in meta.items() if k not in known},
+        )
 
     def maps(self, feats: Sequence[torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """Fused concept maps (N, E', h, w) from the layers' activations ``feats[i]`` (N, D_i, h_i, w_i),
@@ -86,7 +98,9 @@ def fuse(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     for m in maps:
         if tuple(m.shape[-2:]) != (h, w):
             lead = m.shape[:-2]
-            m = F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=(h, w), mode="bilinear", align_corners=False)
+            m = F.interpolate(
+                m.reshape(-1, 1, *m.shape[-2:]), size=(h, w), mode="bilinear", align_corners=False
+            )
             m = m.reshape(*lead, h, w)
         up.append(m)
     return torch.stack(up).mean(0)
@@ -97,8 +111,9 @@ def normalised(score_map: np.ndarray, width: int, height: int) -> np.ndarray:
     return normalise_minmax(upsample_map(score_map, width, height, UPSAMPLE))
 
 
-def box_on_grid(score_map: np.ndarray, width: int, height: int, threshold: float,
-                grid: int | None = None) -> tuple[list[int] | None, float]:  # fmt: skip
+def box_on_grid(
+    score_map: np.ndarray, width: int, height: int, threshold: float, grid: int | None = None
+) -> tuple[list[int] | None, float]:
     """(box ``[x0, y0, x1, y1]`` in the image's pixels or None, area fraction) of the largest region of the
     :func:`normalised` map >= ``threshold``; the map is upsampled to at most ``grid`` pixels a side
     (default: the image) and the box scaled back to the image."""

@@ -121,7 +121,9 @@ class Hierarchy:
             where, spec = where or str(spec), _read_json(spec)
         at = f"{where}: " if where else ""
         if not isinstance(spec, dict):
-            raise ValueError(f"{at}a hierarchy is a JSON object with 'classes' and 'concepts', not {type(spec).__name__}")
+            raise ValueError(
+                f"{at}a hierarchy is a JSON object with 'classes' and 'concepts', not {type(spec).__name__}"
+            )
         if unknown := sorted(set(spec) - set(_SPEC_KEYS)):
             raise ValueError(f"{at}unknown key(s) {unknown}; a hierarchy has {list(_SPEC_KEYS)}")
         if spec.get("format", FORMAT) != FORMAT:
@@ -163,8 +165,10 @@ class Hierarchy:
                 continue
             name = here.name
             if name in seen:
-                raise ValueError(f"{at}folder name {name!r} appears twice ({seen[name]} and {here}); names are ids, "
-                                 "so they must be unique")  # fmt: skip
+                raise ValueError(
+                    f"{at}folder name {name!r} appears twice ({seen[name]} and {here}); names are ids, "
+                    "so they must be unique"
+                )
             seen[name] = here
             parent[name] = here.parent.name if here.parent != top else top.name
             if any(Path(f).suffix.lower() in IMAGE_EXTS for f in files):
@@ -176,7 +180,9 @@ class Hierarchy:
             raise ValueError(f"{at}a folder below it has the root's name {top.name!r}")
         order = sorted(found) if classes is None else _class_list(classes, at)
         if classes is not None and (extra := sorted(set(found) - set(order))):
-            raise ValueError(f"{at}class folder(s) {extra[:5]} are not in the class list ({len(order)} classes)")
+            raise ValueError(
+                f"{at}class folder(s) {extra[:5]} are not in the class list ({len(order)} classes)"
+            )
         nodes = {top.name: _entry(top.name, {}, at)}
         for name in sorted(keep):
             nodes[name] = _entry(name, {"parents": [parent[name]]}, at)
@@ -232,7 +238,9 @@ class Hierarchy:
             return self._synsets[q]
         hits = self._by_name.get(q.lower().replace("_", " ")) or self._by_name.get(q.lower())
         if not hits:
-            raise KeyError(f"unknown concept {query!r}: no {self.what} has that {'WNID' if self.builtin else 'id'} or name")
+            raise KeyError(
+                f"unknown concept {query!r}: no {self.what} has that {'WNID' if self.builtin else 'id'} or name"
+            )
         return max((self._synsets[w] for w in hits), key=lambda c: (len(c.leaves), -c.depth))
 
     def class_concept(self, index: int) -> Concept:
@@ -302,16 +310,23 @@ class Hierarchy:
         return [sorted(groups[p]) for p in order]
 
 
-def hierarchy_for(spec: str | Path | None, data: str | Path | None = None,
-                  classes: str | Path | list[str] | None = None) -> Hierarchy:  # fmt: skip
+def hierarchy_for(
+    spec: str | Path | None, data: str | Path | None = None, classes: str | Path | list[str] | None = None
+) -> Hierarchy:
     """The hierarchy a build asks for: ``spec`` None or ``"wordnet"`` (the bundled default), a JSON
     file (:meth:`Hierarchy.load`), or ``"folders"`` (the nested folder tree ``data``,
     :meth:`Hierarchy.from_folders`). ``classes``: the model's class ids in output order, as a list,
     ``"imagenet"``, or a text file with one id per line; it replaces the JSON's ``classes``."""
-    order = read_classes(classes) if isinstance(classes, str | os.PathLike) and str(classes) != IMAGENET else classes
+    order = (
+        read_classes(classes)
+        if isinstance(classes, str | os.PathLike) and str(classes) != IMAGENET
+        else classes
+    )
     if spec is None or str(spec) == "wordnet":
         if classes is not None:
-            raise ValueError("--classes needs --hierarchy (a JSON file or 'folders'): the WordNet default has its own")
+            raise ValueError(
+                "--classes needs --hierarchy (a JSON file or 'folders'): the WordNet default has its own"
+            )
         return Hierarchy.load()
     if str(spec) == "folders":
         if data is None or not Path(data).is_dir():
@@ -359,8 +374,14 @@ def _read_json(path: str | Path):
 def _class_list(classes, at: str) -> list[str]:
     if classes == IMAGENET:
         return list(_default().classes)
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
-        raise ValueError(f"{at}'classes' must be a non-empty list of class ids (model output order) or \"imagenet\"")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+    ):
+        raise ValueError(
+            f"{at}'classes' must be a non-empty list of class ids (model output order) or \"imagenet\""
+        )
     seen: set[str] = set()
     for c in classes:
         if c in seen:
@@ -376,7 +397,9 @@ def _entry(cid, entry, at: str) -> dict:
     if entry is None:
         entry = {}
     if not isinstance(entry, dict):
-        raise ValueError(f"{at}concept {cid!r}: its entry must be an object like {{\"name\": ..., \"parents\": [...]}}")
+        raise ValueError(
+            f'{at}concept {cid!r}: its entry must be an object like {{"name": ..., "parents": [...]}}'
+        )
     if unknown := sorted(set(entry) - set(_ENTRY_KEYS)):
         raise ValueError(f"{at}concept {cid!r}: unknown key(s) {unknown}; an entry has {list(_ENTRY_KEYS)}")
     wn = _default()._synsets.get(cid) if _looks_like_wnid(cid) else None
@@ -392,8 +415,12 @@ def _entry(cid, entry, at: str) -> dict:
             raise ValueError(f"{at}concept {cid!r}: {key} must be a list of strings")
     if not name.strip():
         raise ValueError(f"{at}concept {cid!r}: empty name")
-    return {"name": name, "parents": list(dict.fromkeys(parents)), "lemmas": list(dict.fromkeys([name, *aliases])),
-            "gloss": gloss}  # fmt: skip
+    return {
+        "name": name,
+        "parents": list(dict.fromkeys(parents)),
+        "lemmas": list(dict.fromkeys([name, *aliases])),
+        "gloss": gloss,
+    }
 
 
 def _looks_like_wnid(cid: str) -> bool:
@@ -448,11 +475,18 @@ def _compile(root: str, nodes: dict[str, dict], classes: list[str], at: str) -> 
     wn = _default()
     names = [wn.class_names[wn[c].index] if _inherits(c, nodes[c], wn) else nodes[c]["name"] for c in classes]
     synsets = {
-        cid: {"name": n["name"], "lemmas": n["lemmas"], "gloss": n["gloss"], "parents": n["parents"],
-              "children": sorted(children[cid]), "depth": depth[cid], "index": index.get(cid),
-              "leaves": sorted(leaves[cid])}
+        cid: {
+            "name": n["name"],
+            "lemmas": n["lemmas"],
+            "gloss": n["gloss"],
+            "parents": n["parents"],
+            "children": sorted(children[cid]),
+            "depth": depth[cid],
+            "index": index.get(cid),
+            "leaves": sorted(leaves[cid]),
+        }
         for cid, n in nodes.items()
-    }  # fmt: skip
+    }
     return Hierarchy({"root": root, "classes": list(classes), "class_names": names, "synsets": synsets})
 
 

@@ -52,5 +52,6 @@ def rule_features(model_probability: torch.Tensor, score: torch.Tensor) -> torch
 def apply_rule(rule: dict, model_probability: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """Bool (..., E): the fitted rule (:func:`fit_rule`) on the model's summed softmax and the probe's score."""
     coef = torch.tensor(rule["coef"], dtype=torch.float64)
-    return rule_features(model_probability, score) @ coef + float(rule["intercept"]) >= float(rule.get("cut", 0.0))
-
+    return rule_features(model_probability, score) @ coef + float(rule["intercept"]) >= float(
+        rule.get("cut", 0.0)
+    )

@@ -35,7 +35,9 @@ def probe_maps(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     Returns:
         (N, E, h, w) maps.
     """
-    return torch.sigmoid(torch.einsum("ndhw,ed->nehw", z, weight.to(z.device)) + bias.to(z.device).view(1, -1, 1, 1))
+    return torch.sigmoid(
+        torch.einsum("ndhw,ed->nehw", z, weight.to(z.device)) + bias.to(z.device).view(1, -1, 1, 1)
+    )
 
 
 def probe_map(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,9 @@ class LayerAttribution:
         with GuidedReLUs() if self.needs_guided else contextlib.nullcontext():
             yield
 
-    def _grad(self, x: torch.Tensor, target: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def _grad(
+        self, x: torch.Tensor, target: torch.Tensor, scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, d logit_target / d z) for one forward pass with z replaced by ``scale``·z."""
         leaf: dict[str, torch.Tensor] = {}
 

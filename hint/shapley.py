@@ -35,7 +35,9 @@ class ShapleyResult:
 class NeuronShapley:
     """Permutation-sampling Shapley values of the input neurons of a logistic classifier."""
 
-    def __init__(self, weight: torch.Tensor, bias: float | torch.Tensor, baseline: torch.Tensor | None = None):
+    def __init__(
+        self, weight: torch.Tensor, bias: float | torch.Tensor, baseline: torch.Tensor | None = None
+    ):
         self.weight = weight.detach().float().reshape(-1)
         self.bias = float(bias)
         d = self.weight.numel()
@@ -49,7 +51,9 @@ class NeuronShapley:
         empty = self.bias + (w * base).sum()  # logit of the empty coalition
         return terms, empty.expand(regions.shape[0])
 
-    def _ordered_marginals(self, terms: torch.Tensor, empty: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    def _ordered_marginals(
+        self, terms: torch.Tensor, empty: torch.Tensor, perms: torch.Tensor
+    ) -> torch.Tensor:
         """Marginal contributions (N, P, D) in *permutation order*: entry k of permutation p is neuron
         perms[p, k]'s contribution when added after perms[p, :k] (one cumulative sum per permutation)."""
         n, (p, d) = terms.shape[0], perms.shape

@@ -19,7 +19,9 @@ COMMANDS = ["predict", "build", "report", "evaluate-wsol", "demo"]
 
 def discover() -> list[str]:
     """Subcommand names: the modules next to this file (not ``_private``), in ``COMMANDS`` order first."""
-    found = sorted(p.stem.replace("_", "-") for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    found = sorted(
+        p.stem.replace("_", "-") for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_")
+    )
     return [c for c in COMMANDS if c in found] + [c for c in found if c not in COMMANDS]
 
 

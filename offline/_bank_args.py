@@ -11,7 +11,12 @@ from hint.build.config import BuildConfig
 def add_bank_arguments(p: argparse.ArgumentParser) -> None:
     """--bank, --out, --data, --cache, --weights, --batch-size, --no-progress."""
     a = p.add_argument
-    a("--bank", type=Path, default=Path("model_store/hint-bank"), help="concept bank folder (default %(default)s)")
+    a(
+        "--bank",
+        type=Path,
+        default=Path("model_store/hint-bank"),
+        help="concept bank folder (default %(default)s)",
+    )
     a("--out", type=Path, help="write the bank here (default: --bank, in place)")
     a("--data", type=Path, help="the bank's build images (default: the folder its manifest records)")
     a("--cache", type=Path, help="step cache (default BANK/../.hint-cache)")

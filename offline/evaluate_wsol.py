@@ -31,7 +31,9 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "offline", NAME]
     for action in args._parser._actions:
         value = getattr(args, action.dest, None)
-        if action.dest in ("help", "progress") or (value == action.default and action.dest not in ("bank", "out")):
+        if action.dest in ("help", "progress") or (
+            value == action.default and action.dest not in ("bank", "out")
+        ):
             continue
         flag = action.option_strings[-1]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

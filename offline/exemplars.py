@@ -18,7 +18,9 @@ from offline._bank_args import add_bank_arguments
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("exemplars", help="add every neuron's top image patches and its label to a bank")
     add_bank_arguments(p)
-    p.add_argument("--k", type=int, default=BuildConfig.exemplars, help="patches per neuron (default %(default)s)")
+    p.add_argument(
+        "--k", type=int, default=BuildConfig.exemplars, help="patches per neuron (default %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,10 +34,15 @@ def run(args: argparse.Namespace) -> int:
     samples = build_samples(bank, args.bank, args.data)
     weights = backbone_weights(bank, args.bank, args.weights, recorded=True)
     cache = args.cache or args.bank.parent / ".hint-cache"
-    bank.exemplars = bank_exemplars(bank, samples, cache, args.k, weights, args.batch_size, not args.no_progress)
+    bank.exemplars = bank_exemplars(
+        bank, samples, cache, args.k, weights, args.batch_size, not args.no_progress
+    )
     out = bank.save(args.out or args.bank)
     ex = bank.exemplars
-    print(f"wrote {out} (bank {bank.id}): {ex.k} exemplars for each of {ex.neurons} neurons from {len(ex.images)} "
-          f"images, {len(ex.jpeg) / 1e6:.2f} MB of thumbnails", file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {out} (bank {bank.id}): {ex.k} exemplars for each of {ex.neurons} neurons from {len(ex.images)} "
+        f"images, {len(ex.jpeg) / 1e6:.2f} MB of thumbnails",
+        file=sys.stderr,
+    )
     print("labels:", json.dumps(label_summary(ex)))
     return 0

@@ -21,15 +21,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("head", help="fit a bank's localisation head (maps and boxes) and calibrate its boxes")
     add_bank_arguments(p)
     a = p.add_argument
-    a("--layers", nargs="+", metavar="LAYER",
-      help="head layers of the backbone (default: the backbone's, "
-           + ", ".join(f"{k}: {'+'.join(v)}" for k, v in DEFAULT_LAYERS.items()) + ")")  # fmt: skip
-    a("--negatives", nargs="+", default=list(DEFAULT_NEGATIVES), choices=list(SHARES), metavar="KIND",
-      help="negative kinds of the head's classifiers, in equal shares (default %(default)s)")  # fmt: skip
-    a("--calibrate", type=Path, metavar="BOXES",
-      help="choose the box threshold on the selection half of this WSOL box set (folder with annotations.csv)")
-    a("--calibrate-only", action="store_true", help="keep the bank's head, only calibrate (needs --calibrate)")
+    a(
+        "--layers",
+        nargs="+",
+        metavar="LAYER",
+        help="head layers of the backbone (default: the backbone's, "
+        + ", ".join(f"{k}: {'+'.join(v)}" for k, v in DEFAULT_LAYERS.items())
+        + ")",
+    )
+    a(
+        "--negatives",
+        nargs="+",
+        default=list(DEFAULT_NEGATIVES),
+        choices=list(SHARES),
+        metavar="KIND",
+        help="negative kinds of the head's classifiers, in equal shares (default %(default)s)",
+    )
+    a(
+        "--calibrate",
+        type=Path,
+        metavar="BOXES",
+        help="choose the box threshold on the selection half of this WSOL box set (folder with annotations.csv)",
+    )
+    a(
+        "--calibrate-only",
+        action="store_true",
+        help="keep the bank's head, only calibrate (needs --calibrate)",
+    )
     a("--split-seed", type=int, default=0, help="seed of the selection/test halves (as evaluate-wsol)")
+
 
 def run(args: argparse.Namespace) -> int:
     from hint.backbones import get_backbone
@@ -51,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no default head layers for {bank.meta['backbone']}: pass --layers")
         samples = build_samples(bank, args.bank, args.data)
         cache = args.cache or args.bank.parent / ".hint-cache"
-        bank.head = fit_head(bank, samples, layers, cache, args.negatives, args.weights, args.batch_size, progress)
-        print(f"head at {'+'.join(layers)} (grid {bank.head.grid}) against {'+'.join(args.negatives)}", file=sys.stderr)
+        bank.head = fit_head(
+            bank, samples, layers, cache, args.negatives, args.weights, args.batch_size, progress
+        )
+        print(
+            f"head at {'+'.join(layers)} (grid {bank.head.grid}) against {'+'.join(args.negatives)}",
+            file=sys.stderr,
+        )
     if args.calibrate is not None:
         h = bank.load_hierarchy()
         anns = wsol.load_annotations(args.calibrate / "annotations.csv", args.calibrate, h)
@@ -61,12 +86,25 @@ def run(args: argparse.Namespace) -> int:
         whole = whole_concept(bank, h)
         ancestors = [ancestor_concept(h.classes[a.label], bank.wnids, h) or whole for a in anns]
         ex = Explainer(bb, bank, h, **SERVING)
-        cal = wsol_served.calibrate(ex, anns, whole, ancestors, selection, bb.input_size, batch_size=args.batch_size,
-                                    progress=progress)  # fmt: skip
+        cal = wsol_served.calibrate(
+            ex,
+            anns,
+            whole,
+            ancestors,
+            selection,
+            bb.input_size,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
         bank.head.box_threshold = cal.pop("box_threshold")
         bank.head.info["calibration"] = {**cal, "data": str(args.calibrate), "split_seed": args.split_seed}
-        print(f"box threshold {bank.head.box_threshold} (selection box accuracy {cal['selection_box_acc']:.3f} "
-              f"on {cal['images']} images)", file=sys.stderr)  # fmt: skip
+        print(
+            f"box threshold {bank.head.box_threshold} (selection box accuracy {cal['selection_box_acc']:.3f} "
+            f"on {cal['images']} images)",
+            file=sys.stderr,
+        )
     out = bank.save(args.out or args.bank)
-    print(f"wrote {out} (bank {bank.id}, head {'+'.join(bank.head.layers)}, box threshold {bank.head.box_threshold})")
+    print(
+        f"wrote {out} (bank {bank.id}, head {'+'.join(bank.head.layers)}, box threshold {bank.head.box_threshold})"
+    )
     return 0

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any PIL format)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
     p.add_argument("--weights", default=None, help="weights file (.pth state_dict or .safetensors)")
-    p.add_argument("--hierarchy", default=None, help="a user hierarchy JSON naming the model's classes (docs/custom.md)")
+    p.add_argument(
+        "--hierarchy", default=None, help="a user hierarchy JSON naming the model's classes (docs/custom.md)"
+    )
     p.add_argument("--classes", default=None, help="the model's class ids in output order, one per line")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         top = probs.topk(k, dim=1)
         for j, path in enumerate(args.images[start : start + len(chunk)]):
             print(path)
-            for rank, (p, i) in enumerate(zip(top.values[j].tolist(), top.indices[j].tolist(), strict=True), 1):
+            for rank, (p, i) in enumerate(
+                zip(top.values[j].tolist(), top.indices[j].tolist(), strict=True), 1
+            ):
                 print(f"  {rank}  {p:.4f}  {hierarchy.classes[i]}  {hierarchy.class_names[i]}")
     return 0

@@ -14,8 +14,11 @@ from offline._bank_args import add_bank_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presence-rule", help="fit the served presence rule of an existing bank on its build data")
+    p = sub.add_parser(
+        "presence-rule", help="fit the served presence rule of an existing bank on its build data"
+    )
     add_bank_arguments(p)
+
 
 def run(args: argparse.Namespace) -> int:
     from hint.backbones import get_backbone
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     rule = presence_rule(bb, samples, table, scores, bank.wnids, h, args.batch_size, progress)
     bank.meta.setdefault("presence", {}).update(rule=PRESENCE_RULE, model=rule)
     out = bank.save(args.out or args.bank)
-    print(f"wrote {out}: present = {rule['coef'][0]:.3f}·logit p + {rule['coef'][1]:.3f}·logit s "
-          f"+ {rule['intercept']:.3f} >= {rule['cut']:.3f}; on the {rule['images']} build photos {rule['fit_quality']} "
-          f"(softmax alone {rule['softmax_quality']})")  # fmt: skip
+    print(
+        f"wrote {out}: present = {rule['coef'][0]:.3f}·logit p + {rule['coef'][1]:.3f}·logit s "
+        f"+ {rule['intercept']:.3f} >= {rule['cut']:.3f}; on the {rule['images']} build photos {rule['fit_quality']} "
+        f"(softmax alone {rule['softmax_quality']})"
+    )
     return 0

@@ -24,7 +24,18 @@ from hint._utils.io import atomic_write_text, save_figure  # noqa: E402
 from hint.bank import ConceptBank  # noqa: E402
 
 #: The association figure's default concepts (those in the bank), as the paper's figure: two branches.
-FIGURE_CONCEPTS = ("whole", "animal", "vertebrate", "mammal", "bird", "carnivore", "dog", "artifact", "vehicle", "car")
+FIGURE_CONCEPTS = (
+    "whole",
+    "animal",
+    "vertebrate",
+    "mammal",
+    "bird",
+    "carnivore",
+    "dog",
+    "artifact",
+    "vehicle",
+    "car",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         write_neurons(bank, out / "neurons.md", args.top_k),
     ]
     if "faithfulness" in bank.meta:
-        written += [write_faithfulness(bank, out / "faithfulness.md"), plot_faithfulness(bank, out / "faithfulness.png")]
+        written += [
+            write_faithfulness(bank, out / "faithfulness.md"),
+            plot_faithfulness(bank, out / "faithfulness.png"),
+        ]
     for p in written:
         print(p)
     return 0
@@ -76,7 +90,9 @@ def plot_top_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
         ax.tick_params(axis="y", labelsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    fig.suptitle(f"Top-{k} neurons by Shapley value — {bank.meta['backbone']}:{bank.meta['layer']}", fontsize=11)
+    fig.suptitle(
+        f"Top-{k} neurons by Shapley value — {bank.meta['backbone']}:{bank.meta['layer']}", fontsize=11
+    )
     fig.supxlabel("neuron (channel)", fontsize=9)
     fig.supylabel("φ(d, e)", fontsize=9)
     return save_figure(fig, path)
@@ -99,8 +115,15 @@ def plot_association(bank: ConceptBank, path: Path, names: list[str] | None, k: 
     for c, n, v in links:
         y0, y1 = y_c[c["wnid"]], y_n[n]
         verts = [(0, y0), (0.5, y0), (0.5, y1), (1, y1)]
-        ax.add_patch(PathPatch(MPath(verts, [MPath.MOVETO, MPath.CURVE4, MPath.CURVE4, MPath.CURVE4]),
-                               fc="none", ec=cmap(y_c[c["wnid"]] % 20), lw=0.5 + 7 * v / vmax, alpha=0.6))  # fmt: skip
+        ax.add_patch(
+            PathPatch(
+                MPath(verts, [MPath.MOVETO, MPath.CURVE4, MPath.CURVE4, MPath.CURVE4]),
+                fc="none",
+                ec=cmap(y_c[c["wnid"]] % 20),
+                lw=0.5 + 7 * v / vmax,
+                alpha=0.6,
+            )
+        )
     for c in concepts:
         ax.text(-0.02, y_c[c["wnid"]], f"{c['name']}", ha="right", va="center", fontsize=9)
     multi = bank.multimodal_neurons(k)
@@ -137,11 +160,18 @@ def write_f1(bank: ConceptBank, path: Path) -> Path:
         )
     f1 = np.array([c["f1"] for c in bank.concepts])
     n_rel = sum(bool(c.get("reliable", True)) for c in bank.concepts)
-    lines.append(f"\nMean region F1 over {len(f1)} concepts: **{np.nanmean(f1):.3f}**; reliable: **{n_rel}**.")
+    lines.append(
+        f"\nMean region F1 over {len(f1)} concepts: **{np.nanmean(f1):.3f}**; reliable: **{n_rel}**."
+    )
     cands = bank.meta.get("candidates", [])
     if cands:
-        lines += ["", f"## Candidates ({len(cands)}: every concept with two or more ImageNet classes)", "",
-                  "| concept | WNID | classes | status |", "|---|---|---:|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Candidates ({len(cands)}: every concept with two or more ImageNet classes)",
+            "",
+            "| concept | WNID | classes | status |",
+            "|---|---|---:|---|",
+        ]
         lines += [f"| {c['name']} | {c['wnid']} | {c['n_classes']} | {c['status']} |" for c in cands]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -152,7 +182,13 @@ def write_neurons(bank: ConceptBank, path: Path, k: int) -> Path:
         top = ", ".join(f"{n} ({v:.4f})" for n, v in bank.top_neurons(c["wnid"], k))
         lines.append(f"| {c['name']} | {top} |")
     names = {c["wnid"]: c["name"] for c in bank.concepts}
-    lines += ["", f"## Multimodal neurons (in the top-{k} of ≥ 2 concepts)", "", "| neuron | concepts |", "|---|---|"]
+    lines += [
+        "",
+        f"## Multimodal neurons (in the top-{k} of ≥ 2 concepts)",
+        "",
+        "| neuron | concepts |",
+        "|---|---|",
+    ]
     for n, ws in sorted(bank.multimodal_neurons(k).items(), key=lambda kv: -len(kv[1])):
         lines.append(f"| {n} | {', '.join(names[w] for w in ws)} |")
     return atomic_write_text(path, "\n".join(lines) + "\n")

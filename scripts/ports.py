@@ -56,8 +56,17 @@ def _describe(pid: str) -> str:
         argv = []
     if argv and os.path.basename(argv[0]) == "java":  # java -Dx=y ... -cp CP main.Class args: the class
         args = argv[1:]
-        main = next((a for i, a in enumerate(args) if "." in a and "/" not in a and not a.startswith("-")
-                     and (i == 0 or args[i - 1] not in ("-cp", "-classpath"))), "")  # fmt: skip
+        main = next(
+            (
+                a
+                for i, a in enumerate(args)
+                if "." in a
+                and "/" not in a
+                and not a.startswith("-")
+                and (i == 0 or args[i - 1] not in ("-cp", "-classpath"))
+            ),
+            "",
+        )
         cmd = f"java {main}".strip()
     else:
         cmd = " ".join(" ".join([os.path.basename(argv[0]), *argv[1:]]).split()) if argv else "?"

@@ -31,7 +31,9 @@ def imports(path: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 pkg = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
-                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)
     return out
@@ -53,8 +55,17 @@ SERVING += _files(REPO / "handlers")
 def test_core_explain_and_serve_import_no_build_or_evaluation(path):
     bad = sorted(n for n in imports(path) if _within(n, BUILD) or _within(n, EVALUATION))
     if path == HINT / "__init__.py":  # the public API names build_bank and BuildConfig, imported on first use
-        bad = [n for n in bad if n not in {"hint.build.builder", "hint.build.config", "hint.build.builder.build_bank",
-                                           "hint.build.config.BuildConfig"}]
+        bad = [
+            n
+            for n in bad
+            if n
+            not in {
+                "hint.build.builder",
+                "hint.build.config",
+                "hint.build.builder.build_bank",
+                "hint.build.config.BuildConfig",
+            }
+        ]
     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
@@ -66,16 +77,24 @@ def test_build_imports_no_evaluation(path):
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from hint.build.pipeline import BuildConfig\n    import hint.evaluation.wsol\n")
+    f.write_text(
+        "def f():\n    from hint.build.pipeline import BuildConfig\n    import hint.evaluation.wsol\n"
+    )
     assert {"hint.build.pipeline", "hint.evaluation.wsol"} <= imports(f)
 
 
 def test_public_api():
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, hint; before = sorted(m for m in sys.modules if m.startswith('hint'));"
-         "from hint import BuildConfig, ConceptBank, Explainer, Hierarchy, build_bank; print(before, hint.__all__)"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, hint; before = sorted(m for m in sys.modules if m.startswith('hint'));"
+            "from hint import BuildConfig, ConceptBank, Explainer, Hierarchy, build_bank; print(before, hint.__all__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("['hint'] ")  # importing hint loads nothing else
     for name in ("BuildConfig", "ConceptBank", "Explainer", "Hierarchy", "build_bank"):
         assert name in out.stdout
@@ -83,10 +102,18 @@ def test_public_api():
 
 @pytest.mark.slow
 def test_archive_ships_no_build_or_evaluation_code(tmp_path):
-    done = subprocess.run(["make", "-s", "-C", str(REPO), "archive", f"STORE={tmp_path}", f"MAR_SRC={tmp_path / 'src'}"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        ["make", "-s", "-C", str(REPO), "archive", f"STORE={tmp_path}", f"MAR_SRC={tmp_path / 'src'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     names = zipfile.ZipFile(tmp_path / "hint.mar").namelist()
     shipped = {n for n in names if n.startswith("hint/") and n.endswith(".py")}
-    assert "hint/explain/explainer.py" in shipped and "hint/serve/request.py" in shipped and "hint/bank.py" in shipped
+    assert (
+        "hint/explain/explainer.py" in shipped
+        and "hint/serve/request.py" in shipped
+        and "hint/bank.py" in shipped
+    )
     assert not [n for n in shipped if n.startswith(("hint/build/", "hint/evaluation/"))]

@@ -41,4 +41,6 @@ def test_layout_table_matches_the_tree():
         assert not missing, f"README layout: the {folder} row does not name {sorted(missing)}"
         source = "\n".join(p.read_text() for p in (REPO / folder).rglob("*.py"))
         for name in rows[folder] - _expected(folder):  # a class or function the row names
-            assert re.search(rf"^(class|def) {name}\b", source, re.M), f"README layout: {folder} has no {name}"
+            assert re.search(rf"^(class|def) {name}\b", source, re.M), (
+                f"README layout: {folder} has no {name}"
+            )

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any = MISSING, help: str = "", *, choices: Iterable[Any] | None = None, **flag: Any) -> Any:
+def option(
+    default: Any = MISSING, help: str = "", *, choices: Iterable[Any] | None = None, **flag: Any
+) -> Any:
     """A dataclass field that is also a command-line flag.
 
     Args:
@@ -57,8 +59,12 @@ def _kind(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_arguments(cls: type, parser: argparse.ArgumentParser, exclude: Iterable[str] = (),
-                  defaults: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+def add_arguments(
+    cls: type,
+    parser: argparse.ArgumentParser,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """Add a flag to ``parser`` for each :func:`option` field of dataclass ``cls`` not in ``exclude``.
 
     Args:

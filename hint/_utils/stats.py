@@ -61,9 +61,11 @@ def prf(pred, truth) -> dict[str, float]:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     return {
-        "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
         "fpr": fp / (fp + tn) if fp + tn else 0.0,
-    }  # fmt: skip
+    }
 
 
 def auroc(scores: np.ndarray, truth: np.ndarray) -> float | None:
@@ -99,11 +101,12 @@ def ci95(samples: np.ndarray, digits: int = 4) -> list[float]:
     return [round(float(lo), digits), round(float(hi), digits)]
 
 
-def auroc_interval(scores: np.ndarray, truth: np.ndarray, seed: int = 0, draws: int = BOOTSTRAP) -> list[float] | None:
+def auroc_interval(
+    scores: np.ndarray, truth: np.ndarray, seed: int = 0, draws: int = BOOTSTRAP
+) -> list[float] | None:
     """95 % bootstrap interval (over images) of the AUROC; None without both classes."""
     if not truth.any() or truth.all():
         return None
     order = np.argsort(scores, kind="mergesort")
     vals = _weighted_auroc(scores[order], truth[order], bootstrap_weights(len(scores), draws, seed))
     return ci95(vals[~np.isnan(vals)])
-

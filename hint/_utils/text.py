@@ -1,5 +1,4 @@
-"""Short, one-line texts for messages.
-"""
+"""Short, one-line texts for messages."""
 
 from __future__ import annotations
 
@@ -12,14 +11,12 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-
 def short(v: Any) -> str:
     """A value for a message: numbers and strings cut to a few dozen characters."""
     if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 200:
         return f"an integer of {v.bit_length()} bits"
     s = repr(v) if isinstance(v, (str, float)) else str(v) if isinstance(v, int) else type(v).__name__
     return s if len(s) <= 40 else s[:37] + "..."
-
 
 
 def kind_of(v: Any) -> str:
@@ -37,4 +34,3 @@ def kind_of(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__
-

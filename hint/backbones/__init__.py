@@ -224,7 +224,9 @@ def load_weights_file(name: str, path: str | os.PathLike) -> dict[str, torch.Ten
     archive (``torch.jit.load``, its ``state_dict()``; the scripted code is never run)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise WeightsUnavailable(f"{name}: weights file {str(p)!r} not found; pass an existing --weights FILE")
+        raise WeightsUnavailable(
+            f"{name}: weights file {str(p)!r} not found; pass an existing --weights FILE"
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -59,7 +59,9 @@ class LayerInfo:
         if len(self.shape) != 3:
             return f"outputs {_fmt(self.shape)}, not a (C, H, W) feature map"
         if self.modified_later:
-            return "has its output modified in place afterwards (e.g. a residual +=); hook the enclosing block"
+            return (
+                "has its output modified in place afterwards (e.g. a residual +=); hook the enclosing block"
+            )
         return None
 
     def row(self) -> str:
@@ -88,7 +90,9 @@ def survey(model: nn.Module, input_size: int, names: set[str] | None = None) -> 
 
         return f
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if names is None or n in names]
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if names is None or n in names
+    ]
     x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     try:
         model(x)
@@ -117,9 +121,10 @@ def default_layer(infos: list[LayerInfo], input_size: int, model_name: str) -> L
     root = next((i for i in infos if i.name == ""), None)
     classes = root.shape[0] if root is not None and root.shape is not None and len(root.shape) == 1 else None
     maps = [
-        i for i in infos
+        i
+        for i in infos
         if i.name and i.is_map and i.shape[1] == i.shape[2] and i.shape[1] >= 7 and i.shape[0] != classes
-    ]  # fmt: skip
+    ]
     target = input_size / 16
     if maps:
         side = min({i.shape[1] for i in maps}, key=lambda s: (abs(math.log(s / target)), -s))
@@ -143,7 +148,9 @@ def resolve_layer(model: nn.Module, model_name: str, layer: str, input_size: int
     problem = "is not run by the forward pass" if info is None else info.problem()
     if problem:
         raise ValueError(
-            unknown_layer_message(model, model_name, layer, input_size, default, f"layer {layer!r} of {model_name} {problem}")
+            unknown_layer_message(
+                model, model_name, layer, input_size, default, f"layer {layer!r} of {model_name} {problem}"
+            )
         )
     return info
 

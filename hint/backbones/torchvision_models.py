@@ -109,7 +109,9 @@ def hub_weights(name: str) -> tuple[Path, str]:
     """torchvision's DEFAULT weights for ``name``: (file in the hub cache, description); download if absent."""
     w = default_weights(name)
     if w is None:
-        raise WeightsUnavailable(f"{name}: torchvision has no pretrained weights; pass --weights FILE or random_init=True")
+        raise WeightsUnavailable(
+            f"{name}: torchvision has no pretrained weights; pass --weights FILE or random_init=True"
+        )
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
     if not path.is_file():
         old = socket.getdefaulttimeout()

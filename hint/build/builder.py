@@ -137,8 +137,16 @@ def build_bank(
     if layers and layers != ["none"]:
         from hint.build.head import fit_head
 
-        bank.head = fit_head(bank, samples, layers, cache, list(head_negatives), batch_size=cfg.batch_size,
-                             progress=progress, backbone=bb)  # fmt: skip
+        bank.head = fit_head(
+            bank,
+            samples,
+            layers,
+            cache,
+            list(head_negatives),
+            batch_size=cfg.batch_size,
+            progress=progress,
+            backbone=bb,
+        )
         if on_step:
             on_step("localisation head", False)
         built["wall_s"] = round(time.perf_counter() - t0, 2)

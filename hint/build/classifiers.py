@@ -85,7 +85,11 @@ def train_classifier(
     d = x.shape[1]
     cols = torch.arange(d) if neurons is None else torch.as_tensor(neurons).long()
     if test is None:
-        test = split_by_image(image, y, test_fraction, seed) if test_fraction > 0 else torch.zeros(len(y), dtype=torch.bool)
+        test = (
+            split_by_image(image, y, test_fraction, seed)
+            if test_fraction > 0
+            else torch.zeros(len(y), dtype=torch.bool)
+        )
     train = ~test
     yt = y[train]
     if yt.numel() == 0 or yt.min() == yt.max():
@@ -95,7 +99,9 @@ def train_classifier(
         sw = torch.where(pos, 1.0 / pos.sum(), 1.0 / (~pos).sum())
     else:
         sw = sample_weight[train]
-    w_raw, b_raw = fit_logistic(x[train][:, cols].to(device), yt.to(device), sw.to(device), l2=l2, max_iter=max_iter)
+    w_raw, b_raw = fit_logistic(
+        x[train][:, cols].to(device), yt.to(device), sw.to(device), l2=l2, max_iter=max_iter
+    )
     weight = torch.zeros(d)
     weight[cols] = w_raw
     if test.any():

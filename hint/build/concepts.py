@@ -79,7 +79,9 @@ class RegionTable:
         if len(images) == 0:
             return torch.zeros(0, dtype=torch.long)
         start, count = self._start[images], self._count[images]
-        offsets = torch.arange(int(count.sum())) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        offsets = torch.arange(int(count.sum())) - torch.repeat_interleave(
+            torch.cumsum(count, 0) - count, count
+        )
         return torch.repeat_interleave(start, count) + offsets
 
 
@@ -154,7 +156,12 @@ def concept_samples(
     spare = sum(shares.get(k, 0.0) for k in empty)
     live = [k for k in groups if k not in empty]
     total_live = sum(shares[k] for k in live)
-    idx, y, wt, kind = [pos], [torch.ones(n)], [torch.full((n,), 1.0 / max(n, 1))], [torch.zeros(n, dtype=torch.long)]
+    idx, y, wt, kind = (
+        [pos],
+        [torch.ones(n)],
+        [torch.full((n,), 1.0 / max(n, 1))],
+        [torch.zeros(n, dtype=torch.long)],
+    )
     for k in ("sibling", "background", "other"):
         code = KIND[k]
         g = groups[k] if k in live else groups[k][:0]
@@ -165,9 +172,18 @@ def concept_samples(
         kind.append(torch.full((len(g),), code, dtype=torch.long))
     all_idx = torch.cat(idx)
     return ConceptSamples(
-        wnid, parent, table.features[all_idx].float(), torch.cat(y), table.image[all_idx], n,
-        len(idx[1]), len(idx[2]), len(idx[3]), torch.cat(wt), torch.cat(kind),
-    )  # fmt: skip
+        wnid,
+        parent,
+        table.features[all_idx].float(),
+        torch.cat(y),
+        table.image[all_idx],
+        n,
+        len(idx[1]),
+        len(idx[2]),
+        len(idx[3]),
+        torch.cat(wt),
+        torch.cat(kind),
+    )
 
 
 def candidate_concepts(hierarchy: Hierarchy, min_classes: int = 2) -> list[str]:
@@ -201,7 +217,9 @@ def select_concepts(
     pref = [w for p in prefer for w in _found(h, p)]
     ok = labels >= 0
     counts = torch.bincount(labels[ok], minlength=len(h.classes))
-    fg = torch.zeros(len(h.classes), dtype=torch.long).index_add_(0, labels[ok], foreground_per_image[ok].long())
+    fg = torch.zeros(len(h.classes), dtype=torch.long).index_add_(
+        0, labels[ok], foreground_per_image[ok].long()
+    )
     by_set: dict[frozenset, list[str]] = {}
     for w in cands:
         by_set.setdefault(frozenset(h[w].leaves), []).append(w)

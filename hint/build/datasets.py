@@ -69,7 +69,9 @@ def discover(source: str | Path, hierarchy: Hierarchy | None = None) -> Discover
     unknown = "not an ImageNet-1k class" if h.builtin else f"not one of the hierarchy's {len(index)} classes"
     for path, wnid in entries:
         if wnid not in index:
-            out.skipped.append(f"{path}: unknown {'WNID' if _WNID.match(wnid) else 'class'} {wnid!r} ({unknown})")
+            out.skipped.append(
+                f"{path}: unknown {'WNID' if _WNID.match(wnid) else 'class'} {wnid!r} ({unknown})"
+            )
         elif not path.is_file():
             out.skipped.append(f"{path}: no such file")
         else:

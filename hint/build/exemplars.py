@@ -90,8 +90,12 @@ class TopPatches:
     def state(self, prefix: str = "patches.") -> dict[str, torch.Tensor]:
         """Tensors for a checkpoint or the cache (:meth:`from_state`)."""
         grid = torch.tensor(self.grid or [0, 0])
-        return {f"{prefix}value": self.value, f"{prefix}index": self.index, f"{prefix}cell": self.cell,
-                f"{prefix}grid": grid}  # fmt: skip
+        return {
+            f"{prefix}value": self.value,
+            f"{prefix}index": self.index,
+            f"{prefix}cell": self.cell,
+            f"{prefix}grid": grid,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], k: int, prefix: str = "patches.") -> TopPatches:
@@ -121,8 +125,14 @@ def patch_box(cell: int, grid: list[int], width: int, height: int, window: float
     return [x0, y0, x1, y1]
 
 
-def thumbnails(patches: TopPatches, samples: list[Sample], size: int = SIZE, quality: int = QUALITY,
-               window: float = WINDOW, progress: bool = True) -> dict:  # fmt: skip
+def thumbnails(
+    patches: TopPatches,
+    samples: list[Sample],
+    size: int = SIZE,
+    quality: int = QUALITY,
+    window: float = WINDOW,
+    progress: bool = True,
+) -> dict:
     """Crop every kept patch from its photo (each photo read once): ``{"jpeg", "offsets", "box", "image",
     "images"}`` in :class:`hint.exemplars.Exemplars`' layout (``image`` indexes ``images``, the photos'
     keys in sample order)."""
@@ -142,7 +152,9 @@ def thumbnails(patches: TopPatches, samples: list[Sample], size: int = SIZE, qua
             b = patch_box(cells[flat], patches.grid, im.width, im.height, window)
             box[flat] = torch.tensor(b, dtype=torch.int32)
             buf = io.BytesIO()
-            im.crop(b).resize((size, size), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=quality, optimize=True)
+            im.crop(b).resize((size, size), Image.Resampling.BICUBIC).save(
+                buf, "JPEG", quality=quality, optimize=True
+            )
             blobs[flat] = buf.getvalue()
     lengths = torch.tensor([len(b) for b in blobs], dtype=torch.long)
     number = {i: n for n, i in enumerate(used)}
@@ -155,14 +167,22 @@ def thumbnails(patches: TopPatches, samples: list[Sample], size: int = SIZE, qua
     }
 
 
-def neuron_labels(table: RegionTable, phi: torch.Tensor, wnids: list[str], hierarchy: Hierarchy,
-                  quantile: float = QUANTILE, chunk: int = 8192) -> dict[str, torch.Tensor]:  # fmt: skip
+def neuron_labels(
+    table: RegionTable,
+    phi: torch.Tensor,
+    wnids: list[str],
+    hierarchy: Hierarchy,
+    quantile: float = QUANTILE,
+    chunk: int = 8192,
+) -> dict[str, torch.Tensor]:
     """The label of every neuron (module doc): ``concept`` (D,) its largest-φ bank row, ``iou`` (D,) the
     IoU with that concept's regions, ``iou_concept`` / ``iou_best`` NetDissect's largest-IoU concept and
     IoU, ``threshold`` (D,) the activation quantile; over the table's cells, ``chunk`` rows at a time."""
     feats, n = table.features, table.features.shape[0]
     top = max(1, math.ceil(n * (1 - quantile)))
-    threshold = torch.cat([feats[:, a : a + 64].float().topk(top, 0).values[-1] for a in range(0, feats.shape[1], 64)])
+    threshold = torch.cat(
+        [feats[:, a : a + 64].float().topk(top, 0).values[-1] for a in range(0, feats.shape[1], 64)]
+    )
     leaves = torch.zeros(len(wnids), len(hierarchy.classes), dtype=torch.bool)
     for e, w in enumerate(wnids):
         leaves[e, list(hierarchy[w].leaves)] = True
@@ -173,47 +193,91 @@ def neuron_labels(table: RegionTable, phi: torch.Tensor, wnids: list[str], hiera
     for a in range(0, n, chunk):
         act = (feats[a : a + chunk].float() >= threshold).float()  # (c, D)
         lab = cls[a : a + chunk]
-        reg = (leaves[:, lab.clamp_min(0)].T & (lab >= 0).view(-1, 1) & table.foreground[a : a + chunk].view(-1, 1)).float()
+        reg = (
+            leaves[:, lab.clamp_min(0)].T
+            & (lab >= 0).view(-1, 1)
+            & table.foreground[a : a + chunk].view(-1, 1)
+        ).float()
         inter += act.T @ reg
         above += act.sum(0)
         regions += reg.sum(0)
     iou = inter / (above.view(-1, 1) + regions.view(1, -1) - inter).clamp_min(1.0)  # (D, E)
     concept = phi.argmax(0)
     best, best_row = iou.max(1)
-    return {"concept": concept, "iou": iou.gather(1, concept.view(-1, 1)).view(-1), "iou_concept": best_row,
-            "iou_best": best, "threshold": threshold}  # fmt: skip
+    return {
+        "concept": concept,
+        "iou": iou.gather(1, concept.view(-1, 1)).view(-1),
+        "iou_concept": best_row,
+        "iou_best": best,
+        "threshold": threshold,
+    }
 
 
-def make_exemplars(patches: TopPatches, samples: list[Sample], table: RegionTable, phi: torch.Tensor,
-                   wnids: list[str], hierarchy: Hierarchy, size: int = SIZE, quality: int = QUALITY,
-                   progress: bool = True) -> Exemplars:  # fmt: skip
+def make_exemplars(
+    patches: TopPatches,
+    samples: list[Sample],
+    table: RegionTable,
+    phi: torch.Tensor,
+    wnids: list[str],
+    hierarchy: Hierarchy,
+    size: int = SIZE,
+    quality: int = QUALITY,
+    progress: bool = True,
+) -> Exemplars:
     """The bank's exemplars: :func:`thumbnails` of the kept patches and :func:`neuron_labels`."""
     crops = thumbnails(patches, samples, size, quality, WINDOW, progress)
     images = crops.pop("images")
-    info = {"size": size, "quality": quality, "window_cells": WINDOW, "grid": patches.grid, "quantile": QUANTILE,
-            "images": len(images), "label": "concept: largest Shapley value; iou: NetDissect IoU with its regions "
-            "(hint.build.exemplars)", "table_images": len(table.label)}  # fmt: skip
-    return Exemplars(**crops, activation=patches.value.float(), **neuron_labels(table, phi, wnids, hierarchy),
-                     images=images, info=info)  # fmt: skip
+    info = {
+        "size": size,
+        "quality": quality,
+        "window_cells": WINDOW,
+        "grid": patches.grid,
+        "quantile": QUANTILE,
+        "images": len(images),
+        "label": "concept: largest Shapley value; iou: NetDissect IoU with its regions "
+        "(hint.build.exemplars)",
+        "table_images": len(table.label),
+    }
+    return Exemplars(
+        **crops,
+        activation=patches.value.float(),
+        **neuron_labels(table, phi, wnids, hierarchy),
+        images=images,
+        info=info,
+    )
 
 
-def forward_patches(model: torch.nn.Module, layer: torch.nn.Module, samples: list[Sample], k: int,
-                    preprocess: Callable, input_size: int, batch_size: int = 32, workers: int = 2,
-                    device: str = "cpu", progress: bool = True) -> TopPatches:  # fmt: skip
+def forward_patches(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    samples: list[Sample],
+    k: int,
+    preprocess: Callable,
+    input_size: int,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "cpu",
+    progress: bool = True,
+) -> TopPatches:
     """:class:`TopPatches` from forward passes alone (a build whose step 1 was cached without them)."""
     from torch.utils.data import DataLoader
 
     from hint.build.datasets import ImageDataset
 
     photos = [i for i, s in enumerate(samples) if s.view == 0]
-    loader = DataLoader(ImageDataset([samples[i] for i in photos], preprocess, input_size), batch_size=batch_size,
-                        num_workers=workers)  # fmt: skip
+    loader = DataLoader(
+        ImageDataset([samples[i] for i in photos], preprocess, input_size),
+        batch_size=batch_size,
+        num_workers=workers,
+    )
     keep: dict[str, torch.Tensor] = {}
     handle = layer.register_forward_hook(lambda _m, _i, o: keep.__setitem__("z", o.detach()))
     patches = TopPatches(k)
     try:
         with torch.no_grad():
-            for x, _, idx, ok in tqdm(loader, desc="exemplars: activations", unit="batch", disable=not progress):
+            for x, _, idx, ok in tqdm(
+                loader, desc="exemplars: activations", unit="batch", disable=not progress
+            ):
                 if ok.any():
                     model(x[ok].to(device))
                     patches.offer(keep["z"], torch.tensor([photos[i] for i in idx[ok].tolist()]))
@@ -227,8 +291,16 @@ def patches_path(cache_dir: Path, key: str, k: int) -> Path:
     return Path(cache_dir) / f"patches-{key}-k{k}.safetensors"
 
 
-def bank_exemplars(bank, samples: list[Sample], cache_dir: Path, k: int, weights: str | Path | None = None,
-                   batch_size: int = 32, progress: bool = True, backbone=None) -> Exemplars:  # fmt: skip
+def bank_exemplars(
+    bank,
+    samples: list[Sample],
+    cache_dir: Path,
+    k: int,
+    weights: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    backbone=None,
+) -> Exemplars:
     """Exemplars for an existing ``bank`` (:class:`hint.bank.ConceptBank`) from ``samples`` (its build data):
     step 1 with the bank's settings (cached in ``cache_dir``, as the build's) for the table and the patches,
     the labels from the bank's φ. Its other tensors are left as they are.
@@ -247,9 +319,22 @@ def bank_exemplars(bank, samples: list[Sample], cache_dir: Path, k: int, weights
     cfg = replace(build_config(bank, batch_size), exemplars=k)
     backbone = backbone or get_backbone(bank.meta["backbone"], bank.meta["layer"], weights)
     bank.check_backbone(backbone.name, backbone.layer, bank.weight.shape[1])
-    table, _, key = cached_regions(backbone, samples, cfg, Path(cache_dir), progress, distributed=False, patches=k)
-    return cached_exemplars(backbone, samples, table, key, bank.phi, f"bank {bank.sha256}", bank.wnids,
-                            bank.load_hierarchy(), cfg, Path(cache_dir), progress)  # fmt: skip
+    table, _, key = cached_regions(
+        backbone, samples, cfg, Path(cache_dir), progress, distributed=False, patches=k
+    )
+    return cached_exemplars(
+        backbone,
+        samples,
+        table,
+        key,
+        bank.phi,
+        f"bank {bank.sha256}",
+        bank.wnids,
+        bank.load_hierarchy(),
+        cfg,
+        Path(cache_dir),
+        progress,
+    )
 
 
 def label_summary(ex: Exemplars, netdissect_iou: float = 0.04) -> dict:

@@ -9,7 +9,9 @@ from hint.build.classifiers import ClassifierFit, train_classifier
 from hint.build.concepts import ConceptSamples
 
 
-def select_neurons(rule: str, k: int, phi: torch.Tensor, weight: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def select_neurons(
+    rule: str, k: int, phi: torch.Tensor, weight: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """Indices of k neurons for one concept: ``shapley`` (largest φ), ``weight`` (largest |α|), ``random``."""
     d = phi.numel()
     k = min(k, d)
@@ -38,12 +40,16 @@ def top_k_f1(
     for e, s in enumerate(sets):
 
         def fit(neurons: torch.Tensor | None, s: ConceptSamples = s) -> ClassifierFit:
-            return train_classifier(s.x, s.y, s.image, neurons=neurons, seed=seed, sample_weight=s.weight, **train_kw)
+            return train_classifier(
+                s.x, s.y, s.image, neurons=neurons, seed=seed, sample_weight=s.weight, **train_kw
+            )
 
         out["all"].append(fit(None).f1)
         for rule in ("shapley", "weight"):
             out[rule].append(fit(select_neurons(rule, k, phi[e], weight[e], gen)).f1)
-        rand = torch.tensor([fit(select_neurons("random", k, phi[e], weight[e], gen)).f1 for _ in range(draws)])
+        rand = torch.tensor(
+            [fit(select_neurons("random", k, phi[e], weight[e], gen)).f1 for _ in range(draws)]
+        )
         out["random"].append(float(rand.mean()))
         out["random_std"].append(float(rand.std()) if draws > 1 else 0.0)
     return out

@@ -76,7 +76,9 @@ def fit_head(
     backbone = backbone or get_backbone(bank.meta["backbone"], bank.meta["layer"], weights)
     modules = dict(backbone.model.named_modules())
     if unknown := [x for x in layers if x not in modules]:
-        raise ValueError(f"{backbone.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {backbone.name})")
+        raise ValueError(
+            f"{backbone.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {backbone.name})"
+        )
     for layer in layers:
         t = time.perf_counter()
         bb = replace(backbone, layer=layer)
@@ -85,15 +87,26 @@ def fit_head(
         ws, bs = [], []
         with torch_threads(1):
             for c in tqdm(bank.concepts, desc=f"head classifiers at {layer}", disable=not progress):
-                s = concept_samples(table, c["wnid"], c.get("parent") or h.group_parent(c["wnid"], bank.wnids), h,
-                                    cfg.max_positives, cfg.seed, shares)  # fmt: skip
+                s = concept_samples(
+                    table,
+                    c["wnid"],
+                    c.get("parent") or h.group_parent(c["wnid"], bank.wnids),
+                    h,
+                    cfg.max_positives,
+                    cfg.seed,
+                    shares,
+                )
                 w, b = fit_logistic(s.x, s.y, s.weight, l2=cfg.l2)
                 ws.append(w)
                 bs.append(float(b))
         weight.append(torch.stack(ws))
         bias.append(torch.tensor(bs))
-        info["layers_fit"][layer] = {"neurons": table.dim, "map_size": grids[-1], "seconds": round(time.perf_counter() - t, 1),
-                                     "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
+        info["layers_fit"][layer] = {
+            "neurons": table.dim,
+            "map_size": grids[-1],
+            "seconds": round(time.perf_counter() - t, 1),
+            "foreground_fraction": round(float(table.foreground.float().mean()), 4),
+        }
     grid = [max(g[0] for g in grids), max(g[1] for g in grids)]
     return LocalisationHead(list(layers), weight, bias, list(negatives), grid, 0.5, info)
 
@@ -105,7 +118,11 @@ def build_samples(bank: ConceptBank, bank_dir: str | Path, data: str | Path | No
 
     p = bank.meta.get("build", {})
     recorded = p.get("data")
-    candidates = [Path(data)] if data else [Path(str(recorded)), Path(bank_dir).resolve().parent.parent / str(recorded)]
+    candidates = (
+        [Path(data)]
+        if data
+        else [Path(str(recorded)), Path(bank_dir).resolve().parent.parent / str(recorded)]
+    )
     root = next((c for c in candidates if (data or recorded) and c.exists()), None)
     if root is None:
         raise ValueError(f"the bank's build data {str(data or recorded)!r} is not here; pass --data")

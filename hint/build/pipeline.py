@@ -68,7 +68,11 @@ def _key(*parts) -> str:
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta or {})})
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"meta": json.dumps(meta or {})},
+        )
 
 
 def load_meta(path: Path) -> dict:
@@ -143,8 +147,15 @@ def extract_regions(
                 masks = mask.reshape(len(idx), -1).cpu()
                 for j, i in enumerate(idx.tolist()):
                     g = rest[i]
-                    res.offer(g, samples[g].key, samples[g].label, feats[j].clone(), masks[j].clone(),
-                              source[g], samples[g].view)  # fmt: skip
+                    res.offer(
+                        g,
+                        samples[g].key,
+                        samples[g].label,
+                        feats[j].clone(),
+                        masks[j].clone(),
+                        source[g],
+                        samples[g].view,
+                    )
             if checkpoint is not None and since_save >= cfg.checkpoint_every:
                 run["seconds"] = time.perf_counter() - t0
                 _atomic_save(_step1_state(res, patches), checkpoint, run)
@@ -162,11 +173,16 @@ def region_stats(run: dict, kept: int, world: int = 1) -> dict:
     """The manifest's step-1 statistics from :func:`extract_regions`' running counts."""
     n = run["images"]
     return {
-        "images": n, "unreadable": run["unreadable"], "seconds": run["seconds"],
-        "images_per_s": n / max(run["seconds"], 1e-9), "top1": run["correct"] / max(n, 1),
-        "foreground_fraction": run["fg"] / max(run["positions"], 1), "map_size": run.get("map_size"),
-        "kept_images": kept, **({"world_size": world} if world > 1 else {}),
-    }  # fmt: skip
+        "images": n,
+        "unreadable": run["unreadable"],
+        "seconds": run["seconds"],
+        "images_per_s": n / max(run["seconds"], 1e-9),
+        "top1": run["correct"] / max(n, 1),
+        "foreground_fraction": run["fg"] / max(run["positions"], 1),
+        "map_size": run.get("map_size"),
+        "kept_images": kept,
+        **({"world_size": world} if world > 1 else {}),
+    }
 
 
 def region_table(
@@ -180,7 +196,12 @@ def region_table(
 
 
 def save_table(table: RegionTable, path: Path, stats: dict) -> None:
-    t = {"features": table.features, "image": table.image, "foreground": table.foreground, "label": table.label}
+    t = {
+        "features": table.features,
+        "image": table.image,
+        "foreground": table.foreground,
+        "label": table.label,
+    }
     for k in ("index", "source", "view"):
         if getattr(table, k) is not None:
             t[k] = getattr(table, k)
@@ -251,7 +272,11 @@ def fit_concepts(
                 "recall": round(float(tp / max(tp + fn, 1)), 4),
                 **presence.region_quality(counts, cfg.seed),
             }
-            fits.append(ClassifierFit(weight, bias, m["precision"], m["recall"], m["f1"], len(s.y), int(counts.n.sum())))
+            fits.append(
+                ClassifierFit(
+                    weight, bias, m["precision"], m["recall"], m["f1"], len(s.y), int(counts.n.sum())
+                )
+            )
             r, s = _keep_for_step3(s, e in keep, cfg, gen)
             regions.append(r)
             sets.append(s)
@@ -268,13 +293,15 @@ def _probe_fit(cfg: BuildConfig) -> Callable[[ConceptSamples], tuple[torch.Tenso
     return fit
 
 
-def out_of_fold_scores(table: RegionTable, wnids: list[str], hierarchy: Hierarchy, cfg: BuildConfig,
-                       progress: bool = True) -> torch.Tensor:  # fmt: skip
+def out_of_fold_scores(
+    table: RegionTable, wnids: list[str], hierarchy: Hierarchy, cfg: BuildConfig, progress: bool = True
+) -> torch.Tensor:
     """(I, E) out-of-fold image scores of the probes, as step 2's cross-validation computes them."""
     parents = [hierarchy.group_parent(w, wnids) for w in wnids]
     with torch_threads(1):
-        return presence.cross_validate(table, wnids, parents, hierarchy, _probe_fit(cfg), cfg.folds, cfg.seed,
-                                       progress)["scores"]  # fmt: skip
+        return presence.cross_validate(
+            table, wnids, parents, hierarchy, _probe_fit(cfg), cfg.folds, cfg.seed, progress
+        )["scores"]
 
 
 def _keep_for_step3(
@@ -283,7 +310,11 @@ def _keep_for_step3(
     """What later steps keep of a concept's samples: its Shapley regions (drawn with ``gen``, concept
     after concept, so the fitting and the cached path draw the same) and the samples, with their rows
     only when ``rows`` (the faithfulness test needs them), else their counts alone (memory)."""
-    kept = s if rows else replace(s, x=s.x[:0], y=s.y[:0], image=s.image[:0], weight=s.weight[:0], kind=s.kind[:0])
+    kept = (
+        s
+        if rows
+        else replace(s, x=s.x[:0], y=s.y[:0], image=s.image[:0], weight=s.weight[:0], kind=s.kind[:0])
+    )
     return shapley_regions(s, cfg.shapley_regions, gen), kept
 
 
@@ -300,9 +331,12 @@ def shapley_tables(
     phi, se, used = [], [], []
     for fit, r in tqdm(list(zip(fits, regions, strict=True)), desc="step 3: Shapley", disable=not progress):
         res = NeuronShapley(fit.weight, fit.bias, baseline).attribute(
-            r.to(cfg.device), n_permutations=cfg.permutations, seed=cfg.seed,
-            top_k=cfg.top_k if cfg.patience else None, patience=cfg.patience,
-        )  # fmt: skip
+            r.to(cfg.device),
+            n_permutations=cfg.permutations,
+            seed=cfg.seed,
+            top_k=cfg.top_k if cfg.patience else None,
+            patience=cfg.patience,
+        )
         phi.append(res.values.cpu())
         se.append(res.stderr.cpu())
         used.append(res.n_permutations)
@@ -338,9 +372,14 @@ def cached_regions(
     ``(None, {}, key)``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     k1 = _key(
-        "regions", STEP_REVISION["regions"], backbone.name, backbone.layer, backbone.weights_sha256, samples_key(samples),
+        "regions",
+        STEP_REVISION["regions"],
+        backbone.name,
+        backbone.layer,
+        backbone.weights_sha256,
+        samples_key(samples),
         cfg.params("method", "threshold", "quantile", "per_class", "seed"),
-    )  # fmt: skip
+    )
     p1 = cache_dir / f"regions-{k1}.safetensors"
     if p1.exists():
         table, stats = load_table(p1)
@@ -349,8 +388,15 @@ def cached_regions(
     rank, world = _dist() if distributed else (0, 1)
     part = [cache_dir / f"regions-{k1}-part{r}of{world}.safetensors" for r in range(world)]
     top = TopPatches(patches) if patches else None
-    res, run = extract_regions(backbone, samples, cfg, progress and rank == 0, list(range(rank, len(samples), world)),
-                               part[rank], top)  # fmt: skip
+    res, run = extract_regions(
+        backbone,
+        samples,
+        cfg,
+        progress and rank == 0,
+        list(range(rank, len(samples), world)),
+        part[rank],
+        top,
+    )
     if world > 1:
         if rank != 0:  # hand the reservoir (and patches) to rank 0
             _atomic_save(_step1_state(res, top), part[rank], run)
@@ -377,16 +423,32 @@ def cached_regions(
     return table, stats, k1
 
 
-def cached_patches(backbone: Backbone, samples: list[Sample], cfg: BuildConfig, cache_dir: Path, key: str,
-                   progress: bool = True) -> TopPatches:  # fmt: skip
+def cached_patches(
+    backbone: Backbone,
+    samples: list[Sample],
+    cfg: BuildConfig,
+    cache_dir: Path,
+    key: str,
+    progress: bool = True,
+) -> TopPatches:
     """Every neuron's top ``cfg.exemplars`` patches: the ones step 1 (cache key ``key``) kept, else (a step 1
     cached without them) from a forward pass over the photos, then cached."""
     path = patches_path(cache_dir, key, cfg.exemplars)
     if path.exists():
         return TopPatches.from_state(load_file(str(path)), cfg.exemplars)
     model = backbone.model.to(cfg.device).eval()
-    top = forward_patches(model, backbone.layer_module(), samples, cfg.exemplars, backbone.preprocess,
-                          backbone.input_size, cfg.batch_size, cfg.workers, cfg.device, progress)  # fmt: skip
+    top = forward_patches(
+        model,
+        backbone.layer_module(),
+        samples,
+        cfg.exemplars,
+        backbone.preprocess,
+        backbone.input_size,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.device,
+        progress,
+    )
     _atomic_save(top.state(), path)
     return top
 
@@ -408,7 +470,9 @@ def cached_exemplars(
     """The neurons' exemplars and labels (:func:`hint.build.exemplars.make_exemplars`) from step 1's table and
     patches (``regions_key``: its cache key) and the Shapley table ``phi`` (E, D) (``phi_key``: what it is
     from), read from ``cache_dir`` when made before."""
-    key = _key(regions_key, phi_key, STEP_REVISION["exemplars"], cfg.exemplars, SIZE, QUALITY, WINDOW, QUANTILE)
+    key = _key(
+        regions_key, phi_key, STEP_REVISION["exemplars"], cfg.exemplars, SIZE, QUALITY, WINDOW, QUANTILE
+    )
     path = cache_dir / f"exemplars-{key}.safetensors"
     if path.exists():
         m = load_meta(path)
@@ -457,16 +521,20 @@ def build(
             outer(step, cached)
 
     t = time.perf_counter()
-    table, stats, k1 = cached_regions(backbone, samples, cfg, cache_dir, progress, on_step, patches=cfg.exemplars)
+    table, stats, k1 = cached_regions(
+        backbone, samples, cfg, cache_dir, progress, on_step, patches=cfg.exemplars
+    )
     if table is None:
         return None  # type: ignore[return-value]  # a torchrun rank > 0: rank 0 goes on
     timings["regions"] = time.perf_counter() - t
 
-    fg_per_image = torch.zeros(len(table.label), dtype=torch.long).index_add_(0, table.image, table.foreground.long())
+    fg_per_image = torch.zeros(len(table.label), dtype=torch.long).index_add_(
+        0, table.image, table.foreground.long()
+    )
     photo_label = torch.where(table.originals, table.label, -1)  # the rule counts photos, not their views
     built, status = select_concepts(
         h, photo_label, fg_per_image, DEFAULT_CONCEPTS, cfg.min_images, cfg.min_regions, wnids
-    )  # fmt: skip
+    )
     if not built:
         raise ValueError(
             f"no concept has {cfg.min_images} images and {cfg.min_regions} responsible regions in the data "
@@ -475,9 +543,13 @@ def build(
     baseline = baseline_for(table, backbone, cfg.baseline)
     structure = [(h[w].leaves, h[h.group_parent(w, built)].leaves) for w in built]  # what the samples follow
     k2 = _key(
-        k1, STEP_REVISION["classifiers"], built, structure, SHARES,
+        k1,
+        STEP_REVISION["classifiers"],
+        built,
+        structure,
+        SHARES,
         cfg.params("max_positives", "folds", "l2", "seed"),
-    )  # fmt: skip
+    )
     p2 = cache_dir / f"classifiers-{k2}.safetensors"
     t = time.perf_counter()
     paper = faithfulness_concepts(built, h) if cfg.faithfulness_k else []
@@ -488,7 +560,11 @@ def build(
     rule = presence_rule(backbone, samples, table, cv["scores"], built, h, cfg.batch_size, progress)
     timings["presence_rule"] = time.perf_counter() - t
 
-    k3 = _key(k2, STEP_REVISION["shapley"], cfg.params("baseline", "permutations", "shapley_regions", "top_k", "patience", "seed"))
+    k3 = _key(
+        k2,
+        STEP_REVISION["shapley"],
+        cfg.params("baseline", "permutations", "shapley_regions", "top_k", "patience", "seed"),
+    )
     p3 = cache_dir / f"shapley-{k3}.safetensors"
     t = time.perf_counter()
     if p3.exists():
@@ -503,7 +579,9 @@ def build(
     exemplars = None
     if cfg.exemplars:
         t = time.perf_counter()
-        exemplars = cached_exemplars(backbone, samples, table, k1, phi, k3, built, h, cfg, cache_dir, progress, on_step)
+        exemplars = cached_exemplars(
+            backbone, samples, table, k1, phi, k3, built, h, cfg, cache_dir, progress, on_step
+        )
         timings["exemplars"] = time.perf_counter() - t
 
     weight = torch.stack([f.weight for f in fits])
@@ -512,11 +590,21 @@ def build(
     if paper:
         t = time.perf_counter()
         faith = {
-            "k": cfg.faithfulness_k, "draws": cfg.faithfulness_draws, "concepts": [built[e] for e in paper],
-            **top_k_f1([sets[e] for e in paper], phi[paper], weight[paper], cfg.faithfulness_k,
-                       cfg.faithfulness_draws, cfg.seed, l2=cfg.l2, test_fraction=cfg.test_fraction,
-                       device=cfg.device),
-        }  # fmt: skip
+            "k": cfg.faithfulness_k,
+            "draws": cfg.faithfulness_draws,
+            "concepts": [built[e] for e in paper],
+            **top_k_f1(
+                [sets[e] for e in paper],
+                phi[paper],
+                weight[paper],
+                cfg.faithfulness_k,
+                cfg.faithfulness_draws,
+                cfg.seed,
+                l2=cfg.l2,
+                test_fraction=cfg.test_fraction,
+                device=cfg.device,
+            ),
+        }
         timings["faithfulness"] = time.perf_counter() - t
 
     aliases: dict[str, list[str]] = {}
@@ -526,12 +614,25 @@ def build(
     concepts = []
     for w, fit, s, m, im in zip(built, fits, sets, cv["metrics"], image_metrics, strict=True):
         c = h[w]
-        concepts.append({
-            "wnid": w, "name": c.name, "path": [h[a].name for a in h.path(w)], "parent": s.parent,
-            "depth": c.depth, "n_leaves": len(c.leaves), "n_pos": s.n_pos, "n_sibling": s.n_sibling,
-            "n_background": s.n_background, "n_other": s.n_other, "n_train": fit.n_train, "n_test": fit.n_test,
-            **m, **im, "aliases": aliases.get(w, []),
-        })  # fmt: skip
+        concepts.append(
+            {
+                "wnid": w,
+                "name": c.name,
+                "path": [h[a].name for a in h.path(w)],
+                "parent": s.parent,
+                "depth": c.depth,
+                "n_leaves": len(c.leaves),
+                "n_pos": s.n_pos,
+                "n_sibling": s.n_sibling,
+                "n_background": s.n_background,
+                "n_other": s.n_other,
+                "n_train": fit.n_train,
+                "n_test": fit.n_test,
+                **m,
+                **im,
+                "aliases": aliases.get(w, []),
+            }
+        )
     meta = {
         "backbone": backbone.name,
         "layer": backbone.layer,
@@ -542,17 +643,28 @@ def build(
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256,
         "post_relu": backbone.post_relu,
-        "presence": {"pool_fraction": POOL_FRACTION, "folds": cfg.folds, "veto_recall": presence.VETO_RECALL,
-                     "rule": PRESENCE_RULE, "model": rule},
+        "presence": {
+            "pool_fraction": POOL_FRACTION,
+            "folds": cfg.folds,
+            "veto_recall": presence.VETO_RECALL,
+            "rule": PRESENCE_RULE,
+            "model": rule,
+        },
         "sample_shares": SHARES,
         "candidates": [
-            {"wnid": w, "name": h[w].name, "n_classes": len(h[w].leaves), "status": st} for w, st in status.items()
+            {"wnid": w, "name": h[w].name, "n_classes": len(h[w].leaves), "status": st}
+            for w, st in status.items()
         ],
-        "build": {**asdict(cfg), "n_images": stats.get("images"), "unreadable": len(stats.get("unreadable", [])),
-                  "step1": {k: v for k, v in stats.items() if k != "unreadable"}, "timings_s": timings,
-                  "reused_from_cache": reused,
-                  "library_version": __version__},
-    }  # fmt: skip
+        "build": {
+            **asdict(cfg),
+            "n_images": stats.get("images"),
+            "unreadable": len(stats.get("unreadable", [])),
+            "step1": {k: v for k, v in stats.items() if k != "unreadable"},
+            "timings_s": timings,
+            "reused_from_cache": reused,
+            "library_version": __version__,
+        },
+    }
     if faith:
         meta["faithfulness"] = faith
     return ConceptBank(
@@ -591,10 +703,15 @@ def _cached_fits(p2, table, wnids, h, cfg, keep, progress, on_step):
         tt = load_file(str(p2))
         metrics = load_meta(p2)["metrics"]
         fits, sets, regions, gen = [], [], [], torch.Generator().manual_seed(cfg.seed)
-        for e, (w, m) in enumerate(zip(wnids, metrics, strict=True)):  # cheap, deterministic: fit_concepts' draws
+        for e, (w, m) in enumerate(
+            zip(wnids, metrics, strict=True)
+        ):  # cheap, deterministic: fit_concepts' draws
             s = concept_samples(table, w, h.group_parent(w, wnids), h, cfg.max_positives, cfg.seed)
-            fits.append(ClassifierFit(tt["weight"][e], float(tt["bias"][e]), m["precision"], m["recall"], m["f1"],
-                                      len(s.y), 0))  # fmt: skip
+            fits.append(
+                ClassifierFit(
+                    tt["weight"][e], float(tt["bias"][e]), m["precision"], m["recall"], m["f1"], len(s.y), 0
+                )
+            )
             r, s = _keep_for_step3(s, e in keep, cfg, gen)
             regions.append(r)
             sets.append(s)
@@ -602,11 +719,15 @@ def _cached_fits(p2, table, wnids, h, cfg, keep, progress, on_step):
         return fits, sets, regions, {"scores": tt["scores"], "fold": tt["fold"], "metrics": metrics}
     fits, sets, regions, cv = fit_concepts(table, wnids, h, cfg, progress, keep)
     _atomic_save(
-        {"weight": torch.stack([f.weight for f in fits]), "bias": torch.tensor([f.bias for f in fits]),
-         "scores": cv["scores"], "fold": cv["fold"]},
+        {
+            "weight": torch.stack([f.weight for f in fits]),
+            "bias": torch.tensor([f.bias for f in fits]),
+            "scores": cv["scores"],
+            "fold": cv["fold"],
+        },
         p2,
         {"metrics": cv["metrics"]},
-    )  # fmt: skip
+    )
     _note(on_step, "classifiers", False)
     return fits, sets, regions, cv
 
@@ -623,16 +744,25 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def model_probabilities(backbone: Backbone, samples: list[Sample], table: RegionTable, wnids: list[str],
-                        hierarchy: Hierarchy, batch_size: int = 32, progress: bool = True) -> torch.Tensor:  # fmt: skip
+def model_probabilities(
+    backbone: Backbone,
+    samples: list[Sample],
+    table: RegionTable,
+    wnids: list[str],
+    hierarchy: Hierarchy,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> torch.Tensor:
     """(I, E) the model's softmax summed over each concept's classes, for the images of ``table``
     (``samples[table.index]``; NaN where an image does not read)."""
     idx = table.index.tolist() if table.index is not None else list(range(len(table.label)))
     leaves = torch.zeros(len(wnids), len(hierarchy.classes))
     for e, w in enumerate(wnids):
         leaves[e, list(hierarchy[w].leaves)] = 1.0
-    loader = DataLoader(ImageDataset([samples[i] for i in idx], backbone.preprocess, backbone.input_size),
-                        batch_size=batch_size)  # fmt: skip
+    loader = DataLoader(
+        ImageDataset([samples[i] for i in idx], backbone.preprocess, backbone.input_size),
+        batch_size=batch_size,
+    )
     out = torch.full((len(idx), len(wnids)), float("nan"))
     model = backbone.model.eval()
     with torch.no_grad():
@@ -642,8 +772,16 @@ def model_probabilities(backbone: Backbone, samples: list[Sample], table: Region
     return out
 
 
-def presence_rule(backbone: Backbone, samples: list[Sample], table: RegionTable, scores: torch.Tensor,
-                  wnids: list[str], hierarchy: Hierarchy, batch_size: int = 32, progress: bool = True) -> dict:  # fmt: skip
+def presence_rule(
+    backbone: Backbone,
+    samples: list[Sample],
+    table: RegionTable,
+    scores: torch.Tensor,
+    wnids: list[str],
+    hierarchy: Hierarchy,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     """The served presence rule (:func:`hint.build.presence.fit_rule`) from the out-of-fold probe ``scores``
     (I, E) of the table's photos and the model's summed softmax on them."""
     probs = model_probabilities(backbone, samples, table, wnids, hierarchy, batch_size, progress)

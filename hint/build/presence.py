@@ -78,7 +78,9 @@ def region_counts(pred: torch.Tensor, y: torch.Tensor, image: torch.Tensor) -> R
 
 
 def merge_counts(parts: list[RegionCounts]) -> RegionCounts:
-    return RegionCounts(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("tp", "fp", "fn", "pos", "n")))
+    return RegionCounts(
+        *(np.concatenate([getattr(c, f) for c in parts]) for f in ("tp", "fp", "fn", "pos", "n"))
+    )
 
 
 def region_quality(counts: RegionCounts, seed: int = 0, draws: int = BOOTSTRAP) -> dict:
@@ -92,9 +94,11 @@ def region_quality(counts: RegionCounts, seed: int = 0, draws: int = BOOTSTRAP) 
     boot, boot_triv = counts.f1(w), counts.trivial_f1(w)
     lo_diff = float(np.quantile(boot - boot_triv, 0.025))
     return {
-        "f1": round(f1, 4), "f1_ci": ci95(boot),
-        "trivial_f1": round(float(trivial), 4), "beats_trivial": bool(lo_diff > 0 and not math.isnan(lo_diff)),
-    }  # fmt: skip
+        "f1": round(f1, 4),
+        "f1_ci": ci95(boot),
+        "trivial_f1": round(float(trivial), 4),
+        "beats_trivial": bool(lo_diff > 0 and not math.isnan(lo_diff)),
+    }
 
 
 #: recall of the out-of-fold positive images that the served rule's probe threshold keeps
@@ -119,10 +123,13 @@ def image_quality(scores: np.ndarray, truth: np.ndarray, seed: int = 0) -> dict:
     auc = auroc(scores, truth)
     ci = auroc_interval(scores, truth, seed)
     return {
-        "threshold": round(thr, 5), "veto_threshold": round(recall_threshold(scores, truth), 5),
-        "image_f1": round(f1, 4), "image_auroc": None if auc is None else round(auc, 4), "image_auroc_ci": ci,
+        "threshold": round(thr, 5),
+        "veto_threshold": round(recall_threshold(scores, truth), 5),
+        "image_f1": round(f1, 4),
+        "image_auroc": None if auc is None else round(auc, 4),
+        "image_auroc_ci": ci,
         "reliable": bool(ci is not None and ci[0] > 0.5),
-    }  # fmt: skip
+    }
 
 
 def cross_validate(
@@ -175,7 +182,9 @@ def cross_validate(
     return {"fold": fold, "scores": scores, "counts": [merge_counts(p) for p in parts]}
 
 
-def image_metrics(scores: torch.Tensor, labels: torch.Tensor, wnids: list[str], hierarchy, seed: int = 0) -> list[dict]:
+def image_metrics(
+    scores: torch.Tensor, labels: torch.Tensor, wnids: list[str], hierarchy, seed: int = 0
+) -> list[dict]:
     """:func:`image_quality` of every concept from out-of-fold image ``scores`` (I, E) and the images'
     class ``labels`` (I,; -1 unreadable), plus ``n_images`` (images under the concept)."""
     lab = labels.numpy()
@@ -196,8 +205,13 @@ MAX_FPR = 0.10
 MIN_NEGATIVES = 20
 
 
-def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.Tensor,
-             groups: dict[str, torch.Tensor] | None = None, l2: float = 1e-4) -> dict:  # fmt: skip
+def fit_rule(
+    model_probability: torch.Tensor,
+    score: torch.Tensor,
+    truth: torch.Tensor,
+    groups: dict[str, torch.Tensor] | None = None,
+    l2: float = 1e-4,
+) -> dict:
     """The served ``present`` rule, fit on the bank's images (``model_probability``, out-of-fold probe
     ``score`` and ``truth``, each (I, E); rows with a NaN score, e.g. unreadable images, left out).
 
@@ -214,7 +228,10 @@ def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.
     y = truth[ok].bool().numpy()
     w, b = fit_logistic(x.reshape(-1, 2), torch.from_numpy(y).reshape(-1).float(), torch.ones(y.size), l2=l2)
     z = (x.double() @ w.double() + float(b)).numpy()
-    masks = {"all": np.ones(y.shape[1], bool), **{k: v.numpy().astype(bool) for k, v in (groups or {}).items()}}
+    masks = {
+        "all": np.ones(y.shape[1], bool),
+        **{k: v.numpy().astype(bool) for k, v in (groups or {}).items()},
+    }
     soft = _rule_quality(model_probability[ok].numpy() >= 0.5, y, masks)
     best: tuple[float, dict] | None = None
     for cut in np.linspace(-6, 6, 241):
@@ -223,11 +240,18 @@ def fit_rule(model_probability: torch.Tensor, score: torch.Tensor, truth: torch.
         if fits and (best is None or q["all"] > best[1]["all"] + 1e-12):
             best = (float(cut), q)
     cut, q = best if best is not None else (0.0, _rule_quality(z >= 0, y, masks))
-    return {"kind": "logistic", "coef": [round(float(v), 6) for v in w], "intercept": round(float(b), 6),
-            "cut": round(cut, 6), "fit_quality": {k: round(v, 4) for k, v in q.items()},
-            "softmax_quality": {k: round(v, 4) for k, v in soft.items()}, "constrained": best is not None,
-            "features": ["logit(model_probability)", "logit(score)"], "images": int(ok.sum()),
-            "positives": int(y.sum())}  # fmt: skip
+    return {
+        "kind": "logistic",
+        "coef": [round(float(v), 6) for v in w],
+        "intercept": round(float(b), 6),
+        "cut": round(cut, 6),
+        "fit_quality": {k: round(v, 4) for k, v in q.items()},
+        "softmax_quality": {k: round(v, 4) for k, v in soft.items()},
+        "constrained": best is not None,
+        "features": ["logit(model_probability)", "logit(score)"],
+        "images": int(ok.sum()),
+        "positives": int(y.sum()),
+    }
 
 
 def _rule_quality(pred: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
@@ -241,4 +265,3 @@ def _rule_quality(pred: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarr
     fpr = (pred & ~truth).sum(0) / np.maximum(neg, 1)
     out["fpr_max"] = float(fpr[neg >= MIN_NEGATIVES].max()) if (neg >= MIN_NEGATIVES).any() else 0.0
     return out
-

@@ -27,7 +27,9 @@ from hint.build.concepts import RegionTable
 def priority(key: str, seed: int, view: int = 0) -> int:
     """The image's place in its class's reservoir (smaller is kept): 62 bits of sha256(seed, key), behind
     every photo when the image is an augmented view (``view > 0``), so photos are kept first."""
-    return (int(view > 0) << 62) | int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") >> 2
+    return (int(view > 0) << 62) | int.from_bytes(
+        hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"
+    ) >> 2
 
 
 @dataclass(order=True)
@@ -54,9 +56,16 @@ class ImageReservoir:
         return sum(len(h) for h in self._heaps.values())
 
     def offer(
-        self, index: int, key: str, label: int, features: torch.Tensor, foreground: torch.Tensor,
-        source: int | None = None, view: int = 0, prio: int | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        index: int,
+        key: str,
+        label: int,
+        features: torch.Tensor,
+        foreground: torch.Tensor,
+        source: int | None = None,
+        view: int = 0,
+        prio: int | None = None,
+    ) -> bool:
         """Offer one image's rows; True when it is kept (for now)."""
         p = priority(key, self.seed, view) if prio is None else prio
         heap = self._heaps.setdefault(label, [])

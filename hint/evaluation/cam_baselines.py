@@ -74,8 +74,13 @@ def _gradients_from(model: torch.nn.Module, layer: torch.nn.Module) -> Iterator[
             p.requires_grad_(True)
 
 
-def library_cams(bb, anns: list[wsol.Annotation], methods: Sequence[str] = DEFAULT, batch_size: int = 32,
-                 progress: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
+def library_cams(
+    bb,
+    anns: list[wsol.Annotation],
+    methods: Sequence[str] = DEFAULT,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """pytorch-grad-cam's maps of the ground-truth class at the layer of the project's CAM.
 
     Args:
@@ -96,7 +101,9 @@ def library_cams(bb, anns: list[wsol.Annotation], methods: Sequence[str] = DEFAU
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as e:
-        raise ValueError(f"library baselines need grad-cam (pip install -e '.[eval]'), or pass --baselines alone: {e}") from e
+        raise ValueError(
+            f"library baselines need grad-cam (pip install -e '.[eval]'), or pass --baselines alone: {e}"
+        ) from e
 
     from hint.build.datasets import load_rgb
     from hint.evaluation.wsol.run import CAM_LAYERS, _warn
@@ -115,8 +122,10 @@ def library_cams(bb, anns: list[wsol.Annotation], methods: Sequence[str] = DEFAU
         row, cls = BASELINES[m]
         if m in ONE_PASS_PER_CHANNEL:
             c = modules[CAM_LAYERS[bb.name][1]].weight.shape[1]
-            _warn(f"{row}: {c} forward passes per image ({c} channels at {CAM_LAYERS[bb.name][0]}) on {len(anns)} "
-                  "images, 40-110 s per image measured on 2 CPU cores")  # fmt: skip
+            _warn(
+                f"{row}: {c} forward passes per image ({c} channels at {CAM_LAYERS[bb.name][0]}) on {len(anns)} "
+                "images, 40-110 s per image measured on 2 CPU cores"
+            )
         step = 1 if m in ONE_PASS_PER_CHANNEL else batch_size
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         maps = []

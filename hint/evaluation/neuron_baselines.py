@@ -57,8 +57,15 @@ class ProbeOutput(nn.Module):
         classes: C, the model's logits (the concept target is column C).
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module, weight: torch.Tensor, bias: float, mask: torch.Tensor,
-                 classes: int):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module,
+        weight: torch.Tensor,
+        bias: float,
+        mask: torch.Tensor,
+        classes: int,
+    ):
         super().__init__()
         self.model, self._layer, self.concept_index = model, layer, int(classes)
         self.probe = nn.Conv2d(weight.numel(), 1, 1)
@@ -85,7 +92,9 @@ def layer_name(wrapper: ProbeOutput) -> str:
     return next(n for n, m in wrapper.named_modules() if m is wrapper._layer)
 
 
-def channel_attributions(wrapper: ProbeOutput, x: torch.Tensor, cls: int, ig_steps: int = IG_STEPS) -> tuple[dict, dict]:
+def channel_attributions(
+    wrapper: ProbeOutput, x: torch.Tensor, cls: int, ig_steps: int = IG_STEPS
+) -> tuple[dict, dict]:
     """Every method × target on one image.
 
     Args:
@@ -114,11 +123,21 @@ def channel_attributions(wrapper: ProbeOutput, x: torch.Tensor, cls: int, ig_ste
                 if method == "gxa":
                     a = gxa.attribute(x, target=t)
                 elif method == "ig":
-                    a = ig.attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=ig_steps,
-                                     internal_batch_size=ig_steps)  # fmt: skip
+                    a = ig.attribute(
+                        x,
+                        baselines=torch.zeros_like(x),
+                        target=t,
+                        n_steps=ig_steps,
+                        internal_batch_size=ig_steps,
+                    )
                 else:
-                    res = crp(x.detach().clone().requires_grad_(True), [{"y": [t]}], EpsilonPlusFlat(),
-                              record_layer=[name], init_rel=torch.ones_like)  # fmt: skip
+                    res = crp(
+                        x.detach().clone().requires_grad_(True),
+                        [{"y": [t]}],
+                        EpsilonPlusFlat(),
+                        record_layer=[name],
+                        init_rel=torch.ones_like,
+                    )
                     a = res.relevances[name]
             seconds[f"{method}_{target}"] = since(start)
             values[f"{method}_{target}"] = a.detach()[0].float().sum((1, 2))

@@ -72,8 +72,16 @@ def deepest_reliable(explainer: Explainer, cls: int) -> int | None:
 
 
 @torch.no_grad()
-def evaluate_image(explainer: Explainer, x: torch.Tensor, ks=KS, draws: int = 5, permutations: int = 8,
-                   seed: int = 0, image_seed: int = 0, ig_steps: int = IG_STEPS) -> dict | None:  # fmt: skip
+def evaluate_image(
+    explainer: Explainer,
+    x: torch.Tensor,
+    ks=KS,
+    draws: int = 5,
+    permutations: int = 8,
+    seed: int = 0,
+    image_seed: int = 0,
+    ig_steps: int = IG_STEPS,
+) -> dict | None:
     """One preprocessed image x (1, 3, H, W): the drops of every arm at every k and each method's
     wall time (seconds), or None when its predicted class has no reliable bank concept on its path."""
     ex = explainer
@@ -89,15 +97,33 @@ def evaluate_image(explainer: Explainer, x: torch.Tensor, ks=KS, draws: int = 5,
     signed, absolute = image_logit_shapley(z[0], mask, ex.weight[r : r + 1], ex.baseline)
     seconds["image"] = since(start)
     start = clock()
-    mc, _ = image_shapley(z[0], mask, ex.weight[r : r + 1], ex.bias[r : r + 1], ex.baseline, permutations, seed)
+    mc, _ = image_shapley(
+        z[0], mask, ex.weight[r : r + 1], ex.bias[r : r + 1], ex.baseline, permutations, seed
+    )
     seconds["image_mc"] = since(start)
-    probe = ProbeOutput(ex.model, ex.backbone.layer_module(), ex.weight[r], float(ex.bias[r]),
-                        mask.view(maps.shape[-2:]), probs.shape[1])  # fmt: skip
+    probe = ProbeOutput(
+        ex.model,
+        ex.backbone.layer_module(),
+        ex.weight[r],
+        float(ex.bias[r]),
+        mask.view(maps.shape[-2:]),
+        probs.shape[1],
+    )
     values, took = channel_attributions(probe, x, cls, ig_steps)
     seconds.update(took)
     kmax, d = max(ks), ex.channels
-    scores = {"image": signed[0], "image_abs": absolute[0], "image_mc": mc[0], "global": ex.bank.phi[r], **values}
-    order = {arm: scores[arm].argsort(descending=True, stable=True)[:kmax].tolist() for arm in ARMS if arm != "random"}
+    scores = {
+        "image": signed[0],
+        "image_abs": absolute[0],
+        "image_mc": mc[0],
+        "global": ex.bank.phi[r],
+        **values,
+    }
+    order = {
+        arm: scores[arm].argsort(descending=True, stable=True)[:kmax].tolist()
+        for arm in ARMS
+        if arm != "random"
+    }
     gen = torch.Generator().manual_seed(seed * 1_000_003 + image_seed)
     randoms = [torch.randperm(d, generator=gen)[:kmax].tolist() for _ in range(draws)]
     edits, keys = [], []
@@ -120,19 +146,36 @@ def evaluate_image(explainer: Explainer, x: torch.Tensor, ks=KS, draws: int = 5,
         for arm in ARMS:
             drops[metric][arm] = {k: round(float(np.mean(v)), 6) for k, v in drops[metric][arm].items()}
     return {
-        "class": cls, "class_name": ex.h.class_names[cls], "concept": ex.bank.wnids[r],
-        "concept_name": ex.bank.concepts[r]["name"], "probability": round(p0, 6), "score": round(s0, 6),
-        "region_cells": int(mask.sum()), "top": {a: order[a][:kmax] for a in order}, "drops": drops,
+        "class": cls,
+        "class_name": ex.h.class_names[cls],
+        "concept": ex.bank.wnids[r],
+        "concept_name": ex.bank.concepts[r]["name"],
+        "probability": round(p0, 6),
+        "score": round(s0, 6),
+        "region_cells": int(mask.sum()),
+        "top": {a: order[a][:kmax] for a in order},
+        "drops": drops,
         "seconds": {a: round(t[0], 6) for a, t in seconds.items()},
         "cpu_seconds": {a: round(t[1], 6) for a, t in seconds.items()},
-    }  # fmt: skip
+    }
 
 
-def collect(explainer: Explainer, samples: list[Sample], ks=KS, draws: int = 5, permutations: int = 8,
-            seed: int = 0, workers: int = 2, progress: bool = True, ig_steps: int = IG_STEPS) -> list[dict]:  # fmt: skip
+def collect(
+    explainer: Explainer,
+    samples: list[Sample],
+    ks=KS,
+    draws: int = 5,
+    permutations: int = 8,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+    ig_steps: int = IG_STEPS,
+) -> list[dict]:
     """Per-image records (``file`` and ``label`` added) of every readable sample with a concept."""
     bb = explainer.backbone
-    loader = DataLoader(ImageDataset(samples, bb.preprocess, bb.input_size), batch_size=1, num_workers=workers)
+    loader = DataLoader(
+        ImageDataset(samples, bb.preprocess, bb.input_size), batch_size=1, num_workers=workers
+    )
     out = []
     for x, y, i, ok in tqdm(loader, desc="evaluate-neurons", unit="image", disable=not progress):
         if not ok.all():
@@ -152,8 +195,16 @@ def interval(values: list[float]) -> dict:
     return {"mean": round(mean, 6), "ci": [round(mean - half, 6), round(mean + half, 6)]}
 
 
-def report(records: list[dict], explainer: Explainer, ks=KS, draws: int = 5, permutations: int = 8,
-           seed: int = 0, skipped: int = 0, ig_steps: int = IG_STEPS) -> dict:  # fmt: skip
+def report(
+    records: list[dict],
+    explainer: Explainer,
+    ks=KS,
+    draws: int = 5,
+    permutations: int = 8,
+    seed: int = 0,
+    skipped: int = 0,
+    ig_steps: int = IG_STEPS,
+) -> dict:
     """Means with intervals per metric, arm and k; paired differences (image − global, global − random,
     and the served arm minus every other arm); whether the goals hold; each method's time per image."""
     summary: dict = {}
@@ -164,7 +215,9 @@ def report(records: list[dict], explainer: Explainer, ks=KS, draws: int = 5, per
             row = {arm: interval(v) for arm, v in col.items()}
             row["image_minus_global"] = interval(list(np.subtract(col["image"], col["global"])))
             row["global_minus_random"] = interval(list(np.subtract(col["global"], col["random"])))
-            row["served_minus"] = {a: interval(list(np.subtract(col["image"], col[a]))) for a in ARMS if a != "image"}
+            row["served_minus"] = {
+                a: interval(list(np.subtract(col["image"], col[a]))) for a in ARMS if a != "image"
+            }
             ci = {arm: row[arm]["ci"] for arm in ARMS}
             row["goal"] = bool(ci["image"][0] > ci["global"][1] and ci["global"][0] > ci["random"][1])
             # at least as good as every other arm: no paired interval lies wholly below 0
@@ -173,17 +226,30 @@ def report(records: list[dict], explainer: Explainer, ks=KS, draws: int = 5, per
     timed = [a for a in ("image", "image_mc", *BASELINES) if records and a in records[0].get("seconds", {})]
 
     def ms(key: str) -> dict:
-        return {a: {"median": round(1000 * float(np.median([r[key][a] for r in records])), 3),
-                    "mean": round(1000 * float(np.mean([r[key][a] for r in records])), 3)} for a in timed}  # fmt: skip
+        return {
+            a: {
+                "median": round(1000 * float(np.median([r[key][a] for r in records])), 3),
+                "mean": round(1000 * float(np.mean([r[key][a] for r in records])), 3),
+            }
+            for a in timed
+        }
 
     return {
-        "bank_id": explainer.bank.id, "backbone": explainer.bank.meta.get("backbone"),
-        "layer": explainer.bank.meta.get("layer"), "images": len(records), "skipped_no_concept": skipped,
-        "ks": list(ks), "random_draws": draws, "permutations": permutations, "seed": seed, "ig_steps": ig_steps,
+        "bank_id": explainer.bank.id,
+        "backbone": explainer.bank.meta.get("backbone"),
+        "layer": explainer.bank.meta.get("layer"),
+        "images": len(records),
+        "skipped_no_concept": skipped,
+        "ks": list(ks),
+        "random_draws": draws,
+        "permutations": permutations,
+        "seed": seed,
+        "ig_steps": ig_steps,
         "threads": torch.get_num_threads(),
         "milliseconds": {"cpu": ms("cpu_seconds"), "wall": ms("seconds")},
-        "summary": summary, "records": records,
-    }  # fmt: skip
+        "summary": summary,
+        "records": records,
+    }
 
 
 def _cell(s: dict) -> str:
@@ -195,17 +261,21 @@ def markdown(rep: dict, command: str, plot: str | None = "neurons.png") -> str:
     differences against every other arm, the goals, and each method's time per image."""
     ks = [str(k) for k in rep["ks"]]
     lines = [
-        "# Which neurons matter: this image's, the bank's, a library's, or any", "",
+        "# Which neurons matter: this image's, the bank's, a library's, or any",
+        "",
         f"Bank `{rep['bank_id']}` ({rep['backbone']} `{rep['layer']}`), {rep['images']} images "
         f"({rep['skipped_no_concept']} skipped: no reliable bank concept on the predicted class's path), "
         f"{rep['random_draws']} random draws per image, the probability-game Monte Carlo with "
         f"M = {rep['permutations']} permutations (seed {rep['seed']}), Integrated Gradients with "
-        f"{rep['ig_steps']} steps. Command:", "",
-        f"```bash\n{command}\n```", "",
+        f"{rep['ig_steps']} steps. Command:",
+        "",
+        f"```bash\n{command}\n```",
+        "",
         "Per image: c = the model's predicted class, e = the deepest reliable bank concept on c's WordNet path, "
         "R = e's region (cells of e's bank-layer map ≥ 0.5 × its maximum); k neurons are removed *inside the "
         "network* (set to the bank's baseline at the hooked layer, the forward pass continues). Arms: "
-        + "; ".join(f"*{a}* = {LABELS[a]}" for a in ARMS) + ". "
+        + "; ".join(f"*{a}* = {LABELS[a]}" for a in ARMS)
+        + ". "
         "Library arms (`hint.evaluation.neuron_baselines`): a neuron's value is the method's attribution at the bank "
         "layer summed over all positions; *concept target* = e's probe logit summed over R, Σ_{r∈R} (αᵀz(r) + b) "
         "(its gradient is zero outside R), *class target* = the logit of c. Integrated Gradients integrates from the "
@@ -214,39 +284,67 @@ def markdown(rep: dict, command: str, plot: str | None = "neurons.png") -> str:
         "stem, z⁺ on every other convolution (the probe's 1×1 included), ε on the classifier, passes ReLU6 and "
         "normalises the average pooling; the BatchNorms are already folded into the convolutions (no canonizer "
         "needed), and the blocks' residual additions and TensorFlow padding are functional, so they pass plain "
-        "gradients. Values: mean drop over images, [95 % interval] (± 1.96 standard errors).", "",
-    ]  # fmt: skip
+        "gradients. Values: mean drop over images, [95 % interval] (± 1.96 standard errors).",
+        "",
+    ]
     for metric, title in METRICS.items():
         summ = rep["summary"][metric]
-        lines += [f"## {title[0].upper() + title[1:]}", "",
-                  "| arm | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]  # fmt: skip
+        lines += [
+            f"## {title[0].upper() + title[1:]}",
+            "",
+            "| arm | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         lines += [f"| {LABELS[a]} | " + " | ".join(_cell(summ[k][a]) for k in ks) + " |" for a in ARMS]
-        lines += ["", "Served minus each arm (paired, per image):", "",
-                  "| served − | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]  # fmt: skip
-        lines += [f"| {LABELS[a]} | " + " | ".join(_cell(summ[k]["served_minus"][a]) for k in ks) + " |"
-                  for a in ARMS if a != "image"]  # fmt: skip
-        lines += ["", "| k | image − global | global − random | goal | served ≥ every arm |", "|---:|---|---|---|---|"]
+        lines += [
+            "",
+            "Served minus each arm (paired, per image):",
+            "",
+            "| served − | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
+        lines += [
+            f"| {LABELS[a]} | " + " | ".join(_cell(summ[k]["served_minus"][a]) for k in ks) + " |"
+            for a in ARMS
+            if a != "image"
+        ]
+        lines += [
+            "",
+            "| k | image − global | global − random | goal | served ≥ every arm |",
+            "|---:|---|---|---|---|",
+        ]
         for k in ks:
             row = summ[k]
-            lines.append(f"| {k} | {_cell(row['image_minus_global'])} | {_cell(row['global_minus_random'])} | "
-                         f"{'yes' if row['goal'] else 'no'} | {'yes' if row['served_best'] else 'no'} |")  # fmt: skip
+            lines.append(
+                f"| {k} | {_cell(row['image_minus_global'])} | {_cell(row['global_minus_random'])} | "
+                f"{'yes' if row['goal'] else 'no'} | {'yes' if row['served_best'] else 'no'} |"
+            )
         lines.append("")
     lines += [
         "*goal*: image > global > random with intervals that do not overlap. *served ≥ every arm*: no paired "
         "interval (served − arm) lies wholly below 0. The paired intervals are narrower than the arms' because "
-        "images differ a lot.", "",
+        "images differ a lot.",
+        "",
         f"## Time per image ({rep['threads']} torch thread{'s' if rep['threads'] != 1 else ''}, this shared 2-core CPU)",
-        "", "CPU = the process's CPU time during the call (with one thread: the work itself); wall = elapsed, "
-        "which also counts waiting for a core while other jobs ran.", "",
-        "| arm | CPU median ms | CPU mean ms | wall median ms | wall mean ms |", "|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+        "",
+        "CPU = the process's CPU time during the call (with one thread: the work itself); wall = elapsed, "
+        "which also counts waiting for a core while other jobs ran.",
+        "",
+        "| arm | CPU median ms | CPU mean ms | wall median ms | wall mean ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     cpu, wall = rep["milliseconds"]["cpu"], rep["milliseconds"]["wall"]
-    lines += [f"| {LABELS[a]} | {cpu[a]['median']:.3f} | {cpu[a]['mean']:.3f} | {wall[a]['median']:.3f} | "
-              f"{wall[a]['mean']:.3f} |" for a in cpu]  # fmt: skip
     lines += [
-        "", "The served and Monte-Carlo arms reuse the forward pass the service makes anyway (their time is the "
+        f"| {LABELS[a]} | {cpu[a]['median']:.3f} | {cpu[a]['mean']:.3f} | {wall[a]['median']:.3f} | "
+        f"{wall[a]['mean']:.3f} |"
+        for a in cpu
+    ]
+    lines += [
+        "",
+        "The served and Monte-Carlo arms reuse the forward pass the service makes anyway (their time is the "
         "values alone, for one concept); each library call makes its own forward and backward passes (Integrated "
-        "Gradients: one per step).", "",
+        "Gradients: one per step).",
+        "",
         "How to read it: the served values are the exact Shapley values of e's probe *logit* over R, "
         "α_d · mean_{r∈R} (z_d(r) − β_d): removing neuron d lowers that logit by exactly this much, so the "
         "served top-k are the k neurons whose removal lowers e's region logit most. Captum's gradient × activation "
@@ -255,8 +353,9 @@ def markdown(rep: dict, command: str, plot: str | None = "neurons.png") -> str:
         "probe image score pools σ of the logit over the map's top cells, so the exact logit ranking is not "
         "guaranteed to be the best for it; on these images no other arm removes more of it. The class probability "
         "never enters the served game, so its drop is the independent check; the class-target arms aim at it "
-        "directly and remove more of it, and less of the concept's score.", "",
-    ]  # fmt: skip
+        "directly and remove more of it, and less of the concept's score.",
+        "",
+    ]
     if plot:
         lines += [f"![mean drops with 95 % intervals]({plot})", ""]
     lines.append(verdict(rep))
@@ -292,8 +391,17 @@ def plot(rep: dict, path: str | Path) -> None:
             rows = [rep["summary"][metric][str(k)][arm] for k in ks]
             mean = np.array([r["mean"] for r in rows])
             lo, hi = mean - np.array([r["ci"][0] for r in rows]), np.array([r["ci"][1] for r in rows]) - mean
-            ax.errorbar(np.array(ks) + (j - (len(ARMS) - 1) / 2) * 0.2, mean, yerr=[lo, hi], marker="o", ms=3,
-                        capsize=2, label=LABELS[arm], ls="-" if j < 5 else "--", color=palette(j))  # fmt: skip
+            ax.errorbar(
+                np.array(ks) + (j - (len(ARMS) - 1) / 2) * 0.2,
+                mean,
+                yerr=[lo, hi],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=LABELS[arm],
+                ls="-" if j < 5 else "--",
+                color=palette(j),
+            )
         ax.set_xticks(ks)
         ax.set_xlabel("k neurons removed")
         ax.set_ylabel("mean drop")
@@ -306,7 +414,9 @@ def plot(rep: dict, path: str | Path) -> None:
 
 def write(rep: dict, out: str | Path, command: str) -> list[Path]:
     """``results.json``, ``neurons.md`` and ``neurons.png`` in ``out`` (atomic text writes)."""
-    paths = write_texts(out, {"results.json": json.dumps(rep, indent=1), "neurons.md": markdown(rep, command)})
+    paths = write_texts(
+        out, {"results.json": json.dumps(rep, indent=1), "neurons.md": markdown(rep, command)}
+    )
     out = Path(out)
     plot(rep, out / "neurons.png")
     paths.append(out / "neurons.png")

@@ -77,9 +77,13 @@ class Explainer:
         if self.head is not None:
             modules = dict(self.model.named_modules())
             if missing := [n for n in self.head.layers if n not in modules]:
-                raise ValueError(f"the bank's localisation head needs layer(s) {missing}, which {backbone.name} lacks")
+                raise ValueError(
+                    f"the bank's localisation head needs layer(s) {missing}, which {backbone.name} lacks"
+                )
             for name in self.head.layers:
-                modules[name].register_forward_hook(lambda _m, _i, o, k=name: self._feats.__setitem__(k, o.detach()))
+                modules[name].register_forward_hook(
+                    lambda _m, _i, o, k=name: self._feats.__setitem__(k, o.detach())
+                )
         self.weight = bank.weight.to(self.device)
         self.bias = bank.bias.to(self.device)
         self.baseline = bank.baseline.to(self.device)
@@ -93,7 +97,9 @@ class Explainer:
         self._thr = [float(c.get("threshold", 0.5)) for c in bank.concepts]
         self._veto = [float(c.get("veto_threshold", c.get("threshold", 0.5))) for c in bank.concepts]
         self._reliable = [bool(c.get("reliable", True)) for c in bank.concepts]
-        self._rule = bank.meta.get("presence", {}).get("model")  # the fitted presence rule (None: older banks)
+        self._rule = bank.meta.get("presence", {}).get(
+            "model"
+        )  # the fitted presence rule (None: older banks)
         self._leafmat = torch.zeros(len(bank.concepts), len(self.h.classes), device=self.device)
         for i, w in enumerate(bank.wnids):
             self._leafmat[i, list(self.h[w].leaves)] = 1.0
@@ -108,8 +114,15 @@ class Explainer:
         self.logits: torch.Tensor | None = None  # of the last forward pass
 
     @classmethod
-    def from_bank(cls, folder, device="cpu", fast: bool = False, box_grid: int | None = None,
-                  weights: str | None = None, recorded: bool = True) -> Explainer:  # fmt: skip
+    def from_bank(
+        cls,
+        folder,
+        device="cpu",
+        fast: bool = False,
+        box_grid: int | None = None,
+        weights: str | None = None,
+        recorded: bool = True,
+    ) -> Explainer:
         """Load a bank folder with its hierarchy and the backbone it names.
 
         Args:
@@ -162,8 +175,9 @@ class Explainer:
         return self.forward_tensor(self.backbone.preprocess(images), ablate, edits)
 
     @torch.no_grad()
-    def forward_tensor(self, x: torch.Tensor, ablate: list[int] | None = None,
-                       edits: list[list[int] | None] | None = None):  # fmt: skip
+    def forward_tensor(
+        self, x: torch.Tensor, ablate: list[int] | None = None, edits: list[list[int] | None] | None = None
+    ):
         """:meth:`forward` on an already preprocessed batch x (N, 3, H, W). ``edits[i]``: channels of
         the hooked layer set to the bank's baseline for image i by the forward hook, so the class
         prediction, z and the concept maps all follow (network ablation); the logits are kept in
@@ -185,12 +199,17 @@ class Explainer:
         probs, maps, _ = self.forward_tensor(x)
         scores = pool(maps).cpu()
         model_p = (probs.float() @ self._leafmat.T).cpu()
-        present = torch.tensor([self.presence(s, m) for s, m in zip(scores.tolist(), model_p.tolist(), strict=True)])
+        present = torch.tensor(
+            [self.presence(s, m) for s, m in zip(scores.tolist(), model_p.tolist(), strict=True)]
+        )
         thr = torch.tensor(self._thr)
         return {
-            "score": scores, "model_probability": model_p, "probe_present": scores >= thr, "present": present,
+            "score": scores,
+            "model_probability": model_p,
+            "probe_present": scores >= thr,
+            "present": present,
             "top1": probs.argmax(1).cpu(),
-        }  # fmt: skip
+        }
 
     @torch.no_grad()
     def concept_maps(self, z: torch.Tensor, ablate: list[int] | None = None):
@@ -229,13 +248,23 @@ class Explainer:
             One answer document (a JSON-ready dict, ``#/$defs/explanation`` of docs/response.schema.json)
             per image; boxes are in the image's pixels.
         """
-        opts = {**options, "concepts": concepts, "top_k": top_k, "threshold": threshold,
-                "ablate": list(ablate or []), "return_maps": return_maps}  # fmt: skip
+        opts = {
+            **options,
+            "concepts": concepts,
+            "top_k": top_k,
+            "threshold": threshold,
+            "ablate": list(ablate or []),
+            "return_maps": return_maps,
+        }
         return self.answer(images, [im.size for im in images], [opts] * len(images), topk_classes)
 
     @torch.no_grad()
     def answer(
-        self, images: list[Image.Image], sizes: list[tuple[int, int]], options: list[dict], topk_classes: int = 5
+        self,
+        images: list[Image.Image],
+        sizes: list[tuple[int, int]],
+        options: list[dict],
+        topk_classes: int = 5,
     ) -> list[dict]:
         """Explain a batch, each image with its own options, in one forward pass (images with a network
         ablation run in it a second time, their copy edited by the hook).
@@ -276,7 +305,9 @@ class Explainer:
         """Image ``i``'s head-layer activations, each (1, D_l, h_l, w_l)."""
         return None if feats is None else [f[i : i + 1] for f in feats]
 
-    def localisation_maps(self, feats: list[torch.Tensor] | None, rows: list[int], maps: torch.Tensor) -> np.ndarray:
+    def localisation_maps(
+        self, feats: list[torch.Tensor] | None, rows: list[int], maps: torch.Tensor
+    ) -> np.ndarray:
         """The served maps (len(rows), h, w) of one image: the head's fused maps from its layers'
         activations ``feats``; without a head, the bank layer's concept ``maps`` (E, h, w)."""
         if self.head is None or feats is None:
@@ -290,7 +321,9 @@ class Explainer:
         sal, mask = responsible_region(self.backbone, x, cls)
         return {"class": cls, "saliency": sal, "mask": mask}
 
-    def describe(self, size, clean, options: dict, after=None, region: dict | None = None, topk_classes=5) -> dict:
+    def describe(
+        self, size, clean, options: dict, after=None, region: dict | None = None, topk_classes=5
+    ) -> dict:
         """One image's JSON-ready dict (what :meth:`answer` returns per image). ``clean`` and ``after``
         are (probabilities, concept maps, z) of the image and, with an ablation, of its ablated
         version: the top-level fields then describe ``after`` and ``ablation`` holds the clean side.
@@ -302,7 +335,10 @@ class Explainer:
         if o["concepts"] is None:
             rows = self.relevant(now["top1"], now["present"])
             if before is not None:
-                rows = sorted(set(rows) | set(self.relevant(before["top1"], before["present"])), key=self._depth_pos.__getitem__)
+                rows = sorted(
+                    set(rows) | set(self.relevant(before["top1"], before["present"])),
+                    key=self._depth_pos.__getitem__,
+                )
         else:
             rows = self.rows(None if o["concepts"] == ALL else o["concepts"])
         out = self._one(size, now, rows, o, region, topk_classes)
@@ -316,13 +352,26 @@ class Explainer:
         scores, model probabilities, the served presence and the predicted class."""
         scores = pool(maps).tolist()
         model_p = (self._leafmat @ probs.float()).tolist()
-        return {"probs": probs, "maps": maps, "z": z, "feats": feats, "scores": scores, "model_p": model_p,
-                "present": self.presence(scores, model_p), "top1": int(probs.argmax())}  # fmt: skip
+        return {
+            "probs": probs,
+            "maps": maps,
+            "z": z,
+            "feats": feats,
+            "scores": scores,
+            "model_p": model_p,
+            "present": self.presence(scores, model_p),
+            "top1": int(probs.argmax()),
+        }
 
     def _prediction(self, probs: torch.Tensor, k: int) -> list[dict]:
         p, idx = probs.topk(k)
         return [
-            {"index": int(c), "wnid": self.h.classes[c], "name": self.h.class_names[c], "probability": float(v)}
+            {
+                "index": int(c),
+                "wnid": self.h.classes[c],
+                "name": self.h.class_names[c],
+                "probability": float(v),
+            }
             for v, c in zip(p.tolist(), idx.tolist(), strict=True)
         ]
 
@@ -334,18 +383,27 @@ class Explainer:
         maps = self.localisation_maps(before["feats"], rows, before["maps"]) if o["return_maps"] else None
         concepts = []
         for j, r in enumerate(rows):
-            entry = {"wnid": self.bank.wnids[r], "name": self.bank.concepts[r]["name"],
-                     "score": round(before["scores"][r], 5), "model_probability": round(before["model_p"][r], 5),
-                     "present": before["present"][r]}  # fmt: skip
+            entry = {
+                "wnid": self.bank.wnids[r],
+                "name": self.bank.concepts[r]["name"],
+                "score": round(before["scores"][r], 5),
+                "model_probability": round(before["model_p"][r], 5),
+                "present": before["present"][r],
+            }
             if maps is not None:
                 entry["map"] = np.round(maps[j], 4).tolist()
             concepts.append(entry)
         return {
             "mode": "probe" if o["ablate_probe_only"] else "network",
             "neurons": sorted(set(o["ablate"])),
-            "class": {"index": c, "wnid": self.h.classes[c], "name": self.h.class_names[c],
-                      "probability_before": round(p0, 6), "probability_after": round(p1, 6),
-                      "change": round(p1 - p0, 6)},  # fmt: skip
+            "class": {
+                "index": c,
+                "wnid": self.h.classes[c],
+                "name": self.h.class_names[c],
+                "probability_before": round(p0, 6),
+                "probability_after": round(p1, 6),
+                "change": round(p1 - p0, 6),
+            },
             "before": {"prediction": self._prediction(before["probs"], topk_classes), "concepts": concepts},
         }
 
@@ -384,7 +442,12 @@ class Explainer:
             c = self.bank.concepts[r]
             top = self.bank.top_neurons(c["wnid"], k)
             nidx = torch.tensor([n for n, _ in top], dtype=torch.long)
-            fixed = {"wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": self.h[c["wnid"]].depth}
+            fixed = {
+                "wnid": c["wnid"],
+                "name": c["name"],
+                "path": c["path"],
+                "depth": self.h[c["wnid"]].depth,
+            }
             self._tops[key] = (
                 top,
                 nidx.to(self.device),
@@ -420,16 +483,27 @@ class Explainer:
                 a = act.cpu().numpy()
             acts, contrib = a.tolist(), (w * (a - b)).tolist()  # float32 ops, as torch does them
             neurons = [
-                {"neuron": n, "shapley": round(v, 6), "shapley_se": round(se[i], 6),
-                 "activation": round(acts[i], 4), "contribution": round(contrib[i], 4)}
+                {
+                    "neuron": n,
+                    "shapley": round(v, 6),
+                    "shapley_se": round(se[i], 6),
+                    "activation": round(acts[i], 4),
+                    "contribution": round(contrib[i], 4),
+                }
                 for i, (n, v) in enumerate(top)
-            ]  # fmt: skip
+            ]
             entry = {
-                **fixed, "score": round(scores[r], 5), "threshold": round(self._thr[r], 5),
-                "probe_present": scores[r] >= self._thr[r], "model_probability": round(model_p[r], 5),
-                "reliable": self._reliable[r], "present": present[r], "box": box,
-                "area_fraction": round(frac, 5), "neurons": neurons,
-            }  # fmt: skip
+                **fixed,
+                "score": round(scores[r], 5),
+                "threshold": round(self._thr[r], 5),
+                "probe_present": scores[r] >= self._thr[r],
+                "model_probability": round(model_p[r], 5),
+                "reliable": self._reliable[r],
+                "present": present[r],
+                "box": box,
+                "area_fraction": round(frac, 5),
+                "neurons": neurons,
+            }
             if own is not None:
                 entry["region_cells"], entry["image_neurons"] = own[j]
             if o["return_maps"]:
@@ -443,27 +517,40 @@ class Explainer:
             "map_size": list(loc.shape[1:] if loc is not None else maps_np.shape[1:]),
             "threshold": threshold,
             "model": {
-                "backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id,
-                "bank_sha256": self.bank.sha256, "library_version": __version__,
-            },  # fmt: skip
+                "backbone": self.backbone.name,
+                "layer": self.backbone.layer,
+                "bank_id": self.bank.id,
+                "bank_sha256": self.bank.sha256,
+                "library_version": __version__,
+            },
         }
         if self.head is not None:
-            out["localisation"] = {"layers": self.head.layers, "grid": list(loc.shape[1:]) if loc is not None else self.head.grid,
-                                   "box_threshold": self.box_threshold(o)}  # fmt: skip
+            out["localisation"] = {
+                "layers": self.head.layers,
+                "grid": list(loc.shape[1:]) if loc is not None else self.head.grid,
+                "box_threshold": self.box_threshold(o),
+            }
         if o["image_neurons"]:
             where = "concept_map" if region is None else "responsible"
             if o["permutations"] is None:
                 out["image_shapley"] = {"game": "logit", "method": "exact", "region": where}
             else:
-                out["image_shapley"] = {"game": "probability", "method": "monte_carlo", "permutations": int(o["permutations"]),
-                                        "seed": int(o["seed"]), "region": where}  # fmt: skip
+                out["image_shapley"] = {
+                    "game": "probability",
+                    "method": "monte_carlo",
+                    "permutations": int(o["permutations"]),
+                    "seed": int(o["seed"]),
+                    "region": where,
+                }
         if region is not None:
             c = region["class"]
             out["responsible"] = {
                 "class": {"index": c, "wnid": self.h.classes[c], "name": self.h.class_names[c]},
-                "method": "guided", "threshold": 0.5, "cells": int(region["mask"].sum()),
+                "method": "guided",
+                "threshold": 0.5,
+                "cells": int(region["mask"].sum()),
                 "map": np.round(region["saliency"].cpu().numpy(), 4).tolist(),
-            }  # fmt: skip
+            }
         return out
 
     def box_threshold(self, o: dict) -> float | None:
@@ -499,22 +586,45 @@ class Explainer:
         if o["permutations"] is None:
             signed, absolute = image_logit_shapley(z, masks, self.weight[idx], self.baseline)
         else:
-            signed, absolute = image_shapley(z, masks, self.weight[idx], self.bias[idx], self.baseline,
-                                             int(o["permutations"]), int(o["seed"]))  # fmt: skip
+            signed, absolute = image_shapley(
+                z,
+                masks,
+                self.weight[idx],
+                self.bias[idx],
+                self.baseline,
+                int(o["permutations"]),
+                int(o["seed"]),
+            )
         counts = masks.sum(1)
-        acts = (masks.float() @ z.reshape(z.shape[0], cells).float().T) / counts.unsqueeze(1)  # (K, D) region means
+        acts = (masks.float() @ z.reshape(z.shape[0], cells).float().T) / counts.unsqueeze(
+            1
+        )  # (K, D) region means
         top = signed.topk(min(o["top_k"], signed.shape[1]), dim=1).indices
         cols = {
-            "neuron": top, "shapley": absolute.gather(1, top), "signed": signed.gather(1, top),
-            "rank": rank_of(absolute, top), "signed_rank": rank_of(signed, top),
-            "global_rank": self._global_rank[idx].gather(1, top), "activation": acts.gather(1, top),
-        }  # fmt: skip
-        for name, digits in (("shapley", 6), ("signed", 6), ("activation", 4)):  # k / 10^digits: the shortest repr
+            "neuron": top,
+            "shapley": absolute.gather(1, top),
+            "signed": signed.gather(1, top),
+            "rank": rank_of(absolute, top),
+            "signed_rank": rank_of(signed, top),
+            "global_rank": self._global_rank[idx].gather(1, top),
+            "activation": acts.gather(1, top),
+        }
+        for name, digits in (
+            ("shapley", 6),
+            ("signed", 6),
+            ("activation", 4),
+        ):  # k / 10^digits: the shortest repr
             cols[name] = torch.round(cols[name].double() * 10**digits) / 10**digits
         lists = [v.tolist() for v in cols.values()]
         names = list(cols)
         return [
-            (int(c), [dict(zip(names, entry, strict=True)) for entry in zip(*(col[j] for col in lists), strict=True)])
+            (
+                int(c),
+                [
+                    dict(zip(names, entry, strict=True))
+                    for entry in zip(*(col[j] for col in lists), strict=True)
+                ],
+            )
             for j, c in enumerate(counts.tolist())
         ]
 
@@ -526,7 +636,9 @@ class Explainer:
             self._paths[cls] = self.h.path(self.h.classes[cls])
         for w in self._paths[cls]:
             if w not in self._leaf_idx:
-                self._leaf_idx[w] = torch.tensor(list(self.h[w].leaves), dtype=torch.long, device=probs.device)
+                self._leaf_idx[w] = torch.tensor(
+                    list(self.h[w].leaves), dtype=torch.long, device=probs.device
+                )
             prob = round(float(probs[self._leaf_idx[w]].sum()), 5)
             level = {"wnid": w, "name": self.h[w].name, "probability": prob}
             if w in self._row:
@@ -544,25 +656,48 @@ class Explainer:
         ex = self.bank.exemplars
         row = int(ex.concept[neuron]) if ex is not None else self.bank.index(ranked[0][0])  # the largest φ
         top = self.bank.wnids[row]
-        label = {"wnid": top, "name": self.h[top].name, "shapley": round(float(self.bank.phi[row, neuron]), 6),
-                 "iou": None}
+        label = {
+            "wnid": top,
+            "name": self.h[top].name,
+            "shapley": round(float(self.bank.phi[row, neuron]), 6),
+            "iou": None,
+        }
         if ex is None:
-            exemplars = {"available": False, "reason": "this bank has no exemplars (python -m offline exemplars "
-                                                       "--bank BANK adds them)"}  # fmt: skip
+            exemplars = {
+                "available": False,
+                "reason": "this bank has no exemplars (python -m offline exemplars --bank BANK adds them)",
+            }
         else:
             best = self.bank.wnids[int(ex.iou_concept[neuron])]
-            label.update(iou=round(float(ex.iou[neuron]), 4), threshold=round(float(ex.threshold[neuron]), 4),
-                         best_iou={"wnid": best, "name": self.h[best].name, "iou": round(float(ex.iou_best[neuron]), 4)})
-            exemplars = {"available": True, "k": ex.k, "format": "jpeg", "size": ex.info.get("size"),
-                         "window_cells": ex.info.get("window_cells"), "patches": ex.patches(neuron)}  # fmt: skip
+            label.update(
+                iou=round(float(ex.iou[neuron]), 4),
+                threshold=round(float(ex.threshold[neuron]), 4),
+                best_iou={
+                    "wnid": best,
+                    "name": self.h[best].name,
+                    "iou": round(float(ex.iou_best[neuron]), 4),
+                },
+            )
+            exemplars = {
+                "available": True,
+                "k": ex.k,
+                "format": "jpeg",
+                "size": ex.info.get("size"),
+                "window_cells": ex.info.get("window_cells"),
+                "patches": ex.patches(neuron),
+            }
         return {
             "neuron": neuron,
             "label": label,
             "concepts": [
-                {"wnid": w, "name": self.h[w].name, "shapley": round(v, 6),
-                 "rank_in_concept": 1 + int((self.bank.phi[self.bank.index(w)] > v).sum())}
+                {
+                    "wnid": w,
+                    "name": self.h[w].name,
+                    "shapley": round(v, 6),
+                    "rank_in_concept": 1 + int((self.bank.phi[self.bank.index(w)] > v).sum()),
+                }
                 for w, v in ranked
-            ],  # fmt: skip
+            ],
             "exemplars": exemplars,
             "model": {"backbone": self.backbone.name, "layer": self.backbone.layer, "bank_id": self.bank.id},
         }

@@ -51,7 +51,9 @@ class RowsShapley(NeuronShapley):
         dev = regions.device
         w, base, owner = self.weights.to(dev), self.baseline.to(dev), self.owner.to(dev)
         terms = (regions.float() - base) * w.index_select(0, owner)  # (N, D): what each neuron adds
-        empty = (self.biases.to(dev) + (w * base).sum(1)).index_select(0, owner)  # logit of the empty coalition
+        empty = (self.biases.to(dev) + (w * base).sum(1)).index_select(
+            0, owner
+        )  # logit of the empty coalition
         return terms, empty
 
     @torch.no_grad()
@@ -63,8 +65,14 @@ class RowsShapley(NeuronShapley):
         sum per permutation, σ, successive differences, summed in permutation order), without its
         standard-error bookkeeping and laid out neurons × rows, so that a permutation gathers and
         scatters whole rows (~1.4× faster on CPU), ``cols`` rows at a time. Returned as a (N, D) view."""
-        if regions.ndim != 2 or regions.shape[1] != self.weight.numel() or regions.shape[0] != self.owner.numel():
-            raise ValueError(f"regions must be ({self.owner.numel()}, {self.weight.numel()}), got {tuple(regions.shape)}")
+        if (
+            regions.ndim != 2
+            or regions.shape[1] != self.weight.numel()
+            or regions.shape[0] != self.owner.numel()
+        ):
+            raise ValueError(
+                f"regions must be ({self.owner.numel()}, {self.weight.numel()}), got {tuple(regions.shape)}"
+            )
         n, d = regions.shape
         terms, empty = self._terms(regions)
         order = permutations(n_permutations, d, seed, chunk).to(regions.device)
@@ -119,7 +127,9 @@ def image_shapley(
     owner, cell = masks.nonzero(as_tuple=True)
     est = RowsShapley(weight, bias, baseline, owner)
     per_cell = est.signed_values(cells.index_select(0, cell), n_permutations, seed).T  # (D, N), contiguous
-    mean = torch.zeros(owner.numel(), masks.shape[0], device=cells.device)  # (N, K): each row's share of its concept
+    mean = torch.zeros(
+        owner.numel(), masks.shape[0], device=cells.device
+    )  # (N, K): each row's share of its concept
     mean[torch.arange(owner.numel(), device=cells.device), owner] = 1.0 / counts.float()[owner]
     return (per_cell @ mean).T, (per_cell.abs() @ mean).T
 
@@ -191,7 +201,9 @@ class ChannelEdit:
         return out
 
 
-def responsible_region(backbone, x: torch.Tensor, target: int, threshold: float = 0.5, quantile: float = 0.99):
+def responsible_region(
+    backbone, x: torch.Tensor, target: int, threshold: float = 0.5, quantile: float = 0.99
+):
     """Step 1 at request time: (normalised guided-backprop saliency (h, w), region mask (h, w)) of
     class ``target`` for one preprocessed image ``x`` (1, 3, H, W), as the bank's build computes it
     (:mod:`hint.regions`: channel L2 norm, min / 99th-percentile normalisation, > ``threshold``).

@@ -65,7 +65,6 @@ def decode_image(raw: bytes, limits: Limits) -> Decoded:
         raise RequestError(400, f"cannot decode {fmt}: {one_line(str(e)) or type(e).__name__}") from None
 
 
-
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -73,12 +72,10 @@ _TRANSPOSE = {
 }  # fmt: skip
 
 
-
 def _formats(wanted: tuple[str, ...]) -> tuple[str, ...]:
     """The wanted formats PIL has a plugin for (every plugin registered first: MPO, WebP ...)."""
     Image.init()
     return tuple(f for f in wanted if f in Image.OPEN)
-
 
 
 def _decode(raw: bytes, limits: Limits) -> Decoded:
@@ -108,9 +105,10 @@ def _decode(raw: bytes, limits: Limits) -> Decoded:
             else:
                 why = f"{fmt} is {w}x{h} = {w * h} pixels,"
             raise RequestError(
-                413, f"{why} over the {limits.max_decode_pixels} pixel limit for images decoded at full size "
+                413,
+                f"{why} over the {limits.max_decode_pixels} pixel limit for images decoded at full size "
                 f"(JPEG is decoded reduced and may have up to {limits.max_pixels})",
-            )  # fmt: skip
+            )
         if fmt == "PNG":
             _check_png(raw)
         im.load()
@@ -122,7 +120,6 @@ def _decode(raw: bytes, limits: Limits) -> Decoded:
         if orientation >= 5:
             w, h = h, w
     return Decoded(small, (w, h), fmt)
-
 
 
 def for_model(im: Image.Image, work: int) -> Image.Image:
@@ -153,14 +150,11 @@ def for_model(im: Image.Image, work: int) -> Image.Image:
     return to_rgb(im)
 
 
-
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data
-
 
 
 #: bytes put in front of a JPEG's end marker to see whether the decoder still needs data (no 0xFF)
 _PROBE = bytes((k * 73 + 41) % 255 for k in range(512))
-
 
 
 def _jpeg_eoi(raw: bytes) -> int | None:
@@ -195,7 +189,6 @@ def _jpeg_eoi(raw: bytes) -> int | None:
     return None
 
 
-
 def _check_jpeg(
     raw: bytes, decoded: Image.Image, draft: tuple[int, int] | None, formats: tuple[str, ...]
 ) -> None:
@@ -223,13 +216,10 @@ def _check_jpeg(
         raise RequestError(400, "truncated JPEG: the image data ends before the image does")
 
 
-
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
-
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-
 
 
 def _check_png(raw: bytes) -> None:
@@ -273,12 +263,10 @@ def _check_png(raw: bytes) -> None:
         raise RequestError(400, f"truncated PNG: its image data stops after {have} of {need} bytes")
 
 
-
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
     (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
 )  # fmt: skip
-
 
 
 def sniff(raw: bytes) -> str | None:
@@ -289,9 +277,7 @@ def sniff(raw: bytes) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-
 _libc: list = []
-
 
 
 def release_memory() -> None:
@@ -303,4 +289,3 @@ def release_memory() -> None:
             _libc[0].malloc_trim(0)
     except (OSError, AttributeError):
         _libc[:] = [None]
-

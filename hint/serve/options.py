@@ -20,19 +20,21 @@ from hint._utils.text import kind_of, one_line, short
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
-
 MAX_NAME = 200  # longest concept name or WNID accepted
-
 
 
 MAX_PERMUTATIONS = 256  # probability-game permutations a request may ask for (the bank uses 256)
 
 
-
 class RequestError(Exception):
     """A client error: HTTP ``code`` (4xx; 500 for a server bug) and a one-line ``message``."""
 
-    TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalServerError"}
+    TYPES = {
+        400: "BadRequest",
+        413: "PayloadTooLarge",
+        415: "UnsupportedMediaType",
+        500: "InternalServerError",
+    }
 
     def __init__(self, code: int, message: str):
         self.code = int(code)
@@ -47,7 +49,6 @@ class RequestError(Exception):
     def reason(self) -> str:
         """The message as an HTTP reason phrase: printable ASCII, one line."""
         return "".join(c if 32 <= ord(c) < 127 else "?" for c in one_line(self.message, 200))
-
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,6 @@ class Limits:
         return list(value) if isinstance(value, list) else value
 
 
-
 @dataclass(frozen=True)
 class Option:
     """One request option: its type (``kind``), range and default; JSON and multipart text forms.
@@ -99,10 +99,8 @@ class Option:
     help: str = ""
 
 
-
 #: ``"concepts": ["all"]`` (or the form field ``concepts=all``) asks for every concept of the bank
 ALL = "all"
-
 
 
 def _concepts(names: list[str], limits: Limits) -> list[str] | str | None:
@@ -113,7 +111,6 @@ def _concepts(names: list[str], limits: Limits) -> list[str] | str | None:
     if limits.concept is None:
         return list(dict.fromkeys(names))
     return list(dict.fromkeys(limits.concept(n) for n in names))
-
 
 
 #: every option a request may set (JSON keys or multipart text fields)
@@ -153,7 +150,6 @@ OPTIONS: dict[str, Option] = {
 }  # fmt: skip
 
 
-
 def bank_concepts(hierarchy: Any, bank: Any) -> Callable[[str], str]:
     """``Limits.concept`` for a concept bank: a name or id -> its bank id (``Hierarchy.find`` in the
     bank's hierarchy); an alias (a concept with the same classes as a built one) answers with the built concept."""
@@ -175,7 +171,6 @@ def bank_concepts(hierarchy: Any, bank: Any) -> Callable[[str], str]:
         return built[wnid]
 
     return concept
-
 
 
 def check_option(opt: Option, v: Any, limits: Limits) -> Any:
@@ -218,7 +213,6 @@ def check_option(opt: Option, v: Any, limits: Limits) -> Any:
     return opt.resolve(out, limits) if opt.resolve else out
 
 
-
 def _int(v: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise RequestError(400, f"{name} must be an integer in {lo}..{hi}, not {kind_of(v)}")
@@ -227,9 +221,7 @@ def _int(v: Any, name: str, lo: int, hi: int) -> int:
     return v
 
 
-
 _INT = re.compile(r"[+-]?\d{1,9}")
-
 
 
 def from_text(opt: Option, value: Any) -> Any:

@@ -35,14 +35,11 @@ from hint.serve.options import OPTIONS, Limits, RequestError, check_option, from
 logger = logging.getLogger(__name__)
 
 
-
 #: names TorchServe gives the image: the raw body, or common multipart part names
 IMAGE_PARTS = ("body", "data", "file", "image")
 
 
-
 FORM_URLENCODED = "application/x-www-form-urlencoded"
-
 
 
 @dataclass
@@ -63,13 +60,11 @@ class ExplainRequest:
         raise AttributeError(name)
 
 
-
 @dataclass
 class NeuronRequest:
     """The reverse direction: one neuron's Shapley value for every concept."""
 
     neuron: int
-
 
 
 def parse_request(row: Any, limits: Limits, headers: Mapping | None = None) -> ExplainRequest | NeuronRequest:
@@ -90,14 +85,12 @@ def parse_request(row: Any, limits: Limits, headers: Mapping | None = None) -> E
         raise RequestError(400, f"malformed request ({type(e).__name__}: {str(e) or 'no detail'})") from None
 
 
-
 def content_type(headers: Mapping | None) -> str:
     """The request's Content-Type (lower case, no parameters; "" when unknown)."""
     for k, v in (headers or {}).items():
         if isinstance(k, str) and k.lower() == "content-type" and isinstance(v, str):
             return v.split(";", 1)[0].strip().lower()
     return ""
-
 
 
 def _parse(row: Any, limits: Limits, ctype: str) -> ExplainRequest | NeuronRequest:
@@ -128,9 +121,7 @@ def _parse(row: Any, limits: Limits, ctype: str) -> ExplainRequest | NeuronReque
     return _build(opts, image, limits)
 
 
-
 _RAW = object()  # marker: the payload is raw (image) bytes, not a JSON document
-
 
 
 def _document(part: str, value: Any) -> Any:
@@ -162,7 +153,6 @@ def _document(part: str, value: Any) -> Any:
     return value  # JSON TorchServe decoded already (application/json)
 
 
-
 def _merge_json(doc: Any, opts: dict, limits: Limits) -> bytes | None:
     """Merge a JSON document's options into ``opts``; the decoded image bytes (None without image)."""
     if not isinstance(doc, dict):
@@ -180,7 +170,6 @@ def _merge_json(doc: Any, opts: dict, limits: Limits) -> bytes | None:
     if not any(OPTIONS[k].form != "explain" for k in opts if k in OPTIONS):
         raise RequestError(400, 'JSON request needs "image" (base64) or "neuron" (int)')
     return None
-
 
 
 def _build(opts: dict, image: bytes | None, limits: Limits) -> ExplainRequest | NeuronRequest:
@@ -211,9 +200,7 @@ def _build(opts: dict, image: bytes | None, limits: Limits) -> ExplainRequest | 
     return ExplainRequest(img, size, fmt, options)
 
 
-
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
-
 
 
 def _base64(s: Any, max_bytes: int) -> bytes:
@@ -233,16 +220,13 @@ def _base64(s: Any, max_bytes: int) -> bytes:
         raise RequestError(400, f"image is not valid base64 ({e})") from None
 
 
-
 def _junk_name(name: Any) -> bool:
     """A part name no client chose: binary bytes a form decoder split into 'fields'."""
     return not isinstance(name, str) or any(ord(c) < 32 or ord(c) == 127 or c == "\ufffd" for c in name)
 
 
-
 #: TorchServe's KServe envelopes (config.properties ``service_envelope``) the handler answers under
 ENVELOPES = ("kserve", "kservev2")
-
 
 
 def parse_envelope(
@@ -269,8 +253,9 @@ def parse_envelope(
     if not isinstance(items, list) or not items:
         got = f"no {what!r} list" if items is None else "an empty list" if items == [] else kind_of(items)
         example = _V2_EXAMPLE if v2 else '{"image": "<base64>"}'
-        return RequestError(400, f'a KServe {"v2" if v2 else "v1"} request needs "{what}": a list like '
-                                 f"[{example}], got {got}")  # fmt: skip
+        return RequestError(
+            400, f'a KServe {"v2" if v2 else "v1"} request needs "{what}": a list like [{example}], got {got}'
+        )
     if len(items) > limits.max_instances:
         return RequestError(413, f"{len(items)} {what} in one request; at most {limits.max_instances}")
     out: list[ExplainRequest | NeuronRequest | RequestError] = []
@@ -287,15 +272,12 @@ def parse_envelope(
     return out
 
 
-
 _V2_EXAMPLE = '{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}'
-
 
 
 def _instance(item: Any) -> dict:
     """A KServe v1 instance -> the JSON body's object."""
     return _item(item, "an instance")
-
 
 
 def _v2_input(item: Any) -> dict:
@@ -306,7 +288,6 @@ def _v2_input(item: Any) -> dict:
         got = kind_of(item.get("datatype"))
         raise RequestError(400, f"datatype must be BYTES (the image as a base64 string), not {got}")
     return _item(item.get("data"), "data")
-
 
 
 def _item(value: Any, what: str) -> dict:
@@ -324,11 +305,9 @@ def _item(value: Any, what: str) -> dict:
     raise RequestError(400, f"{what} must be a base64 string or a JSON object {shape}, not {kind_of(value)}")
 
 
-
 def bytes_of(value: bytes | bytearray | memoryview) -> bytes | bytearray:
     """Payload bytes without a copy where possible."""
     return value.tobytes() if isinstance(value, memoryview) else value
-
 
 
 def _first(value: bytes | bytearray | memoryview | str) -> bytes | str:
@@ -338,4 +317,3 @@ def _first(value: bytes | bytearray | memoryview | str) -> bytes | str:
     blank = r"\s*" if isinstance(value, str) else rb"\s*"
     i = re.match(blank, value).end()
     return bytes(value[i : i + 1]) if not isinstance(value, str) else value[i : i + 1]
-

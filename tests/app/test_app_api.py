@@ -86,15 +86,33 @@ def explained(app):
 
 def test_explain(explained):
     _, out = explained
-    (status, prediction, picker, concepts, gallery, focus, image_bars, image_table, bars, table, opener, slider,
-     before, after, ablation) = out  # fmt: skip
+    (
+        status,
+        prediction,
+        picker,
+        concepts,
+        gallery,
+        focus,
+        image_bars,
+        image_table,
+        bars,
+        table,
+        opener,
+        slider,
+        before,
+        after,
+        ablation,
+    ) = out
     assert status.startswith("Explained in") and "efficientnet_lite0" in status
     assert re.search(r"^### .*cat — \d+\.\d %", prediction), prediction
     assert "**feline**" in prediction and "**whole**" in prediction and " › " in prediction
     # every built concept, searchable by name, with its WordNet path; unreliable ones tagged
     labels = {v: lab for lab, v in picker["choices"]}
     assert len(labels) == 249
-    assert labels[FELINE].startswith("feline  ·  physical entity") and "mammal › placental › carnivore" in labels[FELINE]
+    assert (
+        labels[FELINE].startswith("feline  ·  physical entity")
+        and "mammal › placental › carnivore" in labels[FELINE]
+    )
     assert "(probe " in labels[FELINE] and ", model " in labels[FELINE]
     assert sum(lab.endswith("(unreliable)") for lab in labels.values()) == 51
     chain = re.findall(r"\*\*([^*]+?)\*\* \d\.\d\d", prediction)
@@ -103,10 +121,15 @@ def test_explain(explained):
     items = gallery_paths(gallery)
     assert len(items) == len(picker["value"]) == 4
     # the probe beside the model, per chosen concept
-    assert concepts["headers"][:6] == ["concept", "probe score", "probe threshold", "probe present",
-                                       "model probability", "present"] and len(concepts["data"]) == 4
+    assert (
+        concepts["headers"][:6]
+        == ["concept", "probe score", "probe threshold", "probe present", "model probability", "present"]
+        and len(concepts["data"]) == 4
+    )
     assert all(" · probe " in cap and " · model " in cap for _, cap in items)
-    assert all(magenta(p) > 50 for p, cap in items if " · present" in cap), "every present concept has its box"
+    assert all(magenta(p) > 50 for p, cap in items if " · present" in cap), (
+        "every present concept has its box"
+    )
     assert focus["value"] == picker["value"][-1]
     # this image's neurons (signed) beside the bank's
     assert plot_pixels(image_bars, POSITIVE_COLOR) > 500 and plot_pixels(image_bars, REMOVED_COLOR) == 0
@@ -120,7 +143,9 @@ def test_explain(explained):
     assert slider["maximum"] == 20 and slider["value"] == 0
     # the charts' neurons, to open their exemplars: this image's 20, then the bank's others
     ids = [v for _, v in opener["choices"]]
-    assert ids[:20] == [int(r[0].lstrip("#")) for r in image_table["data"]] and len(ids) == len(set(ids)) >= 20
+    assert (
+        ids[:20] == [int(r[0].lstrip("#")) for r in image_table["data"]] and len(ids) == len(set(ids)) >= 20
+    )
     assert Path(before).is_file() and after is None
 
 
@@ -143,7 +168,9 @@ def test_ablation_through_the_network_matches_the_endpoint(explained, app, endpo
     assert Path(before).is_file() and Path(after).is_file()
     shown = image_table if source == IMAGE_SOURCE else table
     assert [row[-1] for row in shown["data"]].count("removed") == 10
-    assert plot_pixels(image_bars if source == IMAGE_SOURCE else bars, REMOVED_COLOR) > 200, "removed bars are red"
+    assert plot_pixels(image_bars if source == IMAGE_SOURCE else bars, REMOVED_COLOR) > 200, (
+        "removed bars are red"
+    )
     m = re.search(r"\*\*Class (.+?)\*\*: (\d+\.\d) % → \*\*(\d+\.\d) %\*\*", md)
     assert m, md
     f = re.search(r"\*\*feline\*\*: probe score (\d\.\d{3}) → \*\*(\d\.\d{3})\*\*", md)
@@ -165,7 +192,9 @@ def test_ablation_through_the_network_matches_the_endpoint(explained, app, endpo
     assert float(m.group(3)) == pytest.approx(100 * cls["probability_after"], abs=0.06)
     assert float(f.group(1)) == pytest.approx(base["score"], abs=6e-4)
     assert float(f.group(2)) == pytest.approx(abl["concepts"][0]["score"], abs=6e-4)
-    assert cls["probability_after"] < cls["probability_before"], "removing feline's neurons costs the cat class"
+    assert cls["probability_after"] < cls["probability_before"], (
+        "removing feline's neurons costs the cat class"
+    )
     out = client.predict(0, source, FELINE, [FELINE], api_name="/ablate")
     assert out[6] is None and "No neuron removed" in out[7]
 
@@ -178,7 +207,9 @@ def test_neuron_lookup(explained):
     assert len(grid) == 9 and all(it.get("caption", "").count(" · ") == 2 for it in grid)
     import json
 
-    bank = json.loads((Path(__file__).resolve().parents[2] / "model_store" / "hint-bank" / "manifest.json").read_text())
+    bank = json.loads(
+        (Path(__file__).resolve().parents[2] / "model_store" / "hint-bank" / "manifest.json").read_text()
+    )
     assert len(rows) == len(bank["concepts"]), "one row per concept of the bank"
     shap = [r[3] for r in rows]
     assert shap == sorted(shap, reverse=True)
@@ -198,12 +229,23 @@ def test_uploads_that_are_not_images_get_the_apps_own_error(app, tmp_path):
     client, _ = app
     text = tmp_path / "notes.txt"
     text.write_text("hello, not an image")
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     huge = tmp_path / "huge.png"  # claims 30000 x 30000 pixels in a few bytes
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    huge.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     for path, words in ((text, "notes.txt is not an image the service reads"), (huge, "900 megapixels")):
         out = client.predict(gradio_client.handle_file(str(path)), 0.5, api_name="/explain")
         assert "hint-error" in out[0] and words in out[0], out[0]

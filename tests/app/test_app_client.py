@@ -102,7 +102,9 @@ def test_explain_sends_json_options_and_token(server):
     assert base64.b64decode(body["image"]) == png()
     assert body["concepts"] == ["n00003553", "animal"]
     assert (body["top_k"], body["threshold"], body["return_maps"], body["ablate"]) == (7, 0.4, True, [3, 5])
-    c.explain(png(), concepts=["all"], ablate=[1], ablate_probe_only=True, permutations=8, seed=None, regions=True)
+    c.explain(
+        png(), concepts=["all"], ablate=[1], ablate_probe_only=True, permutations=8, seed=None, regions=True
+    )
     body = json.loads(server.requests[-1]["body"])
     assert body["concepts"] == ["all"] and body["ablate_probe_only"] is True and body["permutations"] == 8
     assert body["regions"] is True and "seed" not in body, "None leaves an option to the server"
@@ -148,16 +150,25 @@ def test_neuron(server):
 @pytest.mark.parametrize(
     ("status", "body", "expect"),
     [
-        (400, {"code": 400, "type": "BadRequest", "message": "ablate: neuron 999 out of range 0..111"},
-         r"request rejected \(HTTP 400\): ablate: neuron 999 out of range"),
-        (401, {"code": 401, "type": "InvalidKeyException", "message": "Token Authorization failed."},
-         r"HTTP 401.*Token Authorization failed.*token.*--token-file"),
-        (404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: hint"},
-         r"HTTP 404.*Model not found: hint.*registered.*make serve"),
+        (
+            400,
+            {"code": 400, "type": "BadRequest", "message": "ablate: neuron 999 out of range 0..111"},
+            r"request rejected \(HTTP 400\): ablate: neuron 999 out of range",
+        ),
+        (
+            401,
+            {"code": 401, "type": "InvalidKeyException", "message": "Token Authorization failed."},
+            r"HTTP 401.*Token Authorization failed.*token.*--token-file",
+        ),
+        (
+            404,
+            {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: hint"},
+            r"HTTP 404.*Model not found: hint.*registered.*make serve",
+        ),
         (413, b"request entity too large", r"HTTP 413.*too large.*smaller image"),
         (503, b"<html>Prediction failed</html>", r"server error \(HTTP 503\): <html>Prediction failed"),
     ],
-)  # fmt: skip
+)
 def test_http_errors_become_one_readable_line(server, status, body, expect):
     server.answer(
         status=status, body=body, ctype="application/json" if isinstance(body, dict) else "text/html"

@@ -124,7 +124,11 @@ def test_image_neuron_bars_sign_and_removed_colours():
     neurons = [{"neuron": n, "signed": 0.05 - n / 100, "global_rank": 3 * n + 1} for n in range(10)]
 
     fig = image_neuron_bars(neurons, 0, "feline")
-    assert count(fig, POSITIVE_COLOR) > 500 and count(fig, NEGATIVE_COLOR) > 500 and count(fig, REMOVED_COLOR) == 0
+    assert (
+        count(fig, POSITIVE_COLOR) > 500
+        and count(fig, NEGATIVE_COLOR) > 500
+        and count(fig, REMOVED_COLOR) == 0
+    )
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["#0\ng1", "#1\ng4"]
     two = image_neuron_bars(neurons, 2)
     assert count(two, REMOVED_COLOR) > 500

@@ -43,8 +43,13 @@ def browser_deps() -> str:
     missing = _missing()
     if missing:
         try:
-            r = subprocess.run(["bash", str(REPO / "scripts" / "e2e-deps.sh")], cwd=REPO, capture_output=True,
-                               text=True, timeout=900)  # fmt: skip
+            r = subprocess.run(
+                ["bash", str(REPO / "scripts" / "e2e-deps.sh")],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             log = (r.stdout + r.stderr)[-600:]
         except (OSError, subprocess.TimeoutExpired) as e:
             log = str(e)
@@ -65,10 +70,23 @@ def photo(tmp_path_factory) -> Path:
     return p
 
 
-def run_script(mode: str, app_url: str, out_dir: Path, chromium: str, image: Path | None = None,
-               big: Path | None = None, timeout: int = 240) -> dict:  # fmt: skip
-    env = {**os.environ, "APP_URL": app_url, "OUT_DIR": str(out_dir), "MODE": mode, "CHROMIUM": chromium,
-           "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
+def run_script(
+    mode: str,
+    app_url: str,
+    out_dir: Path,
+    chromium: str,
+    image: Path | None = None,
+    big: Path | None = None,
+    timeout: int = 240,
+) -> dict:
+    env = {
+        **os.environ,
+        "APP_URL": app_url,
+        "OUT_DIR": str(out_dir),
+        "MODE": mode,
+        "CHROMIUM": chromium,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
     if image:
         env["IMAGE"] = str(image)
     if big:
@@ -97,14 +115,22 @@ def test_upload_explain_ablate_lookup(browser_deps, photo, tmp_path):
     assert "feline" in f["focus"], "the focus is on the cat's chain"
     assert "probe score" in f["conceptTable"] and "model probability" in f["conceptTable"]
     assert f["searched"].startswith("retriever") and "canine" in f["searched"], f["searched"]
-    assert f["unreliable"].lstrip("✓ ").startswith("person") and f["unreliable"].endswith("(unreliable)"), f["unreliable"]
+    assert f["unreliable"].lstrip("✓ ").startswith("person") and f["unreliable"].endswith("(unreliable)"), f[
+        "unreliable"
+    ]
     assert f["ablation"].startswith("Class ") and "→" in f["ablation"] and "points" in f["ablation"]
     assert "probe score" in f["ablationScore"] and "→" in f["ablationScore"]
-    assert "rank in concept" in f["neuronTable"] and re.search(r" n\d{8} ", f["neuronTable"]), f["neuronTable"]
+    assert "rank in concept" in f["neuronTable"] and re.search(r" n\d{8} ", f["neuronTable"]), f[
+        "neuronTable"
+    ]
     # a neuron of the charts opened from the list: its number, label and 9 exemplars
     opened = re.match(r"#(\d+) · this image", f["opened"])
     assert opened and f["neuronNo"] == opened.group(1), (f["opened"], f["neuronNo"])
-    assert f"Neuron #{opened.group(1)}" in f["neuronLabel"] and "Label: " in f["neuronLabel"] and "IoU" in f["neuronLabel"]
+    assert (
+        f"Neuron #{opened.group(1)}" in f["neuronLabel"]
+        and "Label: " in f["neuronLabel"]
+        and "IoU" in f["neuronLabel"]
+    )
     assert f["exemplars"] == 9
     for shot in ("explain.png", "overlays.png", "neuron-grid.png"):
         assert (tmp_path / shot).stat().st_size > 10_000

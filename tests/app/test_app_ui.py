@@ -45,18 +45,46 @@ def concepts() -> list[dict]:
     out = []
     for i, c in enumerate(json.loads(BANK.read_text())["concepts"]):
         score = 0.3 + 0.7 * ((i * 37) % 26) / 25
-        out.append({
-            "wnid": c["wnid"], "name": c["name"], "path": c["path"], "depth": c["depth"], "score": score,
-            "threshold": c["threshold"], "probe_present": score >= c["threshold"], "reliable": c["reliable"],
-            "model_probability": 1 - score / 2, "present": score >= 0.5 and c["reliable"],
-            "box": [10, 10, 50, 40] if score >= 0.5 and c["reliable"] else None, "area_fraction": 0.2,
-            "neurons": [{"neuron": n, "shapley": 0.1 - n / 1000, "shapley_se": 0.001, "activation": 1.0,
-                         "contribution": 0.1} for n in range(20)],
-            "region_cells": 12,
-            "image_neurons": [{"neuron": 100 + n, "shapley": 0.2 - n / 200, "signed": 0.15 - n / 100, "rank": n + 2,
-                               "signed_rank": n + 1, "global_rank": 3 * n + 1, "activation": 0.5} for n in range(20)],
-            "map": np.full((7, 7), score).tolist(),
-        })  # fmt: skip
+        out.append(
+            {
+                "wnid": c["wnid"],
+                "name": c["name"],
+                "path": c["path"],
+                "depth": c["depth"],
+                "score": score,
+                "threshold": c["threshold"],
+                "probe_present": score >= c["threshold"],
+                "reliable": c["reliable"],
+                "model_probability": 1 - score / 2,
+                "present": score >= 0.5 and c["reliable"],
+                "box": [10, 10, 50, 40] if score >= 0.5 and c["reliable"] else None,
+                "area_fraction": 0.2,
+                "neurons": [
+                    {
+                        "neuron": n,
+                        "shapley": 0.1 - n / 1000,
+                        "shapley_se": 0.001,
+                        "activation": 1.0,
+                        "contribution": 0.1,
+                    }
+                    for n in range(20)
+                ],
+                "region_cells": 12,
+                "image_neurons": [
+                    {
+                        "neuron": 100 + n,
+                        "shapley": 0.2 - n / 200,
+                        "signed": 0.15 - n / 100,
+                        "rank": n + 2,
+                        "signed_rank": n + 1,
+                        "global_rank": 3 * n + 1,
+                        "activation": 0.5,
+                    }
+                    for n in range(20)
+                ],
+                "map": np.full((7, 7), score).tolist(),
+            }
+        )
     return out
 
 
@@ -71,10 +99,14 @@ def result(
             lvl["score"] = by[n]["score"]
         chain.append(lvl)
     return {
-        "prediction": [{"name": "Egyptian cat", "probability": 0.82, "wnid": "n02124075", "index": 285},
-                       {"name": "tiger cat", "probability": 0.07, "wnid": "n02123159", "index": 282}],
-        "chain": chain, "concepts": concepts, "image": {"width": 60, "height": 50},
-    }  # fmt: skip
+        "prediction": [
+            {"name": "Egyptian cat", "probability": 0.82, "wnid": "n02124075", "index": 285},
+            {"name": "tiger cat", "probability": 0.07, "wnid": "n02123159", "index": 282},
+        ],
+        "chain": chain,
+        "concepts": concepts,
+        "image": {"width": 60, "height": 50},
+    }
 
 
 def test_labels_name_first_then_the_wordnet_path(concepts):
@@ -82,7 +114,9 @@ def test_labels_name_first_then_the_wordnet_path(concepts):
     assert labels["physical entity"] == "physical entity"
     assert labels["whole"] == f"whole  ·  physical entity{SEP}object"
     mammal = f"animal{SEP}chordate{SEP}vertebrate{SEP}mammal"
-    assert labels["feline"].startswith("feline  ·  physical entity") and labels["feline"].endswith(f"{mammal}{SEP}placental{SEP}carnivore")
+    assert labels["feline"].startswith("feline  ·  physical entity") and labels["feline"].endswith(
+        f"{mammal}{SEP}placental{SEP}carnivore"
+    )
     assert f"vehicle{SEP}wheeled vehicle" in labels["car"]
     shared = [lab for lab in concept_labels(concepts).values() if lab.startswith("vessel")]
     assert len(shared) == 2 and len(set(shared)) == 2, "a name two concepts share gets its WNID"
@@ -98,19 +132,28 @@ def test_choices_cover_every_concept_depth_first_and_mark_unreliable(concepts):
     scored = dict((w, lab) for lab, w in concept_choices(concepts))
     c = concepts[3]
     assert f"(probe {c['score']:.2f}, model {c['model_probability']:.2f}, " in scored[c["wnid"]]
-    assert any("absent" in lab for lab in scored.values()) and any("present)" in lab for lab in scored.values())
+    assert any("absent" in lab for lab in scored.values()) and any(
+        "present)" in lab for lab in scored.values()
+    )
 
 
 def test_probe_beside_model(concepts):
     c = next(c for c in concepts if c["present"] and c["probe_present"])
     cap = concept_caption(c)
-    assert f"probe {c['score']:.3f} ✓ (threshold {c['threshold']:.2f}) · model {c['model_probability']:.3f} · present" in cap
+    assert (
+        f"probe {c['score']:.3f} ✓ (threshold {c['threshold']:.2f}) · model {c['model_probability']:.3f} · present"
+        in cap
+    )
     bad = next(c for c in concepts if not c["reliable"])
     assert "absent, unreliable" in concept_caption(bad) and "no box" in concept_caption(bad)
     f = concepts_frame(concepts, [c["wnid"], bad["wnid"], "n00000000"])
     assert list(f["concept"]) == [c["name"], bad["name"]]
     row = f.iloc[0]
-    assert (row["probe score"], row["model probability"], row["present"]) == (round(c["score"], 3), round(c["model_probability"], 3), True)
+    assert (row["probe score"], row["model probability"], row["present"]) == (
+        round(c["score"], 3),
+        round(c["model_probability"], 3),
+        True,
+    )
     assert row["hierarchy path"].endswith(c["name"]) and not f.iloc[1]["reliable"]
 
 
@@ -121,7 +164,9 @@ def test_default_selection_spreads_over_the_predicted_chain(concepts):
     assert picked[0] == "whole" and picked[-1] == "feline" and len(picked) == 4
     r2 = result(concepts, chain_names=("espresso", "beverage", "entity"))
     picked2 = default_selection(r2)
-    assert names[picked2[0]] == "physical entity" and len(picked2) == 4, "the most general, then the best scores"
+    assert names[picked2[0]] == "physical entity" and len(picked2) == 4, (
+        "the most general, then the best scores"
+    )
 
 
 def test_prediction_markdown(concepts):
@@ -139,8 +184,12 @@ def test_frames(concepts):
     assert f["neuron"][0] == "#0"
     assert neurons_frame({}).empty and image_neurons_frame({}).empty
     g = image_neurons_frame(concepts[0], removed=2)
-    assert len(g) == 20 and g["neuron"][0] == "#100" and list(g["status"][:3]) == ["removed", "removed", "kept"]
-    assert g.iloc[1][["signed rank", "abs rank", "global rank"]].tolist() == [2, 3, 4] and g["signed"][1] == pytest.approx(0.14)
+    assert (
+        len(g) == 20 and g["neuron"][0] == "#100" and list(g["status"][:3]) == ["removed", "removed", "kept"]
+    )
+    assert g.iloc[1][["signed rank", "abs rank", "global rank"]].tolist() == [2, 3, 4] and g["signed"][
+        1
+    ] == pytest.approx(0.14)
     t = neuron_frame({"concepts": [{"wnid": "n1", "name": "a", "shapley": 0.2, "rank_in_concept": 3}]})
     assert t.iloc[0].tolist() == [1, "a", "n1", 0.2, 3]
 
@@ -154,24 +203,59 @@ def test_neuron_grid_label_and_chart_choices(concepts):
         return base64.b64encode(buf.getvalue()).decode()
 
     answer = {
-        "neuron": 45, "concepts": [],
-        "label": {"wnid": "n1", "name": "game equipment", "shapley": 0.0189, "iou": 0.0123, "threshold": 8.9,
-                  "best_iou": {"wnid": "n2", "name": "cat", "iou": 0.0714}},
-        "exemplars": {"available": True, "k": 2, "format": "jpeg", "size": 64, "window_cells": 4.0,
-                      "patches": [{"rank": 1, "image": "a.JPEG", "box": [0, 0, 9, 9], "activation": 16.49,
-                                   "thumbnail": thumb((250, 0, 0))},
-                                  {"rank": 2, "image": "b.JPEG", "box": [0, 0, 9, 9], "activation": 14.9,
-                                   "thumbnail": thumb((0, 0, 250))}]},
-    }  # fmt: skip
+        "neuron": 45,
+        "concepts": [],
+        "label": {
+            "wnid": "n1",
+            "name": "game equipment",
+            "shapley": 0.0189,
+            "iou": 0.0123,
+            "threshold": 8.9,
+            "best_iou": {"wnid": "n2", "name": "cat", "iou": 0.0714},
+        },
+        "exemplars": {
+            "available": True,
+            "k": 2,
+            "format": "jpeg",
+            "size": 64,
+            "window_cells": 4.0,
+            "patches": [
+                {
+                    "rank": 1,
+                    "image": "a.JPEG",
+                    "box": [0, 0, 9, 9],
+                    "activation": 16.49,
+                    "thumbnail": thumb((250, 0, 0)),
+                },
+                {
+                    "rank": 2,
+                    "image": "b.JPEG",
+                    "box": [0, 0, 9, 9],
+                    "activation": 14.9,
+                    "thumbnail": thumb((0, 0, 250)),
+                },
+            ],
+        },
+    }
     items = exemplar_items(answer)
     assert [cap for _, cap in items] == ["1 · 16.49 · a.JPEG", "2 · 14.90 · b.JPEG"]
-    assert items[0][0].shape == (64, 64, 3) and items[0][0][..., 0].mean() > 240 and items[1][0][..., 2].mean() > 240
+    assert (
+        items[0][0].shape == (64, 64, 3)
+        and items[0][0][..., 0].mean() > 240
+        and items[1][0][..., 2].mean() > 240
+    )
     md = neuron_label_markdown(answer)
     assert md.startswith("### Neuron #45") and "**Label: game equipment**" in md and "IoU 0.012" in md
     assert "**cat** (IoU 0.071)" in md and "top 2 image patches" in md and "4 × 4 cells" in md
-    old = {"neuron": 3, "concepts": [], "label": {"wnid": "n1", "name": "x", "shapley": 0.1, "iou": None},
-           "exemplars": {"available": False, "reason": "this bank has no exemplars"}}  # fmt: skip
-    assert exemplar_items(old) == [] and "_No exemplars: this bank has no exemplars._" in neuron_label_markdown(old)
+    old = {
+        "neuron": 3,
+        "concepts": [],
+        "label": {"wnid": "n1", "name": "x", "shapley": 0.1, "iou": None},
+        "exemplars": {"available": False, "reason": "this bank has no exemplars"},
+    }
+    assert exemplar_items(
+        old
+    ) == [] and "_No exemplars: this bank has no exemplars._" in neuron_label_markdown(old)
     assert "IoU" not in neuron_label_markdown(old)
     # the charts' neurons: this image's (signed), then the bank's
     choices = neuron_choices(concepts[0])
@@ -182,22 +266,42 @@ def test_neuron_grid_label_and_chart_choices(concepts):
 
 def test_ablation_markdown(concepts):
     focus, other = concepts[1], concepts[0]
-    short = lambda c, d=0.0, present=None: {"wnid": c["wnid"], "name": c["name"], "score": c["score"] + d,  # noqa: E731
-                                            "model_probability": c["model_probability"] + d / 2,
-                                            "present": c["present"] if present is None else present}  # fmt: skip
+
+    def short(c, d=0.0, present=None):
+        return {
+            "wnid": c["wnid"],
+            "name": c["name"],
+            "score": c["score"] + d,
+            "model_probability": c["model_probability"] + d / 2,
+            "present": c["present"] if present is None else present,
+        }
+
     after = {
-        "prediction": [{"name": "tiger cat", "probability": 0.5}, {"name": "Egyptian cat", "probability": 0.3}],
+        "prediction": [
+            {"name": "tiger cat", "probability": 0.5},
+            {"name": "Egyptian cat", "probability": 0.3},
+        ],
         "concepts": [short(focus, -0.25, False), short(other, -0.01)],
-        "ablation": {"mode": "network", "neurons": [3, 7],
-                     "class": {"name": "Egyptian cat", "probability_before": 0.8, "probability_after": 0.3},
-                     "before": {"prediction": [{"name": "Egyptian cat", "probability": 0.8},
-                                               {"name": "tiger cat", "probability": 0.1}],
-                                "concepts": [short(focus), short(other)]}},
-    }  # fmt: skip
+        "ablation": {
+            "mode": "network",
+            "neurons": [3, 7],
+            "class": {"name": "Egyptian cat", "probability_before": 0.8, "probability_after": 0.3},
+            "before": {
+                "prediction": [
+                    {"name": "Egyptian cat", "probability": 0.8},
+                    {"name": "tiger cat", "probability": 0.1},
+                ],
+                "concepts": [short(focus), short(other)],
+            },
+        },
+    }
     md = ablation_markdown(focus, [3, 7], after, GLOBAL_SOURCE)
     assert md.startswith("**Class Egyptian cat**: 80.0 % → **30.0 %** (-50.0 points)")
     assert "| 1 | Egyptian cat 80.0 % | tiger cat 50.0 % |" in md
-    assert f"**{focus['name']}**: probe score {focus['score']:.3f} → **{focus['score'] - 0.25:.3f}** (-0.250)" in md
+    assert (
+        f"**{focus['name']}**: probe score {focus['score']:.3f} → **{focus['score'] - 0.25:.3f}** (-0.250)"
+        in md
+    )
     assert "→ absent" in md and "#3, #7" in md and GLOBAL_SOURCE in md and "inside the network" in md
     assert f"| {other['name']} |" in md
     assert ablation_markdown(focus, [1], {"concepts": []}) == "_the ablated answer has no such concept_"
@@ -231,20 +335,42 @@ def _png_header(path: Path, width: int, height: int) -> Path:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
 @pytest.mark.parametrize(
     "make, words",
     [
-        (lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt", r"notes\.txt is not an image the service reads"),
-        (lambda d: _png_header(d / "huge.png", 30000, 30000), r"900 megapixels; the service accepts up to 40 megapixels"),
-        (lambda d: _png_header(d / "big.png", 8000, 6000), r"8000×6000 = 48\.0 megapixels; the service accepts up to 16 megapixels for PNG"),
-        (lambda d: _png_header(d / "mid.png", 5000, 4000), r"20\.0 megapixels; the service accepts up to 16 megapixels for PNG"),
+        (
+            lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt",
+            r"notes\.txt is not an image the service reads",
+        ),
+        (
+            lambda d: _png_header(d / "huge.png", 30000, 30000),
+            r"900 megapixels; the service accepts up to 40 megapixels",
+        ),
+        (
+            lambda d: _png_header(d / "big.png", 8000, 6000),
+            r"8000×6000 = 48\.0 megapixels; the service accepts up to 16 megapixels for PNG",
+        ),
+        (
+            lambda d: _png_header(d / "mid.png", 5000, 4000),
+            r"20\.0 megapixels; the service accepts up to 16 megapixels for PNG",
+        ),
         (lambda d: d / "gone.png", r"the uploaded file is gone"),
     ],
     ids=["text file", "30000x30000 png", "48 MP png", "20 MP png", "missing file"],

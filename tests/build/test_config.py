@@ -19,15 +19,20 @@ def test_old_manifest_gets_the_defaults_and_what_older_builds_did():
     """A manifest without some settings: those take the dataclass defaults, except ``per_class``, which
     banks built before the step-1 reservoirs did not bound (every image kept), and ``folds``, 0 for banks
     built before the cross-validation; other entries are ignored."""
-    manifest = {"build": {"method": "gradient", "l2": 0.05, "seed": 3, "n_images": 10, "step1": {"images": 10}}}
+    manifest = {
+        "build": {"method": "gradient", "l2": 0.05, "seed": 3, "n_images": 10, "step1": {"images": 10}}
+    }
     cfg = BuildConfig.from_manifest(manifest)
     assert (cfg.method, cfg.l2, cfg.seed) == ("gradient", 0.05, 3)
     assert cfg.per_class == 1_000_000 and cfg.folds == 0 and cfg.exemplars == 0
     assert build_config(manifest_bank(manifest)).folds == BuildConfig.folds  # rerun: cross-validated
     want = asdict(BuildConfig())
     got = asdict(cfg)
-    assert {k: v for k, v in got.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")} == \
-        {k: v for k, v in want.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")}  # fmt: skip
+    assert {
+        k: v for k, v in got.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")
+    } == {
+        k: v for k, v in want.items() if k not in ("method", "l2", "seed", "per_class", "folds", "exemplars")
+    }
     assert BuildConfig.from_manifest({}) == BuildConfig(per_class=1_000_000, folds=0, exemplars=0)
 
 
@@ -52,9 +57,18 @@ def test_add_arguments_makes_one_flag_per_field():
     p = argparse.ArgumentParser()
     add_arguments(BuildConfig, p, defaults={"workers": 0})
     assert from_args(BuildConfig, p.parse_args([])) == BuildConfig(workers=0)
-    args = p.parse_args(["--per-class", "3", "--l2", "0.5", "--method", "gradient", "--amp", "--baseline", "zero"])
+    args = p.parse_args(
+        ["--per-class", "3", "--l2", "0.5", "--method", "gradient", "--amp", "--baseline", "zero"]
+    )
     cfg = from_args(BuildConfig, args, seed=9)
-    assert (cfg.per_class, cfg.l2, cfg.method, cfg.amp, cfg.baseline, cfg.seed) == (3, 0.5, "gradient", True, "zero", 9)
+    assert (cfg.per_class, cfg.l2, cfg.method, cfg.amp, cfg.baseline, cfg.seed) == (
+        3,
+        0.5,
+        "gradient",
+        True,
+        "zero",
+        9,
+    )
     assert type(cfg.l2) is float and type(cfg.per_class) is int
     with pytest.raises(SystemExit):
         p.parse_args(["--baseline", "median"])

@@ -24,7 +24,9 @@ from hint.hierarchy import Hierarchy
 BANK = REPO / "model_store" / "hint-bank"
 
 
-def brute_force(z: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def brute_force(
+    z: torch.Tensor, index: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(value, index, cell) (D, k): every image's peak per channel, sorted by value then index."""
     peak, cell = z.flatten(2).max(2)  # (N, D)
     out_v, out_i, out_c = [], [], []
@@ -93,7 +95,9 @@ def test_thumbnails_are_the_photo_crops(tmp_path):
     rng = np.random.default_rng(0)
     samples = []
     for n in range(3):
-        a = np.kron(rng.integers(0, 255, (7, 9, 3)), np.ones((30, 30, 1))).astype(np.uint8)  # 270x210, flat blocks
+        a = np.kron(rng.integers(0, 255, (7, 9, 3)), np.ones((30, 30, 1))).astype(
+            np.uint8
+        )  # 270x210, flat blocks
         p = tmp_path / f"n0144076{n}_x.png"
         Image.fromarray(a).save(p)
         samples.append(Sample(p, "n01440764", 0))
@@ -110,10 +114,17 @@ def test_thumbnails_are_the_photo_crops(tmp_path):
         assert out["box"][0, j].tolist() == box
         blob = bytes(out["jpeg"][int(out["offsets"][j]) : int(out["offsets"][j + 1])].numpy())
         got = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=float)
-        want = np.asarray(Image.open(samples[n].path).convert("RGB").crop(box).resize((32, 32), Image.Resampling.BICUBIC),
-                          dtype=float)  # fmt: skip
-        shifted = np.asarray(Image.open(samples[n].path).convert("RGB").crop([box[0] + 30, *box[1:3], box[2] + 30])
-                             .resize((32, 32), Image.Resampling.BICUBIC), dtype=float)  # fmt: skip
+        want = np.asarray(
+            Image.open(samples[n].path).convert("RGB").crop(box).resize((32, 32), Image.Resampling.BICUBIC),
+            dtype=float,
+        )
+        shifted = np.asarray(
+            Image.open(samples[n].path)
+            .convert("RGB")
+            .crop([box[0] + 30, *box[1:3], box[2] + 30])
+            .resize((32, 32), Image.Resampling.BICUBIC),
+            dtype=float,
+        )
         assert got.shape == (32, 32, 3) and np.abs(got - want).mean() < 15 < 40 < np.abs(got - shifted).mean()
 
 
@@ -143,7 +154,9 @@ def test_neuron_labels_iou_equals_a_direct_count():
         assert float(out["iou"][n]) == pytest.approx(ious[int(phi[:, n].argmax())], abs=1e-6)
         assert float(out["iou_best"][n]) == pytest.approx(max(ious), abs=1e-6)
         assert int(out["iou_concept"][n]) == int(np.argmax(ious))
-    assert not out["iou"].isnan().any() and out["iou_best"].min() > 0  # device has no images here: IoU 0, not NaN
+    assert (
+        not out["iou"].isnan().any() and out["iou_best"].min() > 0
+    )  # device has no images here: IoU 0, not NaN
 
 
 def fake_exemplars(bank: ConceptBank, k: int = 3) -> Exemplars:
@@ -157,32 +170,48 @@ def fake_exemplars(bank: ConceptBank, k: int = 3) -> Exemplars:
     return Exemplars(
         jpeg=torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8),
         offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        activation=torch.linspace(3, 1, k).repeat(d, 1), image=torch.arange(d * k).view(d, k) % 5,
-        box=torch.tensor([1, 2, 30, 40], dtype=torch.int32).repeat(d, k, 1), concept=bank.phi.argmax(0),
-        iou=torch.full((d,), 0.25), iou_concept=torch.zeros(d, dtype=torch.long), iou_best=torch.full((d,), 0.5),
-        threshold=torch.ones(d), images=[f"img{i}.JPEG" for i in range(5)], info={"size": 8, "quality": 75},
-    )  # fmt: skip
+        activation=torch.linspace(3, 1, k).repeat(d, 1),
+        image=torch.arange(d * k).view(d, k) % 5,
+        box=torch.tensor([1, 2, 30, 40], dtype=torch.int32).repeat(d, k, 1),
+        concept=bank.phi.argmax(0),
+        iou=torch.full((d,), 0.25),
+        iou_concept=torch.zeros(d, dtype=torch.long),
+        iou_best=torch.full((d,), 0.5),
+        threshold=torch.ones(d),
+        images=[f"img{i}.JPEG" for i in range(5)],
+        info={"size": 8, "quality": 75},
+    )
 
 
 def test_bank_round_trip_with_and_without_exemplars(tmp_path):
     bank = ConceptBank.load(BANK)
-    want = {f: json.loads((BANK / "manifest.json").read_text())["files"][f] for f in ("bank.safetensors", "head.safetensors")}
+    want = {
+        f: json.loads((BANK / "manifest.json").read_text())["files"][f]
+        for f in ("bank.safetensors", "head.safetensors")
+    }
     bank.exemplars = fake_exemplars(bank)
     folder = bank.save(tmp_path / "bank")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {f: manifest["files"][f] for f in want} == want, "the other tensors are written byte for byte"
-    assert FILE in manifest["files"] and manifest["exemplars"]["k"] == 3 and manifest["exemplars"]["size"] == 8
+    assert (
+        FILE in manifest["files"] and manifest["exemplars"]["k"] == 3 and manifest["exemplars"]["size"] == 8
+    )
     loaded = ConceptBank.load(folder).exemplars
     for key, v in bank.exemplars.tensors().items():
         assert torch.equal(loaded.tensors()[key], v), key
     assert loaded.images == bank.exemplars.images and loaded.info == {"size": 8, "quality": 75}
     p = loaded.patches(7)
     assert [x["rank"] for x in p] == [1, 2, 3] and p[0]["box"] == [1, 2, 30, 40]
-    assert base64.b64decode(p[1]["thumbnail"]) == loaded.thumbnail(7, 1) and loaded.thumbnail(7, 1)[:2] == b"\xff\xd8"
+    assert (
+        base64.b64decode(p[1]["thumbnail"]) == loaded.thumbnail(7, 1)
+        and loaded.thumbnail(7, 1)[:2] == b"\xff\xd8"
+    )
     # without exemplars: the file goes, the bank loads, its id is the same
     bank.exemplars = None
     bank.save(folder)
-    assert not (folder / FILE).exists() and "exemplars" not in json.loads((folder / "manifest.json").read_text())
+    assert not (folder / FILE).exists() and "exemplars" not in json.loads(
+        (folder / "manifest.json").read_text()
+    )
     again = ConceptBank.load(folder)
     assert again.exemplars is None and again.id == bank.id
 
@@ -255,8 +284,23 @@ def test_a_killed_step_one_resumes_its_patches(tiny_data, tmp_path, monkeypatch)
     from safetensors.torch import load_file, save_file
 
     state = {k: v for k, v in load_file(str(ckpt)).items() if not k.startswith("patches.")}
-    save_file(state, str(ckpt), metadata={"meta": json.dumps({"done": 8, "images": 8, "unreadable": [],
-              "seconds": 1.0, "correct": 0, "fg": 0, "positions": 0})})  # fmt: skip
+    save_file(
+        state,
+        str(ckpt),
+        metadata={
+            "meta": json.dumps(
+                {
+                    "done": 8,
+                    "images": 8,
+                    "unreadable": [],
+                    "seconds": 1.0,
+                    "correct": 0,
+                    "fg": 0,
+                    "positions": 0,
+                }
+            )
+        },
+    )
     old = TopPatches(5)
     extract_regions(lite, samples, cfg, progress=False, checkpoint=ckpt, patches=old)
     assert old.partial

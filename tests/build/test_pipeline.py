@@ -32,8 +32,16 @@ def built(tiny_data, lite, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     steps = []
     cfg = BuildConfig(permutations=64, batch_size=8, workers=0, max_positives=500)
-    bank = build(lite, found.samples, resolve(CONCEPTS, h), cfg, cache, h, progress=False,
-                 on_step=lambda s, c: steps.append((s, c)))  # fmt: skip
+    bank = build(
+        lite,
+        found.samples,
+        resolve(CONCEPTS, h),
+        cfg,
+        cache,
+        h,
+        progress=False,
+        on_step=lambda s, c: steps.append((s, c)),
+    )
     return bank, found, cache, cfg, steps
 
 
@@ -75,12 +83,20 @@ def test_build_outputs(built, lite):
     for c in bank.concepts:
         n = c["n_pos"] + c["n_sibling"] + c["n_background"] + c.get("n_other", 0)
         trivial = 2 * (c["n_pos"] / n) / (1 + c["n_pos"] / n)
-        assert c["f1"] >= max(0.75, trivial + 0.2, c.get("trivial_f1", 0) + 0.2), (c["name"], c["f1"], trivial)
+        assert c["f1"] >= max(0.75, trivial + 0.2, c.get("trivial_f1", 0) + 0.2), (
+            c["name"],
+            c["f1"],
+            trivial,
+        )
     assert bank.meta["build"]["step1"]["images"] == 16
     assert bank.meta["build"]["step1"]["top1"] >= 0.5  # real weights recognise most of these photos
     # calibration and reliability from cross-validation, every candidate listed with its status
     for c in bank.concepts:
-        assert 0.0 <= c["veto_threshold"] <= 1.0 and 0.0 <= c["threshold"] <= 1.0 and isinstance(c["reliable"], bool)
+        assert (
+            0.0 <= c["veto_threshold"] <= 1.0
+            and 0.0 <= c["threshold"] <= 1.0
+            and isinstance(c["reliable"], bool)
+        )
         assert c["f1_ci"][0] <= c["f1"] <= c["f1_ci"][1]
     assert {c["wnid"]: c["status"] for c in bank.meta["candidates"]} == dict.fromkeys(bank.wnids, "built")
 
@@ -88,8 +104,15 @@ def test_build_outputs(built, lite):
 def test_rebuild_is_cached_and_identical(built, lite):
     bank, found, cache, cfg, _ = built
     steps = []
-    again = build(lite, found.samples, resolve(CONCEPTS), cfg, cache, progress=False,
-                  on_step=lambda s, c: steps.append(c))  # fmt: skip
+    again = build(
+        lite,
+        found.samples,
+        resolve(CONCEPTS),
+        cfg,
+        cache,
+        progress=False,
+        on_step=lambda s, c: steps.append(c),
+    )
     assert steps == [True, True, True, True]
     torch.testing.assert_close(again.phi, bank.phi)
     assert torch.equal(again.exemplars.jpeg, bank.exemplars.jpeg)
@@ -157,7 +180,9 @@ def test_bank_round_trip_and_tables(built, tmp_path):
     assert {x for x, _ in ranked} == set(loaded.wnids)
     assert all(len(v) >= 2 for v in loaded.multimodal_neurons(k=20).values())
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["backbone"] == "efficientnet_lite0" and manifest["files"]["bank.safetensors"] == bank.sha256
+    assert (
+        manifest["backbone"] == "efficientnet_lite0" and manifest["files"]["bank.safetensors"] == bank.sha256
+    )
     # saving again over the folder is atomic and leaves no temp folders
     bank.save(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
@@ -212,5 +237,3 @@ def test_random_weight_torchvision_backbone(tiny_data, tmp_path):
 def test_unknown_concept():
     with pytest.raises(KeyError, match="unknown concept"):
         resolve(["whole", "not-a-concept"])
-
-

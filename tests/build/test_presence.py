@@ -21,7 +21,14 @@ def h() -> Hierarchy:
     return Hierarchy.load()
 
 
-def _table(h: Hierarchy, classes: list[str], per_image: int = 16, images_per_class: int = 3, d: int = 6, seed: int = 0):
+def _table(
+    h: Hierarchy,
+    classes: list[str],
+    per_image: int = 16,
+    images_per_class: int = 3,
+    d: int = 6,
+    seed: int = 0,
+):
     """A synthetic step-1 table: each image has ``per_image`` positions, the first half responsible."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.tensor([h[w].index for w in classes for _ in range(images_per_class)])
@@ -128,17 +135,24 @@ def test_auroc_matches_pairwise_definition():
 
 def test_region_quality_needs_to_beat_always_positive():
     n = 40
-    good = presence.RegionCounts(tp=np.full(n, 8.0), fp=np.full(n, 1.0), fn=np.full(n, 1.0), pos=np.full(n, 9.0),
-                                 n=np.full(n, 30.0))  # fmt: skip
+    good = presence.RegionCounts(
+        tp=np.full(n, 8.0), fp=np.full(n, 1.0), fn=np.full(n, 1.0), pos=np.full(n, 9.0), n=np.full(n, 30.0)
+    )
     r = presence.region_quality(good)
     assert r["beats_trivial"] and r["f1"] > r["trivial_f1"] and r["f1_ci"][0] <= r["f1"] <= r["f1_ci"][1]
     # predicting everything positive is exactly the trivial classifier: never reliable
-    trivial = presence.RegionCounts(tp=np.full(n, 9.0), fp=np.full(n, 21.0), fn=np.zeros(n), pos=np.full(n, 9.0),
-                                    n=np.full(n, 30.0))  # fmt: skip
+    trivial = presence.RegionCounts(
+        tp=np.full(n, 9.0), fp=np.full(n, 21.0), fn=np.zeros(n), pos=np.full(n, 9.0), n=np.full(n, 30.0)
+    )
     assert not presence.region_quality(trivial)["beats_trivial"]
     # a good F1 on only two images cannot be told apart from luck
-    few = presence.RegionCounts(tp=np.array([8.0, 0.0]), fp=np.array([0.0, 3.0]), fn=np.array([1.0, 9.0]),
-                                pos=np.array([9.0, 9.0]), n=np.array([12.0, 12.0]))  # fmt: skip
+    few = presence.RegionCounts(
+        tp=np.array([8.0, 0.0]),
+        fp=np.array([0.0, 3.0]),
+        fn=np.array([1.0, 9.0]),
+        pos=np.array([9.0, 9.0]),
+        n=np.array([12.0, 12.0]),
+    )
     assert not presence.region_quality(few)["beats_trivial"]
 
 
@@ -179,14 +193,17 @@ def test_data_sufficiency_rule_and_aliases(h):
     labels = torch.tensor([h[w].index for w in DOGS + CATS + BIRDS])
     fg = torch.full((len(labels),), 10)
     cands = [h.find(n).wnid for n in ("dog", "passerine", "oscine", "feline", "carnivore")]
-    built, status = select_concepts(h, labels, fg, prefer=["oscine"], min_images=3, min_regions=24, candidates=cands)
+    built, status = select_concepts(
+        h, labels, fg, prefer=["oscine"], min_images=3, min_regions=24, candidates=cands
+    )
     dog, passerine, oscine, feline, carn = cands
     assert built == [dog, carn] and status[dog] == "built" and status[carn] == "built"
     assert status[feline] == "too few images: 2"
     # passerine and oscine have the same ImageNet classes: the preferred one is judged, the other is its alias
     assert status[oscine] == "too few images: 2" and status[passerine] == f"alias of {oscine}"
-    built, status = select_concepts(h, labels, torch.full((len(labels),), 5), min_images=3, min_regions=24,
-                                    candidates=[dog])  # fmt: skip
+    built, status = select_concepts(
+        h, labels, torch.full((len(labels),), 5), min_images=3, min_regions=24, candidates=[dog]
+    )
     assert status[dog] == "too few regions: 15" and not built
 
 

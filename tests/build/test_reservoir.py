@@ -29,8 +29,17 @@ def offers(n: int = 60, classes: int = 3, views: int = 1):
     for i in range(n):
         photo, v = divmod(i, views)
         g = torch.Generator().manual_seed(i)
-        out.append((i, f"img{photo}.jpg" + (f"#{v}" if v else ""), photo % classes,
-                    torch.randn(4, 3, generator=g).half(), torch.rand(4, generator=g) > 0.5, photo * views, v))  # fmt: skip
+        out.append(
+            (
+                i,
+                f"img{photo}.jpg" + (f"#{v}" if v else ""),
+                photo % classes,
+                torch.randn(4, 3, generator=g).half(),
+                torch.rand(4, generator=g) > 0.5,
+                photo * views,
+                v,
+            )
+        )
     return out
 
 
@@ -89,12 +98,18 @@ def test_views_are_deterministic_flips_and_crops(tmp_path):
     assert np.array_equal(np.asarray(make_view(im, "a.jpg", 1)), np.asarray(im)[:, ::-1])
     crops = [make_view(im, "a.jpg", v) for v in range(2, 6)]
     assert all(0.5 * 64 * 48 - 64 <= c.width * c.height <= 64 * 48 for c in crops)
-    assert [np.asarray(c).tobytes() for c in crops] == [np.asarray(make_view(im, "a.jpg", v)).tobytes() for v in range(2, 6)]
+    assert [np.asarray(c).tobytes() for c in crops] == [
+        np.asarray(make_view(im, "a.jpg", v)).tobytes() for v in range(2, 6)
+    ]
     assert len({c.size for c in crops}) > 1
     path = tmp_path / "n01440764_x.png"
     im.save(path)
     samples = with_views(discover(tmp_path).samples, 3)
-    assert [(s.view, s.key) for s in samples] == [(0, "n01440764_x.png"), (1, "n01440764_x.png#1"), (2, "n01440764_x.png#2")]
+    assert [(s.view, s.key) for s in samples] == [
+        (0, "n01440764_x.png"),
+        (1, "n01440764_x.png#1"),
+        (2, "n01440764_x.png#2"),
+    ]
     with pytest.raises(ValueError, match="at least 1"):
         with_views(samples, 0)
 
@@ -149,7 +164,9 @@ def test_a_killed_step_one_resumes_at_its_checkpoint(lite0, tiny_data, tmp_path,
     resumed, run2 = extract_regions(lite0, samples, cfg, progress=False, checkpoint=ckpt)
     assert seen["n"] == 8  # only the images after the checkpoint
     assert kept(resumed) == kept(whole) and run2["images"] == run["images"] == 16
-    torch.testing.assert_close(resumed.table().features.float(), whole.table().features.float(), atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        resumed.table().features.float(), whole.table().features.float(), atol=2e-2, rtol=1e-2
+    )
 
 
 @pytest.mark.slow
@@ -158,16 +175,46 @@ def test_torchrun_two_processes_keep_the_images_one_process_keeps(lite0, tiny_da
     if torchrun is None:
         pytest.skip("torchrun not installed")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "offline", "build", "--data", str(tiny_data),
-           "--out", str(tmp_path / "bank"), "--device", "cpu", "--per-class", "2", "--concepts", "whole", "animal",
-           "--min-images", "2", "--permutations", "8", "--faithfulness-k", "0", "--workers", "0", "--no-progress",
-           "--batch-size", "8", "--head-layers", "none"]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "offline",
+        "build",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "bank"),
+        "--device",
+        "cpu",
+        "--per-class",
+        "2",
+        "--concepts",
+        "whole",
+        "animal",
+        "--min-images",
+        "2",
+        "--permutations",
+        "8",
+        "--faithfulness-k",
+        "0",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--batch-size",
+        "8",
+        "--head-layers",
+        "none",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = (tmp_path / ".hint-cache").glob("regions-*.safetensors")
     dist, stats = load_table(path)
-    single, _ = region_table(lite0, discover(tiny_data).samples, BuildConfig(per_class=2, batch_size=8, workers=0),
-                             progress=False)  # fmt: skip
+    single, _ = region_table(
+        lite0, discover(tiny_data).samples, BuildConfig(per_class=2, batch_size=8, workers=0), progress=False
+    )
     assert stats["world_size"] == 2 and stats["images"] == 16 and stats["kept_images"] == 8
     assert dist.index.tolist() == single.index.tolist()
     assert torch.equal(dist.label, single.label)

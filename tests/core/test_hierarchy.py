@@ -42,7 +42,16 @@ def test_tabby_ancestors(h):
     for n in ("cat", "feline", "carnivore", "mammal", "vertebrate", "animal", "entity"):
         assert n in names, n
     path = [h[w].name for w in h.path(TABBY)]
-    assert path[:8] == ["tabby", "domestic cat", "cat", "feline", "carnivore", "placental", "mammal", "vertebrate"]
+    assert path[:8] == [
+        "tabby",
+        "domestic cat",
+        "cat",
+        "feline",
+        "carnivore",
+        "placental",
+        "mammal",
+        "vertebrate",
+    ]
     assert path[-1] == "entity"
 
 

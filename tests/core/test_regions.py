@@ -13,8 +13,9 @@ class Tiny(nn.Module):
         torch.manual_seed(0)
         self.head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
         self.layer = nn.Conv2d(4, 6, 3, padding=1)
-        self.tail = nn.Sequential(nn.ReLU6(), nn.Conv2d(6, 5, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(5, 3))  # fmt: skip
+        self.tail = nn.Sequential(
+            nn.ReLU6(), nn.Conv2d(6, 5, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)
+        )
 
     def forward(self, x):
         return self.tail(self.layer(self.head(x)))

@@ -47,8 +47,11 @@ def make_handler(explainer, model: str, key: str | None):
     from hint.serve import options, request
 
     lock = threading.Lock()  # the explainer keeps the hooked activation on itself
-    limits = options.Limits(channels=explainer.channels, work_size=2 * explainer.backbone.input_size,
-                       concept=options.bank_concepts(explainer.h, explainer.bank))  # fmt: skip
+    limits = options.Limits(
+        channels=explainer.channels,
+        work_size=2 * explainer.backbone.input_size,
+        concept=options.bank_concepts(explainer.h, explainer.bank),
+    )
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -84,10 +87,15 @@ def make_handler(explainer, model: str, key: str | None):
                     404, "ModelNotFoundException", f"Model not found: {self.path.rsplit('/', 1)[-1]}"
                 )
             if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
-                return self._error(401, "InvalidKeyException",
-                                   "Token Authorization failed. Token either incorrect, expired, or not provided correctly")  # fmt: skip
+                return self._error(
+                    401,
+                    "InvalidKeyException",
+                    "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+                )
             try:
-                req = request.parse_request({"body": raw}, limits, {"Content-Type": self.headers.get("Content-Type", "")})
+                req = request.parse_request(
+                    {"body": raw}, limits, {"Content-Type": self.headers.get("Content-Type", "")}
+                )
                 with lock:
                     if isinstance(req, request.NeuronRequest):
                         body = explainer.neuron(req.neuron)

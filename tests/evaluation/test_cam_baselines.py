@@ -91,16 +91,26 @@ def test_maps_are_the_library_output_before_its_resize(tmp_path, monkeypatch):
     anns = []
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / f"{i}.png")
-        anns.append(wsol.Annotation(f"{i}.png", tmp_path / f"{i}.png", "n0", i + 1, 40, 40, np.zeros((1, 4)), np.zeros((1, 4))))
+        anns.append(
+            wsol.Annotation(
+                f"{i}.png", tmp_path / f"{i}.png", "n0", i + 1, 40, 40, np.zeros((1, 4)), np.zeros((1, 4))
+            )
+        )
     model = _Toy().eval()
 
     def preprocess(ims):
-        return torch.from_numpy(np.stack([np.asarray(im.resize((32, 32))) for im in ims])).permute(0, 3, 1, 2) / 255
+        return (
+            torch.from_numpy(np.stack([np.asarray(im.resize((32, 32))) for im in ims])).permute(0, 3, 1, 2)
+            / 255
+        )
 
     bb = types.SimpleNamespace(name="toy", model=model, preprocess=preprocess)
     monkeypatch.setitem(wsol_eval.CAM_LAYERS, "toy", ("act", "fc"))
     got = library_cams(bb, anns, list(BASELINES), batch_size=2)
-    x, targets = preprocess([Image.open(a.path) for a in anns]), [ClassifierOutputTarget(a.label) for a in anns]
+    x, targets = (
+        preprocess([Image.open(a.path) for a in anns]),
+        [ClassifierOutputTarget(a.label) for a in anns],
+    )
     for m, (row, cls) in BASELINES.items():
         assert got[row].shape == (3, 8, 8) and got[row].min() >= 0 and got[row].max() <= 1, m
         cam = getattr(pytorch_grad_cam, cls)(model, [model.act])
@@ -133,7 +143,9 @@ def test_library_rows_in_the_wsol_report(boxes, tmp_path):
         r = rep["methods"][m]
         assert r["variant"] == library_version() and r["map"] == "library" and set(r) == set(cam), m
         assert 0 <= r["gt_known_loc"] <= r["max_box_acc"] <= 1 and r["top1_cls"] == cam["top1_cls"]
-        assert set(rep["bootstrap"]["ci95"][m]) == set(rep["bootstrap"]["minus_cam_ci95"][m]) >= {"gt_known_loc"}
+        assert (
+            set(rep["bootstrap"]["ci95"][m]) == set(rep["bootstrap"]["minus_cam_ci95"][m]) >= {"gt_known_loc"}
+        )
         assert f"| {m} |" in (tmp_path / "out" / "results.md").read_text()
         assert rep["timings_s"][f"baseline {next(k for k, v in BASELINES.items() if v[0] == m)}"] > 0
     assert rep["extra_variants"]["baselines"]["layer"] == "_head_act"
@@ -142,7 +154,9 @@ def test_library_rows_in_the_wsol_report(boxes, tmp_path):
     anns = wsol.load_annotations(boxes / "annotations.csv", boxes)[:1]
     low = library_cams(bb, anns, ["gradcam++"])["Grad-CAM++ (grad-cam)"][0]
     want = wsol.score_map(low, 224, 224, "cubic")
-    np.testing.assert_allclose(np.load(tmp_path / "npy" / wsol_eval.slug(rows[1]) / "chelsea.png.npy"), want, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "npy" / wsol_eval.slug(rows[1]) / "chelsea.png.npy"), want, atol=1e-5
+    )
     none = run_evaluate_wsol(tmp_path, bank, boxes, "--no-retrain", "--baselines")
     assert list(none["methods"])[2:] == ["HINT-whole", "HINT-ancestor", "CAM", "CAM (predicted class)"]
     assert "--baselines" in none["command"] and "baselines" not in none["extra_variants"]

@@ -31,9 +31,11 @@ def test_report_scores_each_answer_against_the_hierarchy(explainer):
     n, e = 4, len(bank.concepts)
     arrays = {
         "label": np.array([goldfinch, goldfinch, pug, pug]),
-        "present": np.zeros((n, e), bool), "probe_present": np.zeros((n, e), bool),
-        "model_probability": np.zeros((n, e)), "score": np.zeros((n, e)),
-    }  # fmt: skip
+        "present": np.zeros((n, e), bool),
+        "probe_present": np.zeros((n, e), bool),
+        "model_probability": np.zeros((n, e)),
+        "score": np.zeros((n, e)),
+    }
     arrays["present"][[0, 1], e_bird] = True  # served: both birds right, one dog missed
     arrays["present"][2, e_dog] = True
     arrays["probe_present"][[0, 2, 3], e_bird] = True  # probe: one bird hit, two false alarms on dogs
@@ -51,7 +53,9 @@ def test_report_scores_each_answer_against_the_hierarchy(explainer):
     # macro means skip concepts without a positive image
     scored = [r for r in rep["concepts"] if r["positives"]]
     assert rep["macro"]["all_built"]["concepts"] == len(scored)
-    assert rep["macro"]["all_built"]["served"]["f1"] == pytest.approx(np.mean([r["served"]["f1"] for r in scored]), abs=1e-4)
+    assert rep["macro"]["all_built"]["served"]["f1"] == pytest.approx(
+        np.mean([r["served"]["f1"] for r in scored]), abs=1e-4
+    )
     line = concept_eval.summary_line(rep)
     assert line.startswith("macro-F1 served ") and line.endswith(f"({n} images, {len(scored)} concepts)")
 
@@ -59,8 +63,20 @@ def test_report_scores_each_answer_against_the_hierarchy(explainer):
 @pytest.mark.slow
 def test_evaluate_concepts_cli(shared, tmp_path, capsys):
     out = tmp_path / "eval"
-    argv = ["evaluate-concepts", "--bank", str(BANK), "--data", str(shared / "imagenet-val-boxes"), "--out", str(out),
-            "--limit", "64", "--workers", "0", "--no-progress"]  # fmt: skip
+    argv = [
+        "evaluate-concepts",
+        "--bank",
+        str(BANK),
+        "--data",
+        str(shared / "imagenet-val-boxes"),
+        "--out",
+        str(out),
+        "--limit",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     rep = json.loads((out / "results.json").read_text())
@@ -73,7 +89,9 @@ def test_evaluate_concepts_cli(shared, tmp_path, capsys):
     from hint.presence import apply_rule
 
     ex = Explainer.from_bank(BANK)
-    anns = load_annotations(shared / "imagenet-val-boxes" / "annotations.csv", shared / "imagenet-val-boxes")[:16]
+    anns = load_annotations(shared / "imagenet-val-boxes" / "annotations.csv", shared / "imagenet-val-boxes")[
+        :16
+    ]
     arrays = ex.presence_arrays(ex.backbone.preprocess([load_rgb(a.path) for a in anns]))
     rule = ex.bank.meta["presence"]["model"]
     assert torch.equal(arrays["present"], apply_rule(rule, arrays["model_probability"], arrays["score"]))

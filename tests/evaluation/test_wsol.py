@@ -92,8 +92,9 @@ def test_shifted_box_known_iou():
 def iou(box, boxes: np.ndarray) -> np.ndarray:
     """Reference: IoU of one box against (K, 4) boxes, wsolevaluation's formula (+1 pixel convention)."""
     b, g = np.asarray(box, dtype=np.float64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    inter = (np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]) + 1, 0, None)
-             * np.clip(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]) + 1, 0, None))  # fmt: skip
+    inter = np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]) + 1, 0, None) * np.clip(
+        np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]) + 1, 0, None
+    )
     area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
     return inter / (area_b + (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1) - inter)
 
@@ -260,7 +261,9 @@ def independent_max_box_acc_v2(npy_dir: Path, metadata: Path) -> tuple[float, di
     assert len({m.shape for m in maps}) == 1  # wsolevaluation's DataLoader stacks them
     hits = np.zeros((len(maps), 100, 3), bool)
     for i, (name, m) in enumerate(zip(meta["ids"], maps, strict=True)):
-        assert m.ndim == 2 and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 and not np.isnan(m).any()
+        assert (
+            m.ndim == 2 and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 and not np.isnan(m).any()
+        )
         h, w = m.shape
         gt = [_resize_box(b, meta["sizes"][name], (w, h)) for b in meta["boxes"][name]]
         q = (m * 255).astype(np.uint8)
@@ -277,7 +280,9 @@ def test_exported_maps_reproduce_max_box_acc_v2_synthetic(tmp_path):
     ids, labels, boxes, maps, size = [], [], [], [], (60, 50)
     for i in range(10):
         raw = rng.random((7, 7)).astype(np.float32) ** 3
-        bx = [sorted(rng.uniform(0, size[0], 2)) + sorted(rng.uniform(0, size[1], 2)) for _ in range(1 + i % 3)]
+        bx = [
+            sorted(rng.uniform(0, size[0], 2)) + sorted(rng.uniform(0, size[1], 2)) for _ in range(1 + i % 3)
+        ]
         boxes.append(wsol.gt_boxes_int(np.array([[b[0], b[2], b[1], b[3]] for b in bx])))
         ids.append(f"img{i}.png")
         labels.append(281)
@@ -287,19 +292,28 @@ def test_exported_maps_reproduce_max_box_acc_v2_synthetic(tmp_path):
     for i, m in enumerate(maps):
         s.add(i, m, boxes[i])
         wsol.export_scoremap(tmp_path / "npy", ids[i], m)
-    wsol.write_metadata(tmp_path / "meta", [ids[i] for i in test], [labels[i] for i in test], size,
-                        [boxes[i] for i in test])  # fmt: skip
+    wsol.write_metadata(
+        tmp_path / "meta", [ids[i] for i in test], [labels[i] for i in test], size, [boxes[i] for i in test]
+    )
     r = wsol.localization_metrics(s, np.ones(10, bool), sel, test)
     v2, per = independent_max_box_acc_v2(tmp_path / "npy", tmp_path / "meta")
     assert per == r["max_box_acc_v2_per_iou"] and v2 == r["max_box_acc_v2"]
 
 
 def test_write_metadata_writes_integers_and_refuses_fractions(tmp_path):
-    wsol.write_metadata(tmp_path, ["a.JPEG", "b.JPEG"], [3, 7], (224, 224),
-                        [np.array([[1, 2, 30, 40]]), np.array([[0, 0, 5, 5], [9, 9, 223, 223]])])  # fmt: skip
+    wsol.write_metadata(
+        tmp_path,
+        ["a.JPEG", "b.JPEG"],
+        [3, 7],
+        (224, 224),
+        [np.array([[1, 2, 30, 40]]), np.array([[0, 0, 5, 5], [9, 9, 223, 223]])],
+    )
     meta = read_wsolevaluation_metadata(tmp_path)
     assert meta["ids"] == ["a.JPEG", "b.JPEG"] and meta["labels"] == {"a.JPEG": 3, "b.JPEG": 7}
-    assert meta["sizes"]["b.JPEG"] == (224, 224) and meta["boxes"]["b.JPEG"] == [(0, 0, 5, 5), (9, 9, 223, 223)]
+    assert meta["sizes"]["b.JPEG"] == (224, 224) and meta["boxes"]["b.JPEG"] == [
+        (0, 0, 5, 5),
+        (9, 9, 223, 223),
+    ]
     assert (tmp_path / "localization.txt").read_text().splitlines()[0] == "a.JPEG,1,2,30,40"
     with pytest.raises(ValueError, match="integers"):
         wsol.write_metadata(tmp_path, ["a.JPEG"], [3], (224, 224), [np.array([[54.2, 2, 30, 40]])])
@@ -310,11 +324,15 @@ def test_write_metadata_writes_integers_and_refuses_fractions(tmp_path):
 def test_resize_bbox_like_wsolevaluation():
     b = wsol.parse_boxes("9.1 105.9 50.4 176.8;0 0 226.9 226.9")
     # int(9.1·224/227) = int(8.98) = 8, int(105.9·224/227) = int(104.50) = 104, ...
-    np.testing.assert_array_equal(wsol.resize_bbox(b, (227, 227), (224, 224)), [[8, 104, 49, 174], [0, 0, 223, 223]])
+    np.testing.assert_array_equal(
+        wsol.resize_bbox(b, (227, 227), (224, 224)), [[8, 104, 49, 174], [0, 0, 223, 223]]
+    )
     assert [tuple(r) for r in wsol.resize_bbox(b, (227, 227), (224, 224))] == [
         _resize_box(r, (227, 227), (224, 224)) for r in b
     ]
-    np.testing.assert_array_equal(wsol.resize_bbox([[3, 4, 50, 60]], (224, 224), (224, 224)), [[3, 4, 50, 60]])
+    np.testing.assert_array_equal(
+        wsol.resize_bbox([[3, 4, 50, 60]], (224, 224), (224, 224)), [[3, 4, 50, 60]]
+    )
 
 
 def test_upsampling_modes():
@@ -324,7 +342,9 @@ def test_upsampling_modes():
     np.testing.assert_array_equal(upsample_map(raw, 224, 224), cv2.resize(raw, (224, 224)))
     assert not np.array_equal(cubic, upsample_map(raw, 224, 224, "bilinear"))
     sm = wsol.score_map(raw, 224, 224, "cubic")
-    assert sm.shape == (224, 224) and sm.min() == 0.0 and sm.max() == 1.0  # cubic overshoot removed by min-max
+    assert (
+        sm.shape == (224, 224) and sm.min() == 0.0 and sm.max() == 1.0
+    )  # cubic overshoot removed by min-max
     with pytest.raises(ValueError, match="unknown upsampling"):
         upsample_map(raw, 10, 10, "lanczos")
 
@@ -376,7 +396,9 @@ def test_retraining_uses_the_bank_build_parameters(tmp_path):
     x, y = torch.randn(400, 6, generator=g), (torch.arange(400) % 2).float()
     x[:, 0] += 2 * y
     s = ConceptSamples("n0", "n1", x, y, torch.arange(400) // 10, 200, 0, 200)
-    bank = ConceptBank.load(random_bank(tmp_path / "b1", {"l2": 0.05, "test_fraction": 0.3, "seed": 2, "frobnicate": 1}))
+    bank = ConceptBank.load(
+        random_bank(tmp_path / "b1", {"l2": 0.05, "test_fraction": 0.3, "seed": 2, "frobnicate": 1})
+    )
     want = train_classifier(x, y, s.image, test_fraction=0.3, seed=2, l2=0.05)
     got = wsol_eval.fit(bank, s)
     torch.testing.assert_close(got.weight, want.weight)
@@ -398,14 +420,15 @@ def test_wsol_module_is_metrics_only():
 # ----------------------------------------------------------------------------------- end to end
 
 
-
 def _check_report(rep: dict, tmp: Path) -> None:
     meta = tmp / "npy" / "metadata" / "ILSVRC"
     for m in ("HINT-whole", "HINT-ancestor", "CAM"):
         r = rep["methods"][m]
         for k in ("gt_known_loc", "top1_loc", "max_box_acc", "max_box_acc_v2", "pointing_game", "mean_iou"):
             assert 0.0 <= r[k] <= 1.0
-        assert r["top1_loc"] <= min(r["gt_known_loc"], r["top1_cls"]) and r["gt_known_loc"] <= r["max_box_acc"]
+        assert (
+            r["top1_loc"] <= min(r["gt_known_loc"], r["top1_cls"]) and r["gt_known_loc"] <= r["max_box_acc"]
+        )
         npy = tmp / "npy" / m
         v2, per = independent_max_box_acc_v2(npy, meta / "test")
         assert per == {int(k): v for k, v in r["max_box_acc_v2_per_iou"].items()}
@@ -433,17 +456,33 @@ def test_evaluate_wsol_end_to_endrandom_bank(tiny_boxes, tmp_path, capsys):
     p = rep["protocol"]
     assert p["map_size"] == [14, 14] and p["cam_map_size"] == [7, 7]
     assert p["eval_size"] == [224, 224] and p["upsample"] == "cubic"
-    assert list(rep["methods"]) == ["HINT-whole (served)", "HINT-ancestor (served)", "HINT-whole", "HINT-ancestor", "CAM",
-                                    "CAM (predicted class)", "Grad-CAM (grad-cam)", "Grad-CAM++ (grad-cam)",
-                                    "LayerCAM (grad-cam)"]  # fmt: skip
+    assert list(rep["methods"]) == [
+        "HINT-whole (served)",
+        "HINT-ancestor (served)",
+        "HINT-whole",
+        "HINT-ancestor",
+        "CAM",
+        "CAM (predicted class)",
+        "Grad-CAM (grad-cam)",
+        "Grad-CAM++ (grad-cam)",
+        "LayerCAM (grad-cam)",
+    ]
     # a bank without a localisation head serves its own layer's maps: the served rows are its classifiers'
     for kind in ("whole", "ancestor"):
-        assert rep["methods"][f"HINT-{kind} (served)"]["max_box_acc_v2"] == pytest.approx(rep["methods"][f"HINT-{kind}"]["max_box_acc_v2"], abs=0.02)
-    assert rep["served"]["head"] is None and set(rep["served"]["rows"]) == {"HINT-whole (served)", "HINT-ancestor (served)"}
+        assert rep["methods"][f"HINT-{kind} (served)"]["max_box_acc_v2"] == pytest.approx(
+            rep["methods"][f"HINT-{kind}"]["max_box_acc_v2"], abs=0.02
+        )
+    assert rep["served"]["head"] is None and set(rep["served"]["rows"]) == {
+        "HINT-whole (served)",
+        "HINT-ancestor (served)",
+    }
     assert not rep["retrain"]["done"]
     assert rep["methods"]["CAM"]["top1_cls"] == 0.0  # test half: chelsea (→ Egyptian cat) ×2, rocket (→ rig)
     _check_report(rep, tmp_path)
-    assert rep["command"].startswith("python -m offline evaluate-wsol --bank ") and "--no-retrain" in rep["command"]
+    assert (
+        rep["command"].startswith("python -m offline evaluate-wsol --bank ")
+        and "--no-retrain" in rep["command"]
+    )
     assert "--no-progress" not in rep["command"]
 
 
@@ -454,7 +493,9 @@ def test_cam_is_made_for_the_ground_truth_class(tiny_boxes, tmp_path):
     from hint.build.datasets import load_rgb
 
     bank = random_bank(tmp_path / "bank")
-    run_evaluate_wsol(tmp_path, bank, tiny_boxes, "--no-retrain", "--export-methods", "CAM", "CAM (predicted class)")
+    run_evaluate_wsol(
+        tmp_path, bank, tiny_boxes, "--no-retrain", "--export-methods", "CAM", "CAM (predicted class)"
+    )
     bb = get_backbone("efficientnet_lite0")
     feats = {}
     bb.model._head_act.register_forward_hook(lambda _m, _i, o: feats.setdefault("f", o))
@@ -474,8 +515,18 @@ def test_cam_is_made_for_the_ground_truth_class(tiny_boxes, tmp_path):
 def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path):
     """No cached table: step 1 runs again on the bank's build data (here the tiny set), is cached, and
     the (x%), faithfulness and ``--step1-methods`` rows appear; a second run reuses the cache."""
-    build = {"method": "guided", "threshold": 0.5, "quantile": 0.99, "max_positives": 4000, "test_fraction": 0.2,
-             "l2": 1e-3, "seed": 0, "data": str(tiny_boxes), "n_images": 6, "unreadable": 0}  # fmt: skip
+    build = {
+        "method": "guided",
+        "threshold": 0.5,
+        "quantile": 0.99,
+        "max_positives": 4000,
+        "test_fraction": 0.2,
+        "l2": 1e-3,
+        "seed": 0,
+        "data": str(tiny_boxes),
+        "n_images": 6,
+        "unreadable": 0,
+    }
     bank = random_bank(tmp_path / "bank", build)
     cache = tmp_path / "cache"
     args = ("--percents", "20", "--draws", "1", "--faithfulness-k", "10", "--cache", str(cache))
@@ -485,8 +536,14 @@ def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path
     tables = sorted(p.name for p in cache.iterdir())
     bank_id = json.loads((bank / "manifest.json").read_text())["bank_id"]
     assert tables == [f"regions-wsol-{bank_id}-gradient.safetensors", f"regions-wsol-{bank_id}.safetensors"]
-    for m in ("HINT-whole (20%)", "HINT-ancestor (20%)", "whole · shapley top-10", "ancestor · random top-10 s0",
-              "HINT-whole [step 1: gradient]", "HINT-ancestor [step 1: gradient]"):  # fmt: skip
+    for m in (
+        "HINT-whole (20%)",
+        "HINT-ancestor (20%)",
+        "whole · shapley top-10",
+        "ancestor · random top-10 s0",
+        "HINT-whole [step 1: gradient]",
+        "HINT-ancestor [step 1: gradient]",
+    ):
         assert m in rep["methods"], m
     assert rep["variants"]["shapley 20%"]["k"] == 22 and rep["extra_variants"]["step 1: gradient"]["done"]
     assert set(rt["concepts"]) == {"whole", "carnivore", "artifact"}  # espresso has no bank concept above it
@@ -494,38 +551,74 @@ def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path
     assert (tmp_path / "out" / "faithfulness.png").is_file()
     _check_report(rep, tmp_path)
     again = run_evaluate_wsol(tmp_path, bank, tiny_boxes, *args, "--no-recompute-regions")
-    assert again["retrain"]["done"] and again["methods"]["HINT-whole (20%)"] == rep["methods"]["HINT-whole (20%)"]
+    assert (
+        again["retrain"]["done"]
+        and again["methods"]["HINT-whole (20%)"] == rep["methods"]["HINT-whole (20%)"]
+    )
 
 
 def test_layer_and_fused_rows(tiny_boxes, tmp_path):
     """``--layers``/``--fuse``/``--whole-negatives``: classifiers fit at another layer on that layer's step-1
     table (recomputed from the build data, cached under the layer's name), its maps at its own grid, the
     fused rows, and HINT-whole rows with ``whole`` trained against background regions only."""
-    build = {"method": "guided", "threshold": 0.5, "quantile": 0.99, "max_positives": 4000, "test_fraction": 0.2,
-             "l2": 1e-3, "seed": 0, "data": str(tiny_boxes), "n_images": 6, "unreadable": 0}  # fmt: skip
+    build = {
+        "method": "guided",
+        "threshold": 0.5,
+        "quantile": 0.99,
+        "max_positives": 4000,
+        "test_fraction": 0.2,
+        "l2": 1e-3,
+        "seed": 0,
+        "data": str(tiny_boxes),
+        "n_images": 6,
+        "unreadable": 0,
+    }
     bank = random_bank(tmp_path / "bank", build)
     cache = tmp_path / "cache"
-    rep = run_evaluate_wsol(tmp_path, bank, tiny_boxes, "--no-retrain", "--cache", str(cache), "--layers", "_blocks.5._act0",
-               "--fuse", "_blocks.10+_blocks.5._act0", "--whole-negatives", "background",
-               "--export-methods", "all")  # fmt: skip
+    rep = run_evaluate_wsol(
+        tmp_path,
+        bank,
+        tiny_boxes,
+        "--no-retrain",
+        "--cache",
+        str(cache),
+        "--layers",
+        "_blocks.5._act0",
+        "--fuse",
+        "_blocks.10+_blocks.5._act0",
+        "--whole-negatives",
+        "background",
+        "--export-methods",
+        "all",
+    )
     layers = rep["extra_variants"]["layers"]
     assert layers["_blocks.5._act0"]["done"] and layers["_blocks.5._act0"]["map_size"] == [28, 28]
     assert layers["_blocks.5._act0"]["neurons"] == 240 and layers["_blocks.10"]["classifiers"] == "the bank's"
     assert layers["_blocks.10"]["whole_shares"] == {"sibling": 0.0, "background": 1.0, "other": 0.0}
     bank_id = json.loads((bank / "manifest.json").read_text())["bank_id"]
-    assert sorted(p.name for p in cache.iterdir()) == [f"regions-wsol-{bank_id}-at-_blocks.5._act0.safetensors",
-                                                      f"regions-wsol-{bank_id}.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in cache.iterdir()) == [
+        f"regions-wsol-{bank_id}-at-_blocks.5._act0.safetensors",
+        f"regions-wsol-{bank_id}.safetensors",
+    ]
     fused, neg = "fused _blocks.10+_blocks.5._act0", "negatives: background"
-    rows = [f"HINT-whole [{neg}]", "HINT-whole [layer _blocks.5._act0]", "HINT-ancestor [layer _blocks.5._act0]",
-            f"HINT-whole [layer _blocks.5._act0, {neg}]", f"HINT-whole [{fused}]", f"HINT-ancestor [{fused}]",
-            f"HINT-whole [{fused}, {neg}]"]  # fmt: skip
+    rows = [
+        f"HINT-whole [{neg}]",
+        "HINT-whole [layer _blocks.5._act0]",
+        "HINT-ancestor [layer _blocks.5._act0]",
+        f"HINT-whole [layer _blocks.5._act0, {neg}]",
+        f"HINT-whole [{fused}]",
+        f"HINT-ancestor [{fused}]",
+        f"HINT-whole [{fused}, {neg}]",
+    ]
     assert list(rep["methods"])[9:] == rows  # after the served, CAM and the default --baselines rows
     assert rep["methods"][rows[4]]["variant"] == fused
     for m in rows:
         assert np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy").shape == (224, 224)
     assert rep["bootstrap"]["minus_cam_ci95"][rows[4]]
     # the background-only whole map differs from the bank's whole map
-    a, b = (np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy") for m in ("HINT-whole", rows[0]))
+    a, b = (
+        np.load(tmp_path / "npy" / wsol_eval.slug(m) / "chelsea.png.npy") for m in ("HINT-whole", rows[0])
+    )
     assert np.abs(a - b).max() > 0.01
 
 
@@ -538,11 +631,17 @@ def test_concept_sets_with_other_shares_keep_only_those_negatives(tmp_path):
     bank = ConceptBank.load(random_bank(tmp_path / "bank"))  # whole, animal, carnivore, artifact
     dog, bird, car = (h.find(n).leaves[0] for n in ("dog", "bird", "car"))
     g = torch.Generator().manual_seed(0)
-    table = RegionTable(torch.randn(16, 112, generator=g).half(), torch.arange(4).repeat_interleave(4),
-                        torch.tensor([1, 1, 0, 0] * 4, dtype=torch.bool), torch.tensor([dog, bird, car, dog]))  # fmt: skip
+    table = RegionTable(
+        torch.randn(16, 112, generator=g).half(),
+        torch.arange(4).repeat_interleave(4),
+        torch.tensor([1, 1, 0, 0] * 4, dtype=torch.bool),
+        torch.tensor([dog, bird, car, dog]),
+    )
     w = h.find("carnivore").wnid
     default = wsol_eval.concept_sets(bank, table, [w], h)[w]
-    only_bg = wsol_eval.concept_sets(bank, table, [w], h, {"sibling": 0.0, "background": 1.0, "other": 0.0})[w]
+    only_bg = wsol_eval.concept_sets(bank, table, [w], h, {"sibling": 0.0, "background": 1.0, "other": 0.0})[
+        w
+    ]
     assert {int(k) for k in default.kind.unique()} == set(KIND.values())
     assert {int(k) for k in only_bg.kind.unique()} == {KIND["positive"], KIND["background"]}
 
@@ -552,7 +651,9 @@ def test_fuse_averages_maps_on_the_finest_grid():
 
     coarse = np.random.default_rng(0).random((2, 7, 7)).astype(np.float32)
     fine = np.random.default_rng(1).random((2, 14, 14)).astype(np.float32)
-    up = torch.nn.functional.interpolate(torch.from_numpy(coarse)[:, None], size=(14, 14), mode="bilinear")[:, 0]
+    up = torch.nn.functional.interpolate(torch.from_numpy(coarse)[:, None], size=(14, 14), mode="bilinear")[
+        :, 0
+    ]
     np.testing.assert_allclose(fuse([coarse, fine]), (up.numpy() + fine) / 2, atol=1e-6)
     np.testing.assert_allclose(fuse([np.full((1, 7, 7), 0.2), np.full((1, 28, 28), 0.6)]), 0.4, atol=1e-6)
 
@@ -566,7 +667,9 @@ def test_concept_maps_are_the_classifier_at_the_layer(tiny_boxes):
     anns = wsol.load_annotations(tiny_boxes / "annotations.csv", tiny_boxes)[:3]
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(2, 240, generator=g) * 0.1, torch.tensor([0.3, -0.2])
-    maps, zero = concept_maps(bb, anns, weight, bias, [torch.tensor([0, 1, 1]), torch.zeros(3, dtype=torch.long)], 2)
+    maps, zero = concept_maps(
+        bb, anns, weight, bias, [torch.tensor([0, 1, 1]), torch.zeros(3, dtype=torch.long)], 2
+    )
     feats = {}
     bb.layer_module().register_forward_hook(lambda _m, _i, o: feats.setdefault("z", o))
     with torch.no_grad():
@@ -581,12 +684,21 @@ def test_concept_maps_are_the_classifier_at_the_layer(tiny_boxes):
 def test_evaluate_wsol_end_to_end_committed_bank(tiny_boxes, tmp_path):
     bank = REPO / "model_store" / "hint-bank"
     if not (bank / "manifest.json").is_file():
-        pytest.skip("model_store/hint-bank is not built (python -m offline build ... --out model_store/hint-bank)")
+        pytest.skip(
+            "model_store/hint-bank is not built (python -m offline build ... --out model_store/hint-bank)"
+        )
     # the step-1 table is used when cached (model_store/.hint-cache); recomputing it takes minutes: not here
-    rep = run_evaluate_wsol(tmp_path, bank, tiny_boxes, "--percents", "20", "--draws", "1", "--no-recompute-regions")
+    rep = run_evaluate_wsol(
+        tmp_path, bank, tiny_boxes, "--percents", "20", "--draws", "1", "--no-recompute-regions"
+    )
     _check_report(rep, tmp_path)
     if rep["retrain"]["done"]:
-        for m in ("HINT-whole (20%)", "HINT-ancestor (20%)", "whole · shapley top-20", "ancestor · random top-20 s0"):
+        for m in (
+            "HINT-whole (20%)",
+            "HINT-ancestor (20%)",
+            "whole · shapley top-20",
+            "ancestor · random top-20 s0",
+        ):
             assert m in rep["methods"]
         assert (tmp_path / "out" / "faithfulness.png").is_file()
         # retraining on all neurons gives the bank's classifiers back, or (x%) rows get a (100%) reference row
@@ -659,7 +771,9 @@ def test_evaluate_wsol_flags_are_the_eval_config_fields():
     from offline.evaluate_wsol import command_line
 
     parser, _ = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["evaluate-wsol"]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "evaluate-wsol"
+    ]
     actions = {a.dest: a for a in sub._actions if a.dest != "help"}
     fields = options(wsol_eval.EvalConfig)
     assert [a.dest for a in actions.values()] == [f.name for f in fields]  # the fields' order is the flags'
@@ -670,10 +784,14 @@ def test_evaluate_wsol_flags_are_the_eval_config_fields():
         if f.default is not MISSING or f.name == "bank":
             assert a.default == (list(want) if isinstance(want, tuple) else want), f.name
         assert a.required == (f.default is MISSING and f.name != "bank")
-    args = parser.parse_args(["evaluate-wsol", "--data", "d", "--no-retrain", "--percents", "10", "--jobs", "2"])
+    args = parser.parse_args(
+        ["evaluate-wsol", "--data", "d", "--no-retrain", "--percents", "10", "--jobs", "2"]
+    )
     cfg = from_args(wsol_eval.EvalConfig, args, command=command_line(args))
     assert (cfg.retrain, cfg.percents, cfg.jobs, cfg.progress, cfg.data) == (False, [10], 2, True, Path("d"))
-    assert cfg.command == ("python -m offline evaluate-wsol --bank model_store/hint-bank --data d --out docs/wsol "
-                           "--percents 10 --no-retrain --jobs 2")  # fmt: skip
+    assert cfg.command == (
+        "python -m offline evaluate-wsol --bank model_store/hint-bank --data d --out docs/wsol "
+        "--percents 10 --no-retrain --jobs 2"
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate-wsol", "--data", "d", "--step1-methods", "nothing"])

@@ -34,13 +34,30 @@ def _bank(folder: Path, rule: dict | None = None, tau: float = 0.4) -> Path:
     concepts = [{"wnid": h.find(n).wnid, "name": n, "path": [n], "f1": 0.5, "threshold": 0.5} for n in NAMES]
     for c in concepts:
         c["parent"] = h.group_parent(c["wnid"], [x["wnid"] for x in concepts])
-    head = LocalisationHead(list(LAYERS), [torch.randn(e, k, generator=g) * 0.1 for k in LAYERS.values()],
-                            [torch.randn(e, generator=g) for _ in LAYERS], grid=[14, 14], box_threshold=tau)  # fmt: skip
-    meta = {"backbone": "efficientnet_lite0", "layer": "_blocks.15", "channels": d,
-            **({"presence": {"model": rule}} if rule else {})}  # fmt: skip
-    bank = ConceptBank(weight=torch.randn(e, d, generator=g) * 0.1, bias=torch.zeros(e), phi=torch.rand(e, d, generator=g),
-                       phi_se=torch.zeros(e, d), baseline=torch.zeros(d), n_permutations=torch.full((e,), 8),
-                       concepts=concepts, meta=meta, head=head)  # fmt: skip
+    head = LocalisationHead(
+        list(LAYERS),
+        [torch.randn(e, k, generator=g) * 0.1 for k in LAYERS.values()],
+        [torch.randn(e, generator=g) for _ in LAYERS],
+        grid=[14, 14],
+        box_threshold=tau,
+    )
+    meta = {
+        "backbone": "efficientnet_lite0",
+        "layer": "_blocks.15",
+        "channels": d,
+        **({"presence": {"model": rule}} if rule else {}),
+    }
+    bank = ConceptBank(
+        weight=torch.randn(e, d, generator=g) * 0.1,
+        bias=torch.zeros(e),
+        phi=torch.rand(e, d, generator=g),
+        phi_se=torch.zeros(e, d),
+        baseline=torch.zeros(d),
+        n_permutations=torch.full((e,), 8),
+        concepts=concepts,
+        meta=meta,
+        head=head,
+    )
     return bank.save(folder)
 
 
@@ -67,14 +84,18 @@ def test_head_maps_are_the_classifiers_at_the_hooked_layers(explainer):
     keep = {}
     bb = get_backbone("efficientnet_lite0", "_blocks.15")
     mods = dict(bb.model.named_modules())
-    hooks = [mods[n].register_forward_hook(lambda _m, _i, o, k=n: keep.__setitem__(k, o.detach())) for n in LAYERS]
+    hooks = [
+        mods[n].register_forward_hook(lambda _m, _i, o, k=n: keep.__setitem__(k, o.detach())) for n in LAYERS
+    ]
     with torch.no_grad():
         bb.model.eval()(bb.preprocess([im]))
     for hd in hooks:
         hd.remove()
     head = explainer.head
-    per = [torch.sigmoid(torch.einsum("ndhw,ed->nehw", keep[n], w) + b.view(1, -1, 1, 1))
-           for n, w, b in zip(LAYERS, head.weight, head.bias, strict=True)]  # fmt: skip
+    per = [
+        torch.sigmoid(torch.einsum("ndhw,ed->nehw", keep[n], w) + b.view(1, -1, 1, 1))
+        for n, w, b in zip(LAYERS, head.weight, head.bias, strict=True)
+    ]
     want = fuse(per)[0]
     out = explainer.explain([im], concepts="all", return_maps=True, image_neurons=False)[0]
     assert out["map_size"] == [14, 14]
@@ -154,7 +175,11 @@ def test_presence_rule_fit_and_use(tmp_path):
     assert rule["coef"][0] > rule["coef"][1] > 0
     got = apply_rule(rule, p, s)
     assert (got == truth).float().mean() > 0.85
-    z = torch.logit(p.double()) * rule["coef"][0] + torch.logit(s.double()) * rule["coef"][1] + rule["intercept"]
+    z = (
+        torch.logit(p.double()) * rule["coef"][0]
+        + torch.logit(s.double()) * rule["coef"][1]
+        + rule["intercept"]
+    )
     assert torch.equal(got, z >= rule["cut"])
 
     def quality(pred):
@@ -186,10 +211,14 @@ def test_fit_head_on_build_images(bank_dir, tiny_data, tmp_path):
     head = fit_head(bank, samples, ["_blocks.14"], tmp_path / "cache", progress=False)
     assert head.layers == ["_blocks.14"] and head.weight[0].shape == (4, 192) and head.grid == [7, 7]
     bb = get_backbone("efficientnet_lite0", "_blocks.14")
-    table, _, _ = cached_regions(bb, samples, build_config(bank), tmp_path / "cache", False)  # cached: no step 1 again
+    table, _, _ = cached_regions(
+        bb, samples, build_config(bank), tmp_path / "cache", False
+    )  # cached: no step 1 again
     h = bank.load_hierarchy()
     for e, c in enumerate(bank.concepts[:2]):
-        s = concept_samples(table, c["wnid"], c["parent"], h, shares={"sibling": 0, "background": 1, "other": 0})
+        s = concept_samples(
+            table, c["wnid"], c["parent"], h, shares={"sibling": 0, "background": 1, "other": 0}
+        )
         score = torch.sigmoid(s.x @ head.weight[0][e] + head.bias[0][e])
         assert score[s.y == 1].mean() > score[s.y == 0].mean() + 0.2
 
@@ -223,8 +252,10 @@ def test_evaluation_serves_what_the_handler_serves(bank_dir, tmp_path):
     ctx = FakeContext(model)
     handler.initialize(ctx)
     for i, a in enumerate(anns):
-        body = {"image": __import__("base64").b64encode(a.path.read_bytes()).decode(),
-                **{k: v for k, v in wsol_served.request_options([whole, ancestors[i]]).items() if v is not None}}  # fmt: skip
+        body = {
+            "image": __import__("base64").b64encode(a.path.read_bytes()).decode(),
+            **{k: v for k, v in wsol_served.request_options([whole, ancestors[i]]).items() if v is not None},
+        }
         body["concepts"] = list(dict.fromkeys(body["concepts"]))
         ans = json.loads(handler.handle([{"body": body}], ctx)[0])
         by = {c["wnid"]: c for c in ans["concepts"]}

@@ -32,8 +32,12 @@ def test_rows_of_one_concept_equal_neuron_shapley():
             bank = NeuronShapley(w[e], b[e], base).attribute(regions[owner == e], m, seed=3)
             torch.testing.assert_close(ours[owner == e], bank.signed, atol=1e-7, rtol=0)
             torch.testing.assert_close(ours[owner == e].abs().mean(0), bank.values, atol=1e-7, rtol=0)
-    torch.testing.assert_close(RowsShapley(w, b, base, owner).attribute(regions, 16, seed=3).signed,
-                               RowsShapley(w, b, base, owner).signed_values(regions, 16, seed=3), atol=1e-7, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        RowsShapley(w, b, base, owner).attribute(regions, 16, seed=3).signed,
+        RowsShapley(w, b, base, owner).signed_values(regions, 16, seed=3),
+        atol=1e-7,
+        rtol=0,
+    )
 
 
 def test_efficiency_per_position_whatever_m():
@@ -64,7 +68,11 @@ def test_image_shapley_matches_exact_enumeration():
         assert exact.n_permutations == 720
         # Monte-Carlo standard error of a per-cell mean over m permutations, from the exact marginals
         se = (est._marginals(*est._terms(cells[masks[e]]), every).std(0) / m**0.5).mean(0)
-        assert ((signed[e] - exact.signed.mean(0)).abs() <= 4 * se + 1e-6).all(), (signed[e], exact.signed.mean(0), se)
+        assert ((signed[e] - exact.signed.mean(0)).abs() <= 4 * se + 1e-6).all(), (
+            signed[e],
+            exact.signed.mean(0),
+            se,
+        )
         assert ((absolute[e] - exact.values).abs() <= 4 * se + 1e-6).all(), (absolute[e], exact.values, se)
         assert (se < 0.01).all()
     # and the exact values obey efficiency per region
@@ -187,7 +195,10 @@ def test_logit_game_on_the_bank_sums_to_the_region_logit_gain():
         assert signed[k, 7] == 0 and absolute[k, 7] == 0
         top = signed[k].topk(10).indices
         _, probe_off, _ = ex.forward([Image.fromarray(data.chelsea())], ablate=top.tolist())
-        gone = (torch.logit(maps[0, r].flatten()[masks[k]].double()) - torch.logit(probe_off[0, r].flatten()[masks[k]].double())).mean()
+        gone = (
+            torch.logit(maps[0, r].flatten()[masks[k]].double())
+            - torch.logit(probe_off[0, r].flatten()[masks[k]].double())
+        ).mean()
         assert float(gone) == pytest.approx(float(signed[k, top].sum()), rel=1e-3)
 
 
@@ -211,7 +222,14 @@ def test_channel_edit_is_a_plain_baseline_edit():
     want[0, 1], want[0, 3], want[2, 4] = 1.0, 3.0, 4.0
     assert torch.equal(edited, want) and not torch.equal(out, want), "the input is not edited in place"
     one = torch.randn(1, 5, 2, 2)
-    torch.testing.assert_close(ChannelEdit(base, [[1, 3], None, [4]])(one), ChannelEdit(base, [[1, 3], None, [4]])(one.expand(3, -1, -1, -1)),
-                               atol=0, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        ChannelEdit(base, [[1, 3], None, [4]])(one),
+        ChannelEdit(base, [[1, 3], None, [4]])(one.expand(3, -1, -1, -1)),
+        atol=0,
+        rtol=0,
+    )
     for perm in itertools.permutations([0, 2]):
-        assert torch.equal(ChannelEdit(base, [list(perm), None, None])(out)[0, [0, 2]], base[[0, 2]].view(2, 1, 1).expand(2, 2, 2))
+        assert torch.equal(
+            ChannelEdit(base, [list(perm), None, None])(out)[0, [0, 2]],
+            base[[0, 2]].view(2, 1, 1).expand(2, 2, 2),
+        )

@@ -37,7 +37,14 @@ def test_build_and_report(cli_bank, tmp_path, capsys):
     assert bank.meta["faithfulness"]["k"] == 20
     assert main(["report", str(cli_bank), "--out", str(tmp_path / "r")]) == 0
     names = {p.name for p in (tmp_path / "r").iterdir()}
-    assert {"top_neurons.png", "association.png", "f1.md", "neurons.md", "faithfulness.md", "faithfulness.png"} <= names
+    assert {
+        "top_neurons.png",
+        "association.png",
+        "f1.md",
+        "neurons.md",
+        "faithfulness.md",
+        "faithfulness.png",
+    } <= names
     assert "| animal |" in (tmp_path / "r" / "f1.md").read_text()
     assert (tmp_path / "r" / "association.png").stat().st_size > 10_000
 
@@ -45,7 +52,15 @@ def test_build_and_report(cli_bank, tmp_path, capsys):
 def test_l2_option_reaches_the_probes(cli_bank, tiny_data, tmp_path):
     """``--l2``: recorded in the manifest, and a stronger weight decay gives smaller probe weights."""
     out = tmp_path / "bank"
-    argv = ["build", "--data", str(tiny_data), "--out", str(out), "--cache", str(cli_bank.parent / ".hint-cache")]
+    argv = [
+        "build",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--cache",
+        str(cli_bank.parent / ".hint-cache"),
+    ]
     assert main([*argv, *ARGS, "--l2", "0.1"]) == 0
     strong, default = ConceptBank.load(out), ConceptBank.load(cli_bank)
     assert strong.meta["build"]["l2"] == 0.1 and default.meta["build"]["l2"] == 1e-3
@@ -78,12 +93,28 @@ def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path)
         pytest.skip("torchrun not installed")
     out = tmp_path / "bank"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "offline", "build", "--data", str(tiny_data),
-           "--out", str(out), "--device", "cpu", *ARGS]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "offline",
+        "build",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *ARGS,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cache = tmp_path / ".hint-cache"
-    assert not list(cache.glob("regions-*-part*of2.safetensors"))  # the ranks' checkpoints, merged and removed
+    assert not list(
+        cache.glob("regions-*-part*of2.safetensors")
+    )  # the ranks' checkpoints, merged and removed
     dist, single = ConceptBank.load(out), ConceptBank.load(cli_bank)
     # one step-1 table for the bank's layer and one per head layer (rank 0 fits the head alone)
     assert len(list(cache.glob("regions-*.safetensors"))) == 1 + len(dist.head.layers)
@@ -93,7 +124,9 @@ def test_torchrun_two_gloo_processes_match_single(cli_bank, tiny_data, tmp_path)
     assert dist.meta["build"]["step1"]["images"] == single.meta["build"]["step1"]["images"] == 16
     torch.testing.assert_close(dist.phi, single.phi, atol=1e-4, rtol=1e-3)
     # the ranks' top patches, merged: the same exemplars as one process keeps
-    assert dist.exemplars.images == single.exemplars.images and torch.equal(dist.exemplars.box, single.exemplars.box)
+    assert dist.exemplars.images == single.exemplars.images and torch.equal(
+        dist.exemplars.box, single.exemplars.box
+    )
     torch.testing.assert_close(dist.exemplars.activation, single.exemplars.activation, atol=1e-3, rtol=1e-3)
 
 
@@ -102,8 +135,16 @@ def test_shared_sample_rebuild_reproduces_committed_bank(shared, tmp_path):
     """The acceptance check: rebuilding the default bank from an empty cache gives the committed tables."""
     committed = ConceptBank.load(REPO / "model_store" / "hint-bank")
     out = tmp_path / "bank"
-    argv = ["build", "--data", str(shared / "imagenet-sample"), "--out", str(out), "--cache", str(tmp_path / "c"),
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "build",
+        "--data",
+        str(shared / "imagenet-sample"),
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "c"),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rebuilt = ConceptBank.load(out)
     assert rebuilt.wnids == committed.wnids
@@ -117,7 +158,9 @@ def test_shared_sample_rebuild_reproduces_committed_bank(shared, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-2)
     # and the served presence rule
     rule, want = rebuilt.meta["presence"]["model"], committed.meta["presence"]["model"]
-    assert rule["coef"] == pytest.approx(want["coef"], abs=1e-3) and rule["cut"] == pytest.approx(want["cut"], abs=0.06)
+    assert rule["coef"] == pytest.approx(want["coef"], abs=1e-3) and rule["cut"] == pytest.approx(
+        want["cut"], abs=0.06
+    )
 
 
 def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp_path, capsys):
@@ -128,8 +171,23 @@ def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp
 
     built = ConceptBank.load(cli_bank)
     out = tmp_path / "bank"
-    assert main(["presence-rule", "--bank", str(cli_bank), "--out", str(out), "--data", str(tiny_data),
-                 "--cache", str(tmp_path / "c"), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "presence-rule",
+                "--bank",
+                str(cli_bank),
+                "--out",
+                str(out),
+                "--data",
+                str(tiny_data),
+                "--cache",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     again = ConceptBank.load(out)
     assert again.sha256 == built.sha256
     rule, want = again.meta["presence"]["model"], built.meta["presence"]["model"]
@@ -141,11 +199,30 @@ def test_presence_rule_and_head_commands_rewrite_a_bank(cli_bank, tiny_data, tmp
         (boxes / "images" / f"{i}.png").write_bytes(p.read_bytes())
         rows.append(f"{i}.png,{p.name.split('_')[0]},5 5 60 60")
     (boxes / "annotations.csv").write_text("\n".join(rows) + "\n")
-    assert main(["head", "--bank", str(out), "--layers", "_blocks.14", "--data", str(tiny_data), "--cache",
-                 str(tmp_path / "c"), "--calibrate", str(boxes), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "head",
+                "--bank",
+                str(out),
+                "--layers",
+                "_blocks.14",
+                "--data",
+                str(tiny_data),
+                "--cache",
+                str(tmp_path / "c"),
+                "--calibrate",
+                str(boxes),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     head: LocalisationHead = ConceptBank.load(out).head
     assert head.layers == ["_blocks.14"] and head.grid == [7, 7] and head.weight[0].shape == (3, 192)
-    torch.testing.assert_close(head.weight[0], built.head.weight[built.head.layers.index("_blocks.14")], atol=1e-3, rtol=1e-2)
+    torch.testing.assert_close(
+        head.weight[0], built.head.weight[built.head.layers.index("_blocks.14")], atol=1e-3, rtol=1e-2
+    )
     cal = head.info["calibration"]
     assert cal["images"] == 2 and 0 <= head.box_threshold < 1 and cal["data"] == str(boxes)
     assert f"box threshold {head.box_threshold}" in capsys.readouterr().out
@@ -167,7 +244,9 @@ def test_build_flags_are_the_build_config_fields():
         assert a.help == f.metadata["help"] and a.choices == f.metadata["choices"]
         assert a.type is (None if isinstance(f.default, str) else type(f.default))
     args = parser.parse_args(["build", "--data", "d", "--out", "o", "--device", "cuda", "--top-k", "5"])
-    assert from_args(BuildConfig, args, amp=args.device == "cuda") == BuildConfig(device="cuda", amp=True, top_k=5)
+    assert from_args(BuildConfig, args, amp=args.device == "cuda") == BuildConfig(
+        device="cuda", amp=True, top_k=5
+    )
 
 
 def test_cli_bank_manifest_gives_back_the_flags(cli_bank):
@@ -190,14 +269,31 @@ def test_exemplars_command_adds_them_to_a_bank_and_keeps_its_files(cli_bank, tin
     (old / "MODEL_CARD.md").write_text("kept\n")
     before = json.loads((old / "manifest.json").read_text())["files"]
     assert FILE not in before
-    assert main(["exemplars", "--bank", str(old), "--data", str(tiny_data), "--cache", str(tmp_path / "c"),
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "exemplars",
+                "--bank",
+                str(old),
+                "--data",
+                str(tiny_data),
+                "--cache",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "labels:" in capsys.readouterr().out
     files = json.loads((old / "manifest.json").read_text())["files"]
     assert {k: files[k] for k in before} == before and FILE in files
     assert (old / "MODEL_CARD.md").read_text() == "kept\n"
     got = ConceptBank.load(old).exemplars
-    assert got.images == want.images and torch.equal(got.box, want.box) and torch.equal(got.concept, want.concept)
+    assert (
+        got.images == want.images
+        and torch.equal(got.box, want.box)
+        and torch.equal(got.concept, want.concept)
+    )
     torch.testing.assert_close(got.activation, want.activation, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(got.iou, want.iou, atol=1e-3, rtol=1e-3)
     assert main(["exemplars", "--bank", str(old), "--k", "0"]) == 2

@@ -35,10 +35,10 @@ WORKER_PORT = 9000  # TorchServe's default: the servers here share it (their soc
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("java") is None, reason="java not found: TorchServe 0.12 needs Java 17 (make apt-java)"),
+    pytest.mark.skipif(
+        shutil.which("java") is None, reason="java not found: TorchServe 0.12 needs Java 17 (make apt-java)"
+    ),
 ]
-
-
 
 
 class Clone(bench.Endpoints):
@@ -55,7 +55,9 @@ class Clone(bench.Endpoints):
         (root / "model_store").mkdir(exist_ok=True)
         text = (REPO / "config.properties").read_text()
         for key in ("inference", "management", "metrics"):
-            text, n = re.subn(rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{ports[key]}", text)
+            text, n = re.subn(
+                rf"(?m)^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{ports[key]}", text
+            )
             assert n == 1, key
         for key in ("grpc_inference", "grpc_management"):
             text, n = re.subn(rf"(?m)^{key}_port=.*$", f"{key}_port={ports[key]}", text)
@@ -63,9 +65,15 @@ class Clone(bench.Endpoints):
         (root / "config.properties").write_text(text + f"\ninitial_worker_port={worker_port}\n")
 
     def sh(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(self.root / "scripts" / "serve.sh"), *args], cwd=self.root,
-                              env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            ["bash", str(self.root / "scripts" / "serve.sh"), *args],
+            cwd=self.root,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def logs(self) -> Path:
@@ -173,7 +181,10 @@ def test_json_base64_with_maps(ts, photo):
     # the ablation acts through the network; the unablated side comes with it; this image's neurons too
     block = doc["ablation"]
     assert block["mode"] == "network" and block["neurons"] == [0, 1] and block["class"]["index"] >= 0
-    assert block["before"]["concepts"][0]["wnid"] == MAMMAL and len(block["before"]["concepts"][0]["map"]) == doc["map_size"][0]
+    assert (
+        block["before"]["concepts"][0]["wnid"] == MAMMAL
+        and len(block["before"]["concepts"][0]["map"]) == doc["map_size"][0]
+    )
     assert doc["image_shapley"]["game"] == "logit" and len(doc["concepts"][0]["image_neurons"]) == 5
 
 
@@ -193,7 +204,10 @@ def test_explanations_route_answers_as_predictions(ts, photo):
     jpg = _bytes(photo, "JPEG", quality=90)
     forms = {
         "raw": {"data": jpg, "headers": {"Content-Type": "image/jpeg"}},
-        "multipart": {"files": {"data": ("cat.jpg", jpg, "image/jpeg")}, "data": {"top_k": "2", "concepts": "mammal"}},
+        "multipart": {
+            "files": {"data": ("cat.jpg", jpg, "image/jpeg")},
+            "data": {"top_k": "2", "concepts": "mammal"},
+        },
         "json": {"json": {"image": base64.b64encode(jpg).decode(), "return_maps": True, "permutations": 4}},
         "neuron": {"json": {"neuron": 7}},
         "bad option": {"json": {"image": base64.b64encode(jpg).decode(), "topk": 3}},
@@ -207,17 +221,31 @@ def test_explanations_route_answers_as_predictions(ts, photo):
             assert r.headers["content-type"].startswith("application/json"), (name, route)
             got[route] = (r.status_code, r.reason, r.json())
         (code, reason, doc), (code2, reason2, doc2) = got["predictions"], got["explanations"]
-        assert (code2, reason2) == (code, reason) and code == (400 if name == "bad option" else 200), (name, code2, reason2)
+        assert (code2, reason2) == (code, reason) and code == (400 if name == "bad option" else 200), (
+            name,
+            code2,
+            reason2,
+        )
         jsonschema.validate(doc2, SCHEMA)
         assert_same_answer(doc2, doc, where=name)
 
 
 def _bomb_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_malformed_requests_get_4xx_then_a_valid_one_works(ts, photo):
@@ -226,7 +254,11 @@ def test_malformed_requests_get_4xx_then_a_valid_one_works(ts, photo):
     cases = [
         ("garbage", {"data": b"\x00garbage" * 50, "headers": {"Content-Type": "image/jpeg"}}, 400),
         ("truncated jpeg", {"data": jpg[: len(jpg) // 2], "headers": {"Content-Type": "image/jpeg"}}, 400),
-        ("decompression bomb", {"data": _bomb_png(60000, 60000), "headers": {"Content-Type": "image/png"}}, 413),
+        (
+            "decompression bomb",
+            {"data": _bomb_png(60000, 60000), "headers": {"Content-Type": "image/png"}},
+            413,
+        ),
         ("42 MP header", {"data": _bomb_png(7000, 6000), "headers": {"Content-Type": "image/png"}}, 413),
         ("empty body", {"data": b"", "headers": {"Content-Type": "image/jpeg"}}, 400),
         ("text", {"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 400),
@@ -264,7 +296,11 @@ def test_concurrent_mixed_requests_are_answered_each(ts, photo):
 
 def test_token_is_required(ts, photo):
     jpg = _bytes(photo, "JPEG")
-    for headers in ({}, {"Authorization": "Bearer not-the-key"}, {"Authorization": ts.auth("management")["Authorization"]}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-the-key"},
+        {"Authorization": ts.auth("management")["Authorization"]},
+    ):
         r = post(ts, token=False, data=jpg, headers={"Content-Type": "image/jpeg", **headers})
         assert r.status_code in (400, 401), (headers, r.status_code)
         assert "token" in r.text.lower()
@@ -274,7 +310,10 @@ def test_token_is_required(ts, photo):
 
 def test_management_api_is_read_only(ts):
     r = requests.post(
-        f"{ts.management_url}/models", params={"url": "https://example.com/x.mar"}, headers=ts.auth("management"), timeout=10
+        f"{ts.management_url}/models",
+        params={"url": "https://example.com/x.mar"},
+        headers=ts.auth("management"),
+        timeout=10,
     )
     assert 400 <= r.status_code < 500, r.text
     r = requests.get(f"{ts.management_url}/models/hint", headers=ts.auth("management"), timeout=10)
@@ -293,10 +332,20 @@ def _early_eoi_jpeg() -> bytes:
 
 def _png16(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 70_000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 70_000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def hostile(photo: Image.Image) -> list[tuple[str, dict, int | None]]:
@@ -308,15 +357,35 @@ def hostile(photo: Image.Image) -> list[tuple[str, dict, int | None]]:
         ("5000-digit neuron", {"data": b'{"neuron": 1' + b"0" * 5000 + b"}", "headers": as_json}, 400),
         ("100000 nested lists", {"data": b"[" * 100_000, "headers": as_json}, 400),
         ("100000 nested objects", {"data": b'{"a":' * 100_000, "headers": as_json}, 400),
-        ("693-byte JPEG claiming 6000x6000", {"data": _early_eoi_jpeg(), "headers": {"Content-Type": "image/jpeg"}}, 400),
+        (
+            "693-byte JPEG claiming 6000x6000",
+            {"data": _early_eoi_jpeg(), "headers": {"Content-Type": "image/jpeg"}},
+            400,
+        ),
         ("half a JPEG + end marker", {"data": cut, "headers": {"Content-Type": "image/jpeg"}}, 400),
-        ("36 MP 16-bit PNG in 70 KB", {"data": _png16(6000, 6000), "headers": {"Content-Type": "image/png"}}, 413),
+        (
+            "36 MP 16-bit PNG in 70 KB",
+            {"data": _png16(6000, 6000), "headers": {"Content-Type": "image/png"}},
+            413,
+        ),
         ("NaN threshold", {"data": b'{"image": "AAAA", "threshold": NaN}', "headers": as_json}, 400),
         ("JSON list of a 5000-digit number", {"data": b"[" + b"7" * 5000 + b"]", "headers": as_json}, 400),
-        ("option as a JSON part", {"files": {"data": ("a.jpg", jpg), "top_k": ("k.json", b"{}", "application/json")}}, 400),
+        (
+            "option as a JSON part",
+            {"files": {"data": ("a.jpg", jpg), "top_k": ("k.json", b"{}", "application/json")}},
+            400,
+        ),
         ("text part", {"files": {"data": ("a.txt", b"just text", "text/plain")}}, 400),
-        ("ablate 100000 neurons", {"json": {"image": base64.b64encode(jpg).decode(), "ablate": list(range(100_000))}}, 400),
-        ("concepts of 1001 names", {"json": {"image": base64.b64encode(jpg).decode(), "concepts": ["dog"] * 1001}}, 400),
+        (
+            "ablate 100000 neurons",
+            {"json": {"image": base64.b64encode(jpg).decode(), "ablate": list(range(100_000))}},
+            400,
+        ),
+        (
+            "concepts of 1001 names",
+            {"json": {"image": base64.b64encode(jpg).decode(), "concepts": ["dog"] * 1001}},
+            400,
+        ),
         ("image as a number", {"json": {"image": 5}}, 400),
         ("random bytes, no Content-Type", {"data": os.urandom(3000)}, 400),
     ]
@@ -358,8 +427,9 @@ def test_one_bad_request_never_fails_the_valid_ones(ts, photo):
 def test_raw_image_without_content_type_is_sniffed(ts, photo):
     """No Content-Type header at all: TorchServe hands the handler the bytes; it reads the image."""
     s = requests.Session()
-    req = requests.Request("POST", f"{ts.inference_url}/predictions/hint", data=_bytes(photo, "PNG"),
-                           headers=ts.auth()).prepare()  # fmt: skip
+    req = requests.Request(
+        "POST", f"{ts.inference_url}/predictions/hint", data=_bytes(photo, "PNG"), headers=ts.auth()
+    ).prepare()
     req.headers.pop("Content-Type", None)
     assert "Content-Type" not in req.headers
     check_ok(s.send(req, timeout=120), 451, 300)
@@ -371,17 +441,24 @@ def test_raw_image_sent_as_a_form(ts, photo):
     most images) get TorchServe's own 500; those that do reach the handler split into junk fields and
     get its 415 with a readable message (docs/api.md: a reverse proxy can fix the Content-Type)."""
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    decodable = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01" + bytes(range(1, 37)) + b"\xff\xd9"  # no '%', '&', '='
+    decodable = (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01" + bytes(range(1, 37)) + b"\xff\xd9"
+    )  # no '%', '&', '='
     r = post(ts, data=decodable, headers=form)
     assert r.status_code == 415, (r.status_code, r.text[:300])
     assert "Content-Type" in r.json()["message"]
     r = post(ts, data=b"%zz" + _bytes(photo, "JPEG"), headers=form)
-    assert r.status_code in (415, 500), (r.status_code, r.text[:200])  # 500: TorchServe's frontend, not the handler
+    assert r.status_code in (415, 500), (
+        r.status_code,
+        r.text[:200],
+    )  # 500: TorchServe's frontend, not the handler
 
 
 def test_start_prints_an_absolute_key_file(ts):
     key_file = ts.root.resolve() / "key_file.json"
-    assert f'open(\\"{key_file}\\")' in ts.start_output or f'open("{key_file}")' in ts.start_output, ts.start_output
+    assert f'open(\\"{key_file}\\")' in ts.start_output or f'open("{key_file}")' in ts.start_output, (
+        ts.start_output
+    )
 
 
 def test_two_servers_side_by_side(ts, photo, tmp_path):
@@ -391,8 +468,9 @@ def test_two_servers_side_by_side(ts, photo, tmp_path):
     jpg = _bytes(photo, "JPEG", quality=90)
     (tmp_path / "store").mkdir()
     shutil.copy(ts.root / "model_store" / "hint.mar", tmp_path / "store" / "hint.mar")
-    with bench.LocalTorchServe(tmp_path / "b", tmp_path / "store", ["hint"],
-                               props={"initial_worker_port": str(WORKER_PORT)}) as b:  # fmt: skip
+    with bench.LocalTorchServe(
+        tmp_path / "b", tmp_path / "store", ["hint"], props={"initial_worker_port": str(WORKER_PORT)}
+    ) as b:
         assert not set(b.ports.values()) & set(ts.ports.values())
         for server in (ts, b):
             check_ok(post(server, data=jpg, headers={"Content-Type": "image/jpeg"}), 451, 300)
@@ -411,11 +489,18 @@ def idle_clone(tmp_path):
     """A clone on free ports (TorchServe's five and the app's; ``clone.ports``) with a dummy hint.mar:
     for refusals only. Whatever a failing test did start there is stopped after it."""
     names = (*bench.PORTS, "app")
-    clone = Clone(tmp_path / "clone", dict(zip(names, bench.free_ports(len(names)), strict=True)), WORKER_PORT)
+    clone = Clone(
+        tmp_path / "clone", dict(zip(names, bench.free_ports(len(names)), strict=True)), WORKER_PORT
+    )
     (clone.root / "model_store" / "hint.mar").write_bytes(b"")  # never read: nothing starts
     yield clone
-    subprocess.run(["bash", "scripts/demo.sh", "stop"], cwd=clone.root, capture_output=True, timeout=120,
-                   stdin=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["bash", "scripts/demo.sh", "stop"],
+        cwd=clone.root,
+        capture_output=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _held(port: int) -> socket.socket:
@@ -439,9 +524,15 @@ def _assert_refused(r: subprocess.CompletedProcess, clone: Clone, port: int, nam
 def test_demo_refuses_a_taken_port_in_one_line_and_starts_nothing(idle_clone, name):
     port = idle_clone.ports[name]
     with _held(port):
-        r = subprocess.run(["bash", "scripts/demo.sh", "start"], cwd=idle_clone.root, capture_output=True, text=True,
-                           env={**os.environ, "APP_PORT": str(idle_clone.ports["app"])}, timeout=60,
-                           stdin=subprocess.DEVNULL)  # fmt: skip
+        r = subprocess.run(
+            ["bash", "scripts/demo.sh", "start"],
+            cwd=idle_clone.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "APP_PORT": str(idle_clone.ports["app"])},
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     _assert_refused(r, idle_clone, port, name)
 
 
@@ -456,7 +547,10 @@ def test_serve_sh_status_and_stop_act_on_this_clone_only(ts, tmp_path):
     """Another clone (no server of its own, same ports, even TorchServe's pid file in reach through
     TMPDIR and a stale pid file naming this server) neither stops nor claims this clone's server."""
     r = ts.sh("status")
-    assert r.returncode == 0 and f"running (pid {ts.pid()})" in r.stdout and "READY" in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 0 and f"running (pid {ts.pid()})" in r.stdout and "READY" in r.stdout, (
+        r.stdout,
+        r.stderr,
+    )
     other = Clone(tmp_path / "clone-b", ts.ports, 20000)
     (other.root / "build" / "torchserve").mkdir(parents=True)
     (other.root / "build" / "torchserve" / ".model_server.pid").write_text(str(ts.pid()))

@@ -79,11 +79,15 @@ def tree(root: Path, paths: list[str]) -> Path:
 
 def test_json_hierarchy_computes_children_depths_leaves_and_names(pets):
     assert pets.root == "all" and not pets.builtin
-    assert len(pets.classes) == 1000 and pets.classes == Hierarchy.load().classes, "no classes: ImageNet's 1000"
+    assert len(pets.classes) == 1000 and pets.classes == Hierarchy.load().classes, (
+        "no classes: ImageNet's 1000"
+    )
     assert pets["pets"].children == ("cats", "dogs") and pets["pets"].parents == ("all",)
     assert [pets[c].depth for c in ("all", "pets", "cats", TABBY)] == [0, 1, 2, 3]
     assert pets["cats"].leaves == (281, 285) and pets["pets"].leaves == (151, 207, 281, 285)
-    assert pets[TABBY].name == "tabby" and pets.class_names[281] == "tabby, tabby cat", "WordNet names for WNIDs"
+    assert pets[TABBY].name == "tabby" and pets.class_names[281] == "tabby, tabby cat", (
+        "WordNet names for WNIDs"
+    )
     assert [pets[w].name for w in pets.path(TABBY)] == ["tabby", "cats", "pets", "all"]
     assert pets.find("Dog").wnid == "dogs" and pets.find("tabby cat").wnid == TABBY
     assert pets["n01440764"].parents == ("all",), "a class under no concept hangs off the root"
@@ -93,8 +97,12 @@ def test_json_hierarchy_computes_children_depths_leaves_and_names(pets):
 
 
 def test_explicit_classes_and_a_synthesised_root():
-    h = Hierarchy.from_user({"classes": ["b", "a", "c"], "concepts": {"x": {"name": "X"}, "a": {"parents": ["x"]},
-                                                                        "b": {"parents": ["x"]}}})  # fmt: skip
+    h = Hierarchy.from_user(
+        {
+            "classes": ["b", "a", "c"],
+            "concepts": {"x": {"name": "X"}, "a": {"parents": ["x"]}, "b": {"parents": ["x"]}},
+        }
+    )
     assert h.root == "root" and h["root"].children == ("c", "x")
     assert h.class_names == ["b", "a", "c"] and h["b"].index == 0 and h["x"].leaves == (0, 1)
     assert h.find("x").name == "X" and h.lowest_common_ancestor(["a", "b"]) == "x"
@@ -117,19 +125,24 @@ def test_to_json_round_trips_and_save_is_loadable(pets, tmp_path):
     "spec, message",
     [
         ({"concepts": {"a": {"parents": ["nope"]}}}, "concept 'a': unknown parent 'nope'"),
-        ({"concepts": {"a": {"parents": ["b"]}, "b": {"parents": ["a"]}, TABBY: {"parents": ["a"]}}},
-         "cycle of parents: a → b → a"),
+        (
+            {"concepts": {"a": {"parents": ["b"]}, "b": {"parents": ["a"]}, TABBY: {"parents": ["a"]}}},
+            "cycle of parents: a → b → a",
+        ),
         ({"classes": ["x", "y", "x"]}, "class 'x' is listed twice"),
         ({"concepts": {"empty": {"name": "Empty"}}}, "concept 'empty' has no class under it"),
         ({"concept": {}}, "unknown key(s) ['concept']"),
         ({"concepts": {"a": {"label": "A"}}}, "concept 'a': unknown key(s) ['label']"),
         ({"concepts": {"a": {"parents": "pets"}}}, "concept 'a': parents must be a list of strings"),
-        ({"root": "top", "concepts": {"top": {"parents": ["x"]}, "x": {}}}, "the root 'top' cannot have parents"),
+        (
+            {"root": "top", "concepts": {"top": {"parents": ["x"]}, "x": {}}},
+            "the root 'top' cannot have parents",
+        ),
         ({"classes": "all of them"}, "'classes' must be a non-empty list"),
         ({"classes": ["a", "root"]}, "the root 'root' cannot be a class"),
         ([1, 2], "a hierarchy is a JSON object"),
     ],
-)  # fmt: skip
+)
 def test_bad_specs_are_one_line_value_errors(spec, message):
     with pytest.raises(ValueError) as e:
         Hierarchy.from_user(spec)
@@ -151,8 +164,16 @@ def test_bad_files_name_the_file(tmp_path):
 
 
 def test_folder_tree_hierarchy(tmp_path):
-    root = tree(tmp_path / "zoo", ["animal/dog/d1.png", "animal/dog/d2.jpg", "animal/cat/c1.png",
-                                   "vehicle/car/k1.png", ".hidden/x/skip.png"])  # fmt: skip
+    root = tree(
+        tmp_path / "zoo",
+        [
+            "animal/dog/d1.png",
+            "animal/dog/d2.jpg",
+            "animal/cat/c1.png",
+            "vehicle/car/k1.png",
+            ".hidden/x/skip.png",
+        ],
+    )
     h = Hierarchy.from_folders(root)
     assert h.classes == ["car", "cat", "dog"], "sorted class folders (ImageFolder's order)"
     assert h.root == "zoo" and h["animal"].children == ("cat", "dog") and h["animal"].leaves == (1, 2)
@@ -179,9 +200,11 @@ def test_hierarchy_for_build_options(tmp_path, pets_data):
     h = hierarchy_for(spec, classes=tmp_path / "classes.txt")
     assert h.classes == [TABBY, EGYPTIAN, CHIHUAHUA, GOLDEN] and h["pets"].leaves == (0, 1, 2, 3)
     assert hierarchy_for("folders", pets_data).classes == sorted(PHOTOS)
-    for args, message in [(("wordnet", None, "imagenet"), "--classes needs --hierarchy"),
-                          (("folders", spec), "needs --data to be a nested folder tree"),
-                          ((tmp_path / "none.json",), "no such file")]:  # fmt: skip
+    for args, message in [
+        (("wordnet", None, "imagenet"), "--classes needs --hierarchy"),
+        (("folders", spec), "needs --data to be a nested folder tree"),
+        ((tmp_path / "none.json",), "no such file"),
+    ]:
         with pytest.raises(ValueError, match=message):
             hierarchy_for(*args)
 
@@ -190,20 +213,35 @@ def test_hierarchy_for_build_options(tmp_path, pets_data):
 
 
 def test_discover_against_a_user_hierarchy(tmp_path):
-    root = tree(tmp_path / "zoo", ["animal/dog/d1.png", "animal/dog/d2.png", "animal/cat/c1.png",
-                                   "vehicle/car/k1.png", "vehicle/bus/b1.png"])  # fmt: skip
+    root = tree(
+        tmp_path / "zoo",
+        [
+            "animal/dog/d1.png",
+            "animal/dog/d2.png",
+            "animal/cat/c1.png",
+            "vehicle/car/k1.png",
+            "vehicle/bus/b1.png",
+        ],
+    )
     h = Hierarchy.from_folders(tmp_path / "zoo")
     found = discover(root, h)
     assert [(s.path.name, s.wnid, s.label) for s in found.samples] == [
-        ("c1.png", "cat", 2), ("d1.png", "dog", 3), ("d2.png", "dog", 3), ("b1.png", "bus", 0), ("k1.png", "car", 1),
-    ]  # fmt: skip
+        ("c1.png", "cat", 2),
+        ("d1.png", "dog", 3),
+        ("d2.png", "dog", 3),
+        ("b1.png", "bus", 0),
+        ("k1.png", "car", 1),
+    ]
     # a CSV with a label column; an unknown class is skipped with its reason
     small = Hierarchy.from_user({"classes": ["car", "dog"], "concepts": {}})
-    (tmp_path / "labels.csv").write_text("file,label\nzoo/animal/dog/d1.png,dog\nzoo/vehicle/bus/b1.png,bus\n")
+    (tmp_path / "labels.csv").write_text(
+        "file,label\nzoo/animal/dog/d1.png,dog\nzoo/vehicle/bus/b1.png,bus\n"
+    )
     found = discover(tmp_path / "labels.csv", small)
     assert [(s.wnid, s.label) for s in found.samples] == [("dog", 1)]
-    assert found.skipped == [f"{tmp_path}/zoo/vehicle/bus/b1.png: unknown class 'bus' (not one of the "
-                             "hierarchy's 2 classes)"]  # fmt: skip
+    assert found.skipped == [
+        f"{tmp_path}/zoo/vehicle/bus/b1.png: unknown class 'bus' (not one of the hierarchy's 2 classes)"
+    ]
     # flat files prefixed by a class id
     flat = tree(tmp_path / "flat", ["dog_1.png", "car_2.png", "cow_3.png"])
     assert sorted(s.wnid for s in discover(flat, small).samples) == ["car", "dog"]
@@ -215,7 +253,9 @@ def test_discover_imagenet_default_unchanged(tmp_path, pets, pets_data):
     assert [(s.wnid, s.label) for s in found.samples] == [(TABBY, 281)]
     assert found.skipped == [f"{flat}/n99999999_b.png: unknown WNID 'n99999999' (not an ImageNet-1k class)"]
     # WNID class folders under a user hierarchy over ImageNet classes: the same labels
-    assert [s.label for s in discover(pets_data, pets).samples] == [s.label for s in discover(pets_data).samples]
+    assert [s.label for s in discover(pets_data, pets).samples] == [
+        s.label for s in discover(pets_data).samples
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ bank
@@ -225,10 +265,16 @@ def _bank(hierarchy: Hierarchy | None, wnids: list[str]) -> ConceptBank:
     g = torch.Generator().manual_seed(0)
     e, d = len(wnids), 6
     return ConceptBank(
-        weight=torch.randn(e, d, generator=g), bias=torch.zeros(e), phi=torch.rand(e, d, generator=g),
-        phi_se=torch.zeros(e, d), baseline=torch.zeros(d), n_permutations=torch.full((e,), 4),
-        concepts=[{"wnid": w, "name": w} for w in wnids], meta={"backbone": "x", "layer": "y"}, hierarchy=hierarchy,
-    )  # fmt: skip
+        weight=torch.randn(e, d, generator=g),
+        bias=torch.zeros(e),
+        phi=torch.rand(e, d, generator=g),
+        phi_se=torch.zeros(e, d),
+        baseline=torch.zeros(d),
+        n_permutations=torch.full((e,), 4),
+        concepts=[{"wnid": w, "name": w} for w in wnids],
+        meta={"backbone": "x", "layer": "y"},
+        hierarchy=hierarchy,
+    )
 
 
 def test_bank_carries_its_hierarchy(pets, tmp_path):
@@ -258,12 +304,24 @@ def test_build_checks_the_class_count(tmp_path, pets_data, capsys):
     spec = tmp_path / "pets.json"
     spec.write_text(json.dumps(PETS))
     (tmp_path / "classes.txt").write_text("\n".join(PHOTOS) + "\n")
-    argv = ["build", "--data", str(pets_data), "--hierarchy", str(spec), "--classes", str(tmp_path / "classes.txt"),
-            "--out", str(tmp_path / "bank"), *BUILD]  # fmt: skip
+    argv = [
+        "build",
+        "--data",
+        str(pets_data),
+        "--hierarchy",
+        str(spec),
+        "--classes",
+        str(tmp_path / "classes.txt"),
+        "--out",
+        str(tmp_path / "bank"),
+        *BUILD,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("error: backbone efficientnet_lite0 has 1000 outputs but the hierarchy has 4 classes; list one "
-                   "class id per output, in output order")  # fmt: skip
+    assert err == (
+        "error: backbone efficientnet_lite0 has 1000 outputs but the hierarchy has 4 classes; list one "
+        "class id per output, in output order"
+    )
 
 
 # ---------------------------------------------------------------------------------- build → serve
@@ -275,8 +333,30 @@ def archive(pets_data, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("pets-bank")
     (tmp / "pets.json").write_text(json.dumps(PETS))
     out = tmp / "bank"
-    assert main(["build", "--data", str(pets_data), "--hierarchy", str(tmp / "pets.json"), "--out", str(out), *BUILD]) == 0
-    make = ["make", "-C", str(REPO), "archive", f"BANK={out}", f"STORE={tmp / 'store'}", f"MAR_SRC={tmp / 'src'}"]
+    assert (
+        main(
+            [
+                "build",
+                "--data",
+                str(pets_data),
+                "--hierarchy",
+                str(tmp / "pets.json"),
+                "--out",
+                str(out),
+                *BUILD,
+            ]
+        )
+        == 0
+    )
+    make = [
+        "make",
+        "-C",
+        str(REPO),
+        "archive",
+        f"BANK={out}",
+        f"STORE={tmp / 'store'}",
+        f"MAR_SRC={tmp / 'src'}",
+    ]
     r = subprocess.run(make, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return tmp / "store" / "hint.mar"
@@ -302,9 +382,10 @@ def test_bank_built_from_the_user_hierarchy(archive):
         assert {"manifest.json", "bank.safetensors", HIERARCHY} <= set(z.namelist())
         manifest = json.loads(z.read("manifest.json"))
     assert [(c["wnid"], c["name"], c["path"]) for c in manifest["concepts"]] == [
-        ("pets", "pets", ["pets", "all"]), ("cats", "cats", ["cats", "pets", "all"]),
+        ("pets", "pets", ["pets", "all"]),
+        ("cats", "cats", ["cats", "pets", "all"]),
         ("dogs", "dogs", ["dogs", "pets", "all"]),
-    ]  # fmt: skip
+    ]
     assert manifest["build"]["hierarchy"].endswith("pets.json") and manifest["build"]["n_images"] == 16
 
 
@@ -344,7 +425,9 @@ def test_served_answer_names_the_user_concepts(served):
         assert c["model_probability"] == pytest.approx(chain[c["wnid"]]["probability"], abs=1e-4)
     assert chain["pets"]["probability"] >= chain["cats"]["probability"] - 1e-6
     # the app's picker, from the answer alone: user names with their user paths
-    labels = [label.removesuffix(UNRELIABLE) for label, _ in concept_choices(doc["concepts"], with_scores=False)]
+    labels = [
+        label.removesuffix(UNRELIABLE) for label, _ in concept_choices(doc["concepts"], with_scores=False)
+    ]
     assert labels == ["pets", "cats  ·  pets", "dogs  ·  pets"]
     # concepts by the user's names and aliases; a WordNet name is not one of them
     code, doc = one(served, {"body": {"image": b64, "concepts": ["Dog", "cats"]}})
@@ -355,10 +438,10 @@ def test_served_answer_names_the_user_concepts(served):
     assert code == 200 and sorted(c["name"] for c in doc["concepts"]) == ["cats", "dogs", "pets"]
 
 
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("java") is None, reason="java not found: TorchServe 0.12 needs Java 17 (make apt-java)")
+@pytest.mark.skipif(
+    shutil.which("java") is None, reason="java not found: TorchServe 0.12 needs Java 17 (make apt-java)"
+)
 def test_torchserve_serves_the_user_bank(archive, tmp_path):
     """The archive in a real TorchServe; the app's client reads the user concepts over HTTP."""
     from support.handler import jpeg, tabby
@@ -371,7 +454,9 @@ def test_torchserve_serves_the_user_bank(archive, tmp_path):
         doc = client.explain(jpeg(tabby()), concepts=["all"])
         assert [c["name"] for c in doc["concepts"]] == ["pets", "cats", "dogs"]
         assert [lvl["name"] for lvl in doc["chain"]][1:] == ["cats", "pets"]
-        labels = [label.removesuffix(UNRELIABLE) for label, _ in concept_choices(doc["concepts"], with_scores=False)]
+        labels = [
+            label.removesuffix(UNRELIABLE) for label, _ in concept_choices(doc["concepts"], with_scores=False)
+        ]
         assert labels == ["pets", "cats  ·  pets", "dogs  ·  pets"]
 
 
@@ -401,8 +486,12 @@ def test_build_bank_from_python_with_a_user_hierarchy(pets, pets_data, tmp_path)
     and explains; the README's notebook example in small."""
     from hint import BuildConfig, ConceptBank, Explainer, build_bank
 
-    cfg = BuildConfig(permutations=16, faithfulness_k=0, min_images=2, min_regions=4, folds=2, workers=0, batch_size=8)
-    bank = build_bank(pets_data, hierarchy=pets, config=cfg, cache=tmp_path / "cache", head_layers=[], progress=False)
+    cfg = BuildConfig(
+        permutations=16, faithfulness_k=0, min_images=2, min_regions=4, folds=2, workers=0, batch_size=8
+    )
+    bank = build_bank(
+        pets_data, hierarchy=pets, config=cfg, cache=tmp_path / "cache", head_layers=[], progress=False
+    )
     assert bank.wnids == ["pets", "cats", "dogs"] and bank.hierarchy is pets
     assert bank.meta["build"]["data"] == str(pets_data) and bank.meta["build"]["n_images"] == 16
     folder = bank.save(tmp_path / "bank")

@@ -69,10 +69,15 @@ def v2_answers(doc: dict) -> list[dict]:
 def test_v1_instances_objects_strings_json_text_and_neurons(image):
     small = b64(jpeg(tabby().resize((64, 48))))
     out = parse_envelope(
-        [{"image": image, "top_k": 2, "concepts": ["all"]}, small, json.dumps({"image": small, "seed": 3}),
-         {"neuron": 7}],
-        LIMITS, "kserve",
-    )  # fmt: skip
+        [
+            {"image": image, "top_k": 2, "concepts": ["all"]},
+            small,
+            json.dumps({"image": small, "seed": 3}),
+            {"neuron": 7},
+        ],
+        LIMITS,
+        "kserve",
+    )
     assert [type(r) for r in out] == [ExplainRequest, ExplainRequest, ExplainRequest, NeuronRequest]
     assert out[0].options["top_k"] == 2 and out[0].options["concepts"] == "all" and out[0].size == (451, 300)
     assert out[1].size == (64, 48) and out[1].options["top_k"] == 5, "a bare base64 string: default options"
@@ -81,11 +86,19 @@ def test_v1_instances_objects_strings_json_text_and_neurons(image):
 
 def test_v2_inputs_bytes_elements(image):
     out = parse_envelope(
-        [{"name": "image", "shape": [1], "datatype": "BYTES", "data": image},  # as the envelope hands it
-         {"name": "with-options", "shape": [1], "datatype": "BYTES", "data": json.dumps({"image": image, "top_k": 1})},
-         {"name": "object", "shape": [1], "datatype": "BYTES", "data": {"image": image, "threshold": 0.4}}],
-        LIMITS, "kservev2",
-    )  # fmt: skip
+        [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": image},  # as the envelope hands it
+            {
+                "name": "with-options",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": json.dumps({"image": image, "top_k": 1}),
+            },
+            {"name": "object", "shape": [1], "datatype": "BYTES", "data": {"image": image, "threshold": 0.4}},
+        ],
+        LIMITS,
+        "kservev2",
+    )
     assert all(isinstance(r, ExplainRequest) for r in out)
     assert out[1].options["top_k"] == 1 and out[2].options["threshold"] == 0.4
 
@@ -93,14 +106,19 @@ def test_v2_inputs_bytes_elements(image):
 @pytest.mark.parametrize(
     "envelope, items, code, words",
     [
-        ("kserve", None, 400, 'a KServe v1 request needs "instances": a list like [{"image": "<base64>"}], got no'),
+        (
+            "kserve",
+            None,
+            400,
+            'a KServe v1 request needs "instances": a list like [{"image": "<base64>"}], got no',
+        ),
         ("kserve", [], 400, "got an empty list"),
         ("kserve", {"image": "x"}, 400, "got an object"),
         ("kserve", ["x"] * 5, 413, "5 instances in one request; at most 4"),
         ("kservev2", [], 400, 'a KServe v2 request needs "inputs": a list like [{"name": "image"'),
         ("kservev2", [{}] * 5, 413, "5 inputs in one request; at most 4"),
     ],
-)  # fmt: skip
+)
 def test_a_wrong_request_is_one_error(envelope, items, code, words):
     err = parse_envelope(items, LIMITS, envelope)
     assert isinstance(err, RequestError) and err.code == code and words in err.message, err.message
@@ -110,20 +128,44 @@ def test_a_wrong_request_is_one_error(envelope, items, code, words):
     "envelope, item, code, words",
     [
         ("kserve", 42, 400, 'instances[0]: an instance must be a base64 string or a JSON object {"image"'),
-        ("kserve", {"data": "abc"}, 400, 'instances[0]: JSON request needs "image" (base64) or "neuron" (int)'),
-        ("kserve", {"image": "AAAA", "data": 1}, 400, "instances[0]: unknown option 'data'; known: image, concepts"),
+        (
+            "kserve",
+            {"data": "abc"},
+            400,
+            'instances[0]: JSON request needs "image" (base64) or "neuron" (int)',
+        ),
+        (
+            "kserve",
+            {"image": "AAAA", "data": 1},
+            400,
+            "instances[0]: unknown option 'data'; known: image, concepts",
+        ),
         ("kserve", {"image": "%%%"}, 400, "instances[0]: image is not valid base64"),
         ("kserve", {"image": b64(b"GIF89a" + b"\0" * 20)}, 400, "instances[0]: broken GIF file"),
         ("kserve", {"image": "AAAA", "top_k": "5"}, 400, "instances[0]: top_k must be an integer in 0..112"),
         ("kserve", "{not json", 400, "instances[0]: bad JSON: Expecting property name"),
         ("kserve", {"neuron": 3, "top_k": 1}, 400, 'instances[0]: "neuron" takes no other option'),
-        ("kservev2", v2_input("px", [1.0, 2.0], "FP32"), 400, "input 'px': datatype must be BYTES (the image as a "
-                                                               "base64 string), not string 'FP32'"),
-        ("kservev2", {"name": "x", "datatype": "BYTES", "data": [1, 2]}, 400, "input 'x': data must be a base64"),
-        ("kservev2", "just text", 400, "inputs[0]: an input is an object (name, shape, datatype, data), not string"),
+        (
+            "kservev2",
+            v2_input("px", [1.0, 2.0], "FP32"),
+            400,
+            "input 'px': datatype must be BYTES (the image as a base64 string), not string 'FP32'",
+        ),
+        (
+            "kservev2",
+            {"name": "x", "datatype": "BYTES", "data": [1, 2]},
+            400,
+            "input 'x': data must be a base64",
+        ),
+        (
+            "kservev2",
+            "just text",
+            400,
+            "inputs[0]: an input is an object (name, shape, datatype, data), not string",
+        ),
         ("kservev2", {"name": "x", "datatype": "BYTES", "data": ""}, 400, "input 'x': image is empty"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_item_is_its_own_one_line_error(envelope, item, code, words, image):
     good = image if envelope == "kserve" else v2_input("good", image) | {"data": image}
     out = parse_envelope([good, item], LIMITS, envelope)
@@ -136,8 +178,25 @@ def test_a_bad_item_is_its_own_one_line_error(envelope, item, code, words, image
 
 def test_junk_never_raises():
     rng = random.Random(0)
-    atoms = [None, True, 0, -1, 1.5, "", "{", "[]", "AAAA", "data:image/png;base64,", [], {}, {"image": None},
-             {"image": 3}, {"neuron": "x"}, {"datatype": "BYTES"}, {"datatype": "BYTES", "data": None}]  # fmt: skip
+    atoms = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        "",
+        "{",
+        "[]",
+        "AAAA",
+        "data:image/png;base64,",
+        [],
+        {},
+        {"image": None},
+        {"image": 3},
+        {"neuron": "x"},
+        {"datatype": "BYTES"},
+        {"datatype": "BYTES", "data": None},
+    ]
     for _ in range(300):
         items = [rng.choice(atoms) for _ in range(rng.randint(0, 3))]
         for envelope in ("kserve", "kservev2"):
@@ -196,7 +255,9 @@ def test_v1_wraps_the_same_document(wrapped, image, plain):
     assert_same_answer(out[0]["predictions"][0], plain)
     assert 0 not in ctx.status and ctx.content_type[0] == "application/json"
     # the body as bytes (another Content-Type), and the explain route's key
-    out = run("kserve", json.dumps({"instances": [{"image": image, "top_k": 2}]}).encode(), {"explain": "True"})
+    out = run(
+        "kserve", json.dumps({"instances": [{"image": image, "top_k": 2}]}).encode(), {"explain": "True"}
+    )
     assert list(out[0]) == ["explanations"] and out[0]["explanations"][0]["prediction"] == plain["prediction"]
 
 
@@ -206,7 +267,11 @@ def test_v1_errors_set_the_request_status(wrapped, image, plain):
     docs = out[0]["predictions"]
     jsonschema.validate(out[0], schema_of("kserve_v1"))
     assert_same_answer(docs[0], plain)
-    assert docs[1] == {"code": 400, "type": "BadRequest", "message": "instances[1]: top_k 999 out of range 0..320"}
+    assert docs[1] == {
+        "code": 400,
+        "type": "BadRequest",
+        "message": "instances[1]: top_k 999 out of range 0..320",
+    }
     assert ctx.status[0] == (400, docs[1]["message"]), "the first failing item's status and one-line reason"
     out = run("kserve", {"inputs": []})
     assert out[0]["predictions"][0]["code"] == 400 and 'needs "instances"' in ctx.status[0][1]
@@ -214,16 +279,19 @@ def test_v1_errors_set_the_request_status(wrapped, image, plain):
 
 def test_v2_outputs_hold_the_document_as_text(wrapped, image, plain):
     ctx, run = wrapped
-    body = {"id": "r-1", "inputs": [v2_input("image", json.dumps({"image": image, "top_k": 2})),
-                                    v2_input("bare", image)]}  # fmt: skip
+    body = {
+        "id": "r-1",
+        "inputs": [v2_input("image", json.dumps({"image": image, "top_k": 2})), v2_input("bare", image)],
+    }
     out = run("kservev2", body)
     assert len(out) == 1
     doc = json.loads(json.dumps(out[0]))  # shapes are tuples until TorchServe writes the JSON
     answers = v2_answers(doc)
     assert doc["id"] == "r-1" and doc["model_name"] == "hint" and doc["model_version"] == "0.1.0"
     assert [(o["name"], o["datatype"], o["shape"], len(o["data"])) for o in doc["outputs"]] == [
-        ("image", "BYTES", [1], 1), ("bare", "BYTES", [1], 1)
-    ]  # fmt: skip
+        ("image", "BYTES", [1], 1),
+        ("bare", "BYTES", [1], 1),
+    ]
     assert_same_answer(answers[0], plain)
     assert len(answers[1]["concepts"][0]["neurons"]) == 5, "default options"
     assert 0 not in ctx.status
@@ -262,8 +330,6 @@ def test_schema_defines_the_envelopes():
 # ------------------------------------------------------------------------------------------ TorchServe
 
 
-
-
 @pytest.fixture(scope="module")
 def batch1_store(tmp_path_factory):
     """hint.mar with batchSize 1 (make archive BATCH_SIZE=1): envelopes answer one request per batch."""
@@ -294,26 +360,35 @@ def test_torchserve_with_the_envelope(enveloped, image, plain):
     envelope, ts = enveloped
     if envelope == "kserve":
         body = {"instances": [{"image": image, "top_k": 2}]}
-        for path, key in [("/v1/models/hint:predict", "predictions"), ("/predictions/hint", "predictions"),
-                          ("/v1/models/hint:explain", "explanations")]:  # fmt: skip
+        for path, key in [
+            ("/v1/models/hint:predict", "predictions"),
+            ("/predictions/hint", "predictions"),
+            ("/v1/models/hint:explain", "explanations"),
+        ]:
             r = _post(ts, path, body)
             assert r.status_code == 200, (path, r.status_code, r.text[:300])
             doc = r.json()
             assert list(doc) == [key], path
             jsonschema.validate(doc, schema_of("kserve_v1"))
             assert_same_answer(doc[key][0], plain, where=path)
-        r = _post(ts, "/v1/models/hint:predict", {"instances": [{"image": image, "top_k": 2}, {"image": "%"}]})
+        r = _post(
+            ts, "/v1/models/hint:predict", {"instances": [{"image": image, "top_k": 2}, {"image": "%"}]}
+        )
         assert r.status_code == 400 and r.reason.startswith("instances[1]: image is not valid base64")
         docs = r.json()["predictions"]
         assert_same_answer(docs[0], plain)
         assert docs[1]["code"] == 400 and docs[1]["message"] == r.reason
         r = _post(ts, "/v1/models/hint:predict", {"image": image})
-        assert r.status_code == 400 and r.json()["predictions"][0]["message"].startswith('a KServe v1 request needs "instances"')
+        assert r.status_code == 400 and r.json()["predictions"][0]["message"].startswith(
+            'a KServe v1 request needs "instances"'
+        )
         quick = {"instances": [{"image": image, "image_neurons": False}]}
         path = "/v1/models/hint:predict"
     else:
-        body = {"id": "t-1", "inputs": [v2_input("image", json.dumps({"image": image, "top_k": 2})),
-                                        v2_input("bare", image)]}  # fmt: skip
+        body = {
+            "id": "t-1",
+            "inputs": [v2_input("image", json.dumps({"image": image, "top_k": 2})), v2_input("bare", image)],
+        }
         for path in ("/v2/models/hint/infer", "/v2/models/hint/explain"):
             r = _post(ts, path, body)
             assert r.status_code == 200, (path, r.status_code, r.text[:300])

@@ -108,13 +108,21 @@ def check_explanation(doc: dict, width: int, height: int, bank_concepts: list[di
         under = sum(p for w, p in top5.items() if h[w].index in h[c["wnid"]].leaves)
         assert c["model_probability"] >= under - 1e-4
         # the served rule (docs/concepts.md), and a box exactly when present
-        if RULE is not None:  # the bank's fitted rule; answers' rounded inputs decide all but a hair's breadth
+        if (
+            RULE is not None
+        ):  # the bank's fitted rule; answers' rounded inputs decide all but a hair's breadth
             p, sc = (min(max(v, 1e-6), 1 - 1e-6) for v in (c["model_probability"], c["score"]))
-            z = RULE["coef"][0] * math.log(p / (1 - p)) + RULE["coef"][1] * math.log(sc / (1 - sc)) + RULE["intercept"]
+            z = (
+                RULE["coef"][0] * math.log(p / (1 - p))
+                + RULE["coef"][1] * math.log(sc / (1 - sc))
+                + RULE["intercept"]
+            )
             if abs(z - RULE["cut"]) > 1e-3:
                 assert c["present"] == (z >= RULE["cut"]), (c["name"], c["score"], c["model_probability"], z)
         else:
-            want = bc["reliable"] and c["model_probability"] >= 0.5 and c["score"] >= bc["veto_threshold"] - 1e-6
+            want = (
+                bc["reliable"] and c["model_probability"] >= 0.5 and c["score"] >= bc["veto_threshold"] - 1e-6
+            )
             assert c["present"] == want, (c["name"], c["score"], c["model_probability"], bc["veto_threshold"])
         if c["present"]:
             x0, y0, x1, y1 = c["box"]
@@ -163,8 +171,9 @@ def test_raw_jpeg_every_field(served, tabby_result):
     hier = Hierarchy.load()
     path = set(hier.path(tabby_result["prediction"][0]["wnid"]))
     listed = [c["wnid"] for c in tabby_result["concepts"]]
-    assert set(listed) == {c["wnid"] for c in bank.concepts if c["wnid"] in path or set(c["aliases"]) & path} | {
-        c["wnid"] for c in tabby_result["concepts"] if c["present"]}
+    assert set(listed) == {
+        c["wnid"] for c in bank.concepts if c["wnid"] in path or set(c["aliases"]) & path
+    } | {c["wnid"] for c in tabby_result["concepts"] if c["present"]}
     assert [hier[w].depth for w in listed] == sorted(hier[w].depth for w in listed)
     assert all("map" not in c for c in tabby_result["concepts"])
     assert tabby_result["threshold"] == 0.5
@@ -188,8 +197,13 @@ def test_tabby_chain_reaches_mammal_and_animal(tabby_result):
 
 def test_json_base64_with_options(served, tabby_jpeg):
     b64 = base64.b64encode(tabby_jpeg).decode()
-    req = {"image": "data:image/jpeg;base64," + b64, "concepts": ["mammal", ANIMAL], "top_k": 2,
-           "threshold": 0.9, "return_maps": True}  # fmt: skip
+    req = {
+        "image": "data:image/jpeg;base64," + b64,
+        "concepts": ["mammal", ANIMAL],
+        "top_k": 2,
+        "threshold": 0.9,
+        "return_maps": True,
+    }
     code, doc = one(served, {"body": req})
     assert code == 200, doc
     bank = served[0].explainer.bank
@@ -209,17 +223,32 @@ def test_json_base64_with_options(served, tabby_jpeg):
 
 def test_same_answer_raw_multipart_and_json(served, tabby_jpeg, tabby_result):
     b64 = base64.b64encode(tabby_jpeg).decode()
-    rows = [{"data": tabby_jpeg}, {"file": bytearray(tabby_jpeg)}, {"image": tabby_jpeg}, {"photo": tabby_jpeg},
-            {"body": json.dumps({"image": b64}).encode()}, {"body": bytearray(json.dumps({"image": b64}).encode())},
-            {"body": {"image": b64}}]  # fmt: skip
+    rows = [
+        {"data": tabby_jpeg},
+        {"file": bytearray(tabby_jpeg)},
+        {"image": tabby_jpeg},
+        {"photo": tabby_jpeg},
+        {"body": json.dumps({"image": b64}).encode()},
+        {"body": bytearray(json.dumps({"image": b64}).encode())},
+        {"body": {"image": b64}},
+    ]
     for code, doc in call(served, *rows):
         assert code == 200
         assert_same_answer(doc, tabby_result)
 
 
 def test_multipart_text_options(served, tabby_jpeg):
-    code, doc = one(served, {"data": tabby_jpeg, "top_k": b"3", "concepts": b"mammal, bird", "threshold": b"0.3",
-                             "return_maps": b"false", "ablate": b"1,2"})  # fmt: skip
+    code, doc = one(
+        served,
+        {
+            "data": tabby_jpeg,
+            "top_k": b"3",
+            "concepts": b"mammal, bird",
+            "threshold": b"0.3",
+            "return_maps": b"false",
+            "ablate": b"1,2",
+        },
+    )
     assert code == 200, doc
     assert [c["name"] for c in doc["concepts"]] == ["mammal", "bird"]
     assert len(doc["concepts"][0]["neurons"]) == 3 and doc["threshold"] == 0.3
@@ -228,12 +257,16 @@ def test_multipart_text_options(served, tabby_jpeg):
 
 def test_ablating_top_neurons_acts_through_the_network(served, tabby_jpeg):
     b64 = base64.b64encode(tabby_jpeg).decode()
-    code, base = one(served, {"body": {"image": b64, "concepts": ["mammal"], "top_k": 40, "return_maps": True}})
+    code, base = one(
+        served, {"body": {"image": b64, "concepts": ["mammal"], "top_k": 40, "return_maps": True}}
+    )
     assert code == 200
     before = base["concepts"][0]
     top = [n["neuron"] for n in before["neurons"] if n["shapley"] > 0]
     assert top
-    code, abl = one(served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top + top[:1], "return_maps": True}})
+    code, abl = one(
+        served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top + top[:1], "return_maps": True}}
+    )
     assert code == 200
     after, block = abl["concepts"][0], abl["ablation"]
     assert after["score"] < before["score"] - 0.01, (before["score"], after["score"])
@@ -260,7 +293,9 @@ def test_ablating_top_neurons_acts_through_the_network(served, tabby_jpeg):
     # ablated channels contribute nothing on this image any more
     assert not {n["neuron"] for n in after["image_neurons"] if n["shapley"] > 0} & set(top)
     # the old probe-only edit: maps change, the class prediction does not
-    code, probe = one(served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top, "ablate_probe_only": True}})
+    code, probe = one(
+        served, {"body": {"image": b64, "concepts": ["mammal"], "ablate": top, "ablate_probe_only": True}}
+    )
     assert code == 200 and probe["ablation"]["mode"] == "probe"
     assert probe["prediction"] == probe["ablation"]["before"]["prediction"]
     assert probe["ablation"]["class"]["change"] == 0
@@ -300,7 +335,11 @@ def test_image_neurons_options_and_regions(served, tabby_jpeg):
     b64 = base64.b64encode(tabby_jpeg).decode()
     req = {"image": b64, "concepts": ["mammal", "feline"], "top_k": 320, "return_maps": True}
     code, full = one(served, {"body": req})
-    assert code == 200 and full["image_shapley"] == {"game": "logit", "method": "exact", "region": "concept_map"}
+    assert code == 200 and full["image_shapley"] == {
+        "game": "logit",
+        "method": "exact",
+        "region": "concept_map",
+    }
     ex = served[0].explainer
     for c in full["concepts"]:
         assert sorted(n["neuron"] for n in c["image_neurons"]) == list(range(320)), "every neuron ranked"
@@ -315,11 +354,21 @@ def test_image_neurons_options_and_regions(served, tabby_jpeg):
     assert again["concepts"][0]["image_neurons"] == full["concepts"][0]["image_neurons"]
     # permutations: the probability game's Monte-Carlo estimate; another seed or M, other noise
     code, mc = one(served, {"body": {**req, "permutations": 8}})
-    assert mc["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 8, "seed": 0,
-                                   "region": "concept_map"}  # fmt: skip
+    assert mc["image_shapley"] == {
+        "game": "probability",
+        "method": "monte_carlo",
+        "permutations": 8,
+        "seed": 0,
+        "region": "concept_map",
+    }
     code, other = one(served, {"body": {**req, "seed": 5, "permutations": 32}})
-    assert other["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 32, "seed": 5,
-                                      "region": "concept_map"}  # fmt: skip
+    assert other["image_shapley"] == {
+        "game": "probability",
+        "method": "monte_carlo",
+        "permutations": 32,
+        "seed": 5,
+        "region": "concept_map",
+    }
     assert other["concepts"][0]["image_neurons"] != mc["concepts"][0]["image_neurons"]
     assert mc["concepts"][0]["image_neurons"] != full["concepts"][0]["image_neurons"]
     # off: the old answer, without the new fields
@@ -334,10 +383,25 @@ def test_image_neurons_options_and_regions(served, tabby_jpeg):
     assert m.shape == (7, 7) and m.min() >= 0 and m.max() == 1 and r["cells"] == int((m > 0.5).sum())
     assert all(c["region_cells"] == r["cells"] for c in reg["concepts"])
     # multipart text forms
-    code, mp = one(served, {"data": tabby_jpeg, "concepts": b"mammal", "permutations": b"12", "seed": b"3",
-                            "image_neurons": b"true", "regions": b"false", "ablate_probe_only": b"false"})  # fmt: skip
-    assert code == 200 and mp["image_shapley"] == {"game": "probability", "method": "monte_carlo", "permutations": 12,
-                                                   "seed": 3, "region": "concept_map"}  # fmt: skip
+    code, mp = one(
+        served,
+        {
+            "data": tabby_jpeg,
+            "concepts": b"mammal",
+            "permutations": b"12",
+            "seed": b"3",
+            "image_neurons": b"true",
+            "regions": b"false",
+            "ablate_probe_only": b"false",
+        },
+    )
+    assert code == 200 and mp["image_shapley"] == {
+        "game": "probability",
+        "method": "monte_carlo",
+        "permutations": 12,
+        "seed": 3,
+        "region": "concept_map",
+    }
 
 
 def test_neuron_reverse_lookup(served, tabby_result):
@@ -363,18 +427,24 @@ def test_neuron_answer_has_its_label_and_exemplars_within_200_kb(served):
     h, _ = served
     bank = h.explainer.bank
     ex = bank.exemplars
-    assert ex is not None and ex.neurons == 320 and ex.k >= 9, "the default bank carries exemplars for every neuron"
+    assert ex is not None and ex.neurons == 320 and ex.k >= 9, (
+        "the default bank carries exemplars for every neuron"
+    )
     n = 45
     code, doc = one(served, {"body": {"neuron": n}})
     assert code == 200
     label, got = doc["label"], doc["exemplars"]
     row = int(bank.phi[:, n].argmax())
-    assert label["wnid"] == bank.wnids[row] and label["shapley"] == pytest.approx(float(bank.phi[row, n]), abs=1e-6)
+    assert label["wnid"] == bank.wnids[row] and label["shapley"] == pytest.approx(
+        float(bank.phi[row, n]), abs=1e-6
+    )
     assert label["shapley"] == doc["concepts"][0]["shapley"]
     assert 0 <= label["iou"] <= label["best_iou"]["iou"] <= 1
     assert got["available"] and got["k"] == len(got["patches"]) == ex.k and got["format"] == "jpeg"
     acts = [p["activation"] for p in got["patches"]]
-    assert acts == sorted(acts, reverse=True) and [p["rank"] for p in got["patches"]] == list(range(1, ex.k + 1))
+    assert acts == sorted(acts, reverse=True) and [p["rank"] for p in got["patches"]] == list(
+        range(1, ex.k + 1)
+    )
     size = got["size"]
     for p in got["patches"]:
         im = Image.open(io.BytesIO(base64.b64decode(p["thumbnail"])))
@@ -382,7 +452,9 @@ def test_neuron_answer_has_its_label_and_exemplars_within_200_kb(served):
         x0, y0, x1, y1 = p["box"]
         assert 0 <= x0 < x1 and 0 <= y0 < y1 and p["image"].endswith(".JPEG")
     # every neuron's answer (as the handler writes it) stays within 200 kB
-    sizes = [len(json.dumps(h.explainer.neuron(d), separators=(",", ":"))) for d in range(bank.weight.shape[1])]
+    sizes = [
+        len(json.dumps(h.explainer.neuron(d), separators=(",", ":"))) for d in range(bank.weight.shape[1])
+    ]
     assert max(sizes) <= 200_000, max(sizes)
 
 
@@ -397,7 +469,11 @@ def test_neuron_answer_of_a_bank_without_exemplars_says_so(tmp_path):
     h = hint_handler.HintHandler()
     h.initialize(FakeContext(model_dir, {"handler": {"torch_threads": 1}}))
     code, doc = one((h, h.context), {"body": {"neuron": 45}})
-    assert code == 200 and doc["exemplars"]["available"] is False and "no exemplars" in doc["exemplars"]["reason"]
+    assert (
+        code == 200
+        and doc["exemplars"]["available"] is False
+        and "no exemplars" in doc["exemplars"]["reason"]
+    )
     assert doc["label"]["iou"] is None and doc["label"]["wnid"] == doc["concepts"][0]["wnid"]
 
 
@@ -457,9 +533,17 @@ def test_batch_is_one_forward_and_answers_each_request(served, tabby_jpeg, tabby
     h, _ = served
     calls = []
     forward = h.explainer.forward_tensor
-    monkeypatch.setattr(h.explainer, "forward_tensor", lambda x, *a, **k: calls.append(len(x)) or forward(x, *a, **k))
-    rows = [{"body": tabby_jpeg}, {"body": b"not an image"}, {"body": {"image": base64.b64encode(tabby_jpeg).decode(),
-            "ablate": [3]}}, {"body": {"neuron": 3}}, {"body": b""}, {"data": tabby_jpeg, "top_k": b"1"}]  # fmt: skip
+    monkeypatch.setattr(
+        h.explainer, "forward_tensor", lambda x, *a, **k: calls.append(len(x)) or forward(x, *a, **k)
+    )
+    rows = [
+        {"body": tabby_jpeg},
+        {"body": b"not an image"},
+        {"body": {"image": base64.b64encode(tabby_jpeg).decode(), "ablate": [3]}},
+        {"body": {"neuron": 3}},
+        {"body": b""},
+        {"data": tabby_jpeg, "top_k": b"1"},
+    ]
     res = call(served, *rows)
     assert [c for c, _ in res] == [200, 400, 200, 200, 400, 200]
     assert calls == [4], "the three valid images and the ablated copy of one share one forward pass"
@@ -476,7 +560,9 @@ def test_batch_is_one_forward_and_answers_each_request(served, tabby_jpeg, tabby
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(width: int, height: int, idat: bytes | None = None) -> bytes:
@@ -488,7 +574,14 @@ def png_header_only(width: int, height: int, idat: bytes | None = None) -> bytes
 
 
 def gif_header(width: int, height: int) -> bytes:
-    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"\x2c" + struct.pack("<HHHH", 0, 0, width, height) + b"\x00\x02\x02\x44\x01\x00\x3b"
+    return (
+        b"GIF89a"
+        + struct.pack("<HH", width, height)
+        + b"\x00\x00\x00"
+        + b"\x2c"
+        + struct.pack("<HHHH", 0, 0, width, height)
+        + b"\x00\x02\x02\x44\x01\x00\x3b"
+    )
 
 
 def bmp_header(width: int, height: int) -> bytes:
@@ -617,7 +710,9 @@ def malformed_corpus(tabby: Image.Image) -> list[tuple[str, dict, int | None]]:
     ]
     for k, size in enumerate((1, 16, 1000, 50_000)):
         cases.append((f"random bytes {size}", {"body": rng.bytes(size)}, 400))
-        cases.append((f"random bytes after jpeg magic {k}", {"body": b"\xff\xd8\xff\xe0" + rng.bytes(size)}, 400))
+        cases.append(
+            (f"random bytes after jpeg magic {k}", {"body": b"\xff\xd8\xff\xe0" + rng.bytes(size)}, 400)
+        )
     return cases
 
 

@@ -23,7 +23,9 @@ from hint.serve import request as rq
 from hint.serve.options import Limits, Option, RequestError
 from hint.serve.request import ExplainRequest, NeuronRequest, parse_request
 
-LIMITS = Limits(channels=112, concept=lambda name: {"dog": "n02084071", "mammal": "n01861778"}.get(name) or _unknown(name))
+LIMITS = Limits(
+    channels=112, concept=lambda name: {"dog": "n02084071", "mammal": "n01861778"}.get(name) or _unknown(name)
+)
 
 
 def _unknown(name: str):
@@ -48,17 +50,49 @@ def photo(size=(451, 300)) -> Image.Image:
 def test_every_request_form():
     jpg = encode(photo((160, 120)), "JPEG")
     b64 = base64.b64encode(jpg).decode()
-    for row in ({"body": jpg}, {"body": bytearray(jpg)}, {"data": jpg}, {"photo": memoryview(jpg)},
-                {"body": json.dumps({"image": b64}).encode()}, {"body": {"image": "data:image/jpeg;base64," + b64}},
-                {"body": json.dumps({"image": b64})}):  # fmt: skip
+    for row in (
+        {"body": jpg},
+        {"body": bytearray(jpg)},
+        {"data": jpg},
+        {"photo": memoryview(jpg)},
+        {"body": json.dumps({"image": b64}).encode()},
+        {"body": {"image": "data:image/jpeg;base64," + b64}},
+        {"body": json.dumps({"image": b64})},
+    ):
         r = parse_request(row, LIMITS)
         assert isinstance(r, ExplainRequest) and r.size == (160, 120) and r.format == "JPEG"
-        assert r.options == {"concepts": None, "top_k": 5, "threshold": 0.5, "return_maps": False, "ablate": [],
-                             "ablate_probe_only": False, "image_neurons": True, "permutations": None, "seed": 0,
-                             "regions": False, "box_threshold": None, "all_boxes": False}  # fmt: skip
-    r = parse_request({"data": jpg, "top_k": b"3", "concepts": b"dog, mammal,dog", "threshold": b"0.25",
-                       "return_maps": b"yes", "ablate": b"4 5,6"}, LIMITS)  # fmt: skip
-    assert (r.top_k, r.concepts, r.threshold, r.return_maps, r.ablate) == (3, ["n02084071", "n01861778"], 0.25, True, [4, 5, 6])
+        assert r.options == {
+            "concepts": None,
+            "top_k": 5,
+            "threshold": 0.5,
+            "return_maps": False,
+            "ablate": [],
+            "ablate_probe_only": False,
+            "image_neurons": True,
+            "permutations": None,
+            "seed": 0,
+            "regions": False,
+            "box_threshold": None,
+            "all_boxes": False,
+        }
+    r = parse_request(
+        {
+            "data": jpg,
+            "top_k": b"3",
+            "concepts": b"dog, mammal,dog",
+            "threshold": b"0.25",
+            "return_maps": b"yes",
+            "ablate": b"4 5,6",
+        },
+        LIMITS,
+    )
+    assert (r.top_k, r.concepts, r.threshold, r.return_maps, r.ablate) == (
+        3,
+        ["n02084071", "n01861778"],
+        0.25,
+        True,
+        [4, 5, 6],
+    )
     assert parse_request({"body": {"neuron": 111}}, LIMITS) == NeuronRequest(111)
     assert parse_request({"neuron": b" 7 "}, LIMITS) == NeuronRequest(7)
     assert parse_request({"body": {"image": b64, "concepts": None}}, LIMITS).concepts is None
@@ -67,7 +101,9 @@ def test_every_request_form():
 def test_adding_an_option_is_one_table_row(monkeypatch):
     """A new option (say per-image neurons) needs one Option row: JSON and multipart forms, type and
     range checks, the default, the unknown-option message all follow."""
-    monkeypatch.setitem(options.OPTIONS, "max_neurons", Option("max_neurons", "int", 10, lo=1, hi=lambda lim: lim.channels))
+    monkeypatch.setitem(
+        options.OPTIONS, "max_neurons", Option("max_neurons", "int", 10, lo=1, hi=lambda lim: lim.channels)
+    )
     jpg = encode(photo((64, 48)), "PNG")
     assert parse_request({"data": jpg}, LIMITS).max_neurons == 10
     assert parse_request({"data": jpg, "max_neurons": b"20"}, LIMITS).max_neurons == 20
@@ -77,7 +113,9 @@ def test_adding_an_option_is_one_table_row(monkeypatch):
     with pytest.raises(RequestError, match="unknown option 'max_neurons'; known: image"):
         parse_request({"data": jpg, "max_neurons": b"20"}, bare)
     for opt in options.OPTIONS.values():
-        assert opt.kind in ("int", "number", "bool", "ints", "names") and opt.form in ("explain", "neuron"), opt
+        assert opt.kind in ("int", "number", "bool", "ints", "names") and opt.form in ("explain", "neuron"), (
+            opt
+        )
         default = opt.default(LIMITS) if callable(opt.default) else opt.default
         if default is not None:
             assert options.check_option(opt, default, LIMITS) == default, opt.name
@@ -117,10 +155,25 @@ def test_fuzzed_requests_raise_only_request_errors():
     """Random damage to valid images and JSON requests: an answer or a RequestError, nothing else."""
     rng = np.random.default_rng(0)
     small = photo((96, 64))
-    seeds = [encode(small, "JPEG"), encode(small, "JPEG", progressive=True), encode(small, "PNG"),
-             encode(small, "GIF"), encode(small, "WEBP"), encode(small, "BMP"), encode(small, "TIFF"),
-             json.dumps({"image": base64.b64encode(encode(small, "PNG")).decode(), "top_k": 3, "ablate": [1, 2],
-                         "concepts": ["dog"], "threshold": 0.3, "return_maps": True}).encode()]  # fmt: skip
+    seeds = [
+        encode(small, "JPEG"),
+        encode(small, "JPEG", progressive=True),
+        encode(small, "PNG"),
+        encode(small, "GIF"),
+        encode(small, "WEBP"),
+        encode(small, "BMP"),
+        encode(small, "TIFF"),
+        json.dumps(
+            {
+                "image": base64.b64encode(encode(small, "PNG")).decode(),
+                "top_k": 3,
+                "ablate": [1, 2],
+                "concepts": ["dog"],
+                "threshold": 0.3,
+                "return_maps": True,
+            }
+        ).encode(),
+    ]
     outcomes = {"ok": 0, "error": 0}
     for k in range(600):
         data = bytearray(seeds[k % len(seeds)])
@@ -163,8 +216,11 @@ def test_large_images_are_decoded_reduced_with_the_original_size():
     big = photo((4000, 3000))
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated by 90 degrees
-    for data, size in ((encode(big, "JPEG", quality=90), (4000, 3000)), (encode(big, "JPEG", exif=exif), (3000, 4000)),
-                       (encode(big.resize((2000, 1500)), "PNG"), (2000, 1500))):  # fmt: skip
+    for data, size in (
+        (encode(big, "JPEG", quality=90), (4000, 3000)),
+        (encode(big, "JPEG", exif=exif), (3000, 4000)),
+        (encode(big.resize((2000, 1500)), "PNG"), (2000, 1500)),
+    ):
         im, shown, _ = images.decode_image(data, LIMITS)
         assert shown == size and im.mode == "RGB"
         assert all(448 <= s < 2 * 448 for s in im.size), im.size
@@ -172,7 +228,9 @@ def test_large_images_are_decoded_reduced_with_the_original_size():
         full = full.transpose(Image.Transpose.ROTATE_270) if size == (3000, 4000) else full
         a = np.asarray(im.resize((224, 224), Image.Resampling.BILINEAR), dtype=float)
         b = np.asarray(full.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), dtype=float)
-        assert np.abs(a - b).mean() < 2.0, "the model sees about the same pixels as from a full decode (EXIF applied)"
+        assert np.abs(a - b).mean() < 2.0, (
+            "the model sees about the same pixels as from a full decode (EXIF applied)"
+        )
     small = encode(photo(), "PNG")
     im, shown, _ = images.decode_image(small, LIMITS)
     assert im.size == shown == (451, 300), "small images are not reduced"
@@ -193,7 +251,13 @@ def test_truncation_that_decoders_hide_is_an_error():
     png = encode(photo(), "PNG")
     start = png.index(b"IDAT") - 4
     rows = zlib.compress(b"".join(b"\0" + bytes(451 * 3) for _ in range(100)))
-    short = png[:start] + images.struct.pack(">I", len(rows)) + b"IDAT" + rows + images.struct.pack(">I", zlib.crc32(b"IDAT" + rows))
+    short = (
+        png[:start]
+        + images.struct.pack(">I", len(rows))
+        + b"IDAT"
+        + rows
+        + images.struct.pack(">I", zlib.crc32(b"IDAT" + rows))
+    )
     with pytest.raises(RequestError, match="truncated PNG: its image data stops after"):
         images.decode_image(short + png[-12:], LIMITS)
 
@@ -249,7 +313,10 @@ def _worst_cases(folder: Path) -> dict[str, Path]:
         return images.struct.pack(">I", len(d)) + kind + d + images.struct.pack(">I", zlib.crc32(kind + d))
 
     sig = b"\x89PNG\r\n\x1a\n"
-    save("png-16mp-rgba16", sig + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
+    save(
+        "png-16mp-rgba16",
+        sig + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""),
+    )
     pal = Image.new("P", (4000, 4000), 1)
     pal.putpalette([0, 0, 0, 200, 30, 40] * 128)
     save("png-16mp-palette-transparency", encode(pal, "PNG", transparency=0))
@@ -257,7 +324,10 @@ def _worst_cases(folder: Path) -> dict[str, Path]:
     save("tiff-16mp-cmyk", encode(gradient.convert("CMYK"), "TIFF", compression="tiff_deflate"))
     save("jpeg-40mp", encode(gradient.resize((8000, 5000)), "JPEG", quality=80))
     ihdr36 = images.struct.pack(">IIBBBBB", 6000, 6000, 16, 2, 0, 0, 0)
-    save("png-36mp-header", sig + chunk(b"IHDR", ihdr36) + chunk(b"IDAT", zlib.compress(b"\0" * 70_000)) + chunk(b"IEND", b""))
+    save(
+        "png-36mp-header",
+        sig + chunk(b"IHDR", ihdr36) + chunk(b"IDAT", zlib.compress(b"\0" * 70_000)) + chunk(b"IEND", b""),
+    )
     return files
 
 
@@ -266,8 +336,14 @@ def test_decode_memory_is_bounded(tmp_path):
     """Peak memory of one decode, each worst case in a fresh process: docs/api.md states the bound."""
     peaks = {}
     for name, path in _worst_cases(tmp_path).items():
-        r = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, cwd=REPO,
-                           timeout=300, check=True)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+            check=True,
+        )
         mb, outcome = r.stdout.strip().splitlines()[-1].split(" ", 1)
         peaks[name] = (round(float(mb)), outcome)
     print("decode peak MB above the process before it:", peaks)
@@ -281,7 +357,10 @@ def test_docs_option_table_states_the_declared_defaults():
     """docs/api.md's option table: every option of hint.serve.options.OPTIONS, with its one declared default."""
     text = (REPO / "docs" / "api.md").read_text()
     table = text[text.index("### Options") : text.index("### Limits")]
-    cells = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `(\w+)` \|[^|]*\|[^|]*\|([^|]*)\|", table, re.M)}
+    cells = {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^\| `(\w+)` \|[^|]*\|[^|]*\|([^|]*)\|", table, re.M)
+    }
     assert set(cells) == set(options.OPTIONS)
     for name, opt in options.OPTIONS.items():
         if opt.default is not None:

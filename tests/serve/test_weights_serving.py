@@ -48,7 +48,16 @@ def tamper(path: Path) -> Path:
 
 
 def make_archive(bank: Path, tmp: Path, weights: Path | None) -> subprocess.CompletedProcess:
-    make = ["make", "-s", "-C", str(REPO), "archive", f"BANK={bank}", f"STORE={tmp / 'store'}", f"MAR_SRC={tmp / 'src'}"]
+    make = [
+        "make",
+        "-s",
+        "-C",
+        str(REPO),
+        "archive",
+        f"BANK={bank}",
+        f"STORE={tmp / 'store'}",
+        f"MAR_SRC={tmp / 'src'}",
+    ]
     if weights is not None:
         make.append(f"WEIGHTS={weights}")
     return subprocess.run(make, capture_output=True, text=True, timeout=300)
@@ -71,7 +80,9 @@ def weights(work) -> Path:
 @pytest.fixture(scope="module")
 def bank(tiny_data, weights, work) -> Path:
     out = work / "bank"
-    assert main(["build", "--data", str(tiny_data), "--out", str(out), "--weights", str(weights), *BUILD]) == 0
+    assert (
+        main(["build", "--data", str(tiny_data), "--out", str(out), "--weights", str(weights), *BUILD]) == 0
+    )
     return out
 
 
@@ -119,8 +130,12 @@ def test_served_prediction_is_the_weights_files_forward_pass(model_dir, weights)
 
     served = start(model_dir)
     backbone = served[0].explainer.backbone
-    assert backbone.weights == f"file {model_dir.resolve() / SHIPPED}" and backbone.weights_sha256 == sha256(weights)
-    code, doc = one(served, {"body": {"image": base64.b64encode(encode(tabby(), "PNG")).decode(), "top_k": 5}})
+    assert backbone.weights == f"file {model_dir.resolve() / SHIPPED}" and backbone.weights_sha256 == sha256(
+        weights
+    )
+    code, doc = one(
+        served, {"body": {"image": base64.b64encode(encode(tabby(), "PNG")).decode(), "top_k": 5}}
+    )
     assert code == 200 and (doc["model"]["backbone"], doc["model"]["layer"]) == (NAME, LAYER)
 
     direct = get_backbone(NAME, LAYER, weights=weights)
@@ -170,7 +185,9 @@ def test_archive_refuses_a_wrong_or_missing_weights_file(bank, weights, tmp_path
     assert line.endswith(f"the bank was built with {sha256(weights)[:12]} ({weights}): not the same weights")
     r = make_archive(bank, tmp_path, None)
     assert r.returncode != 0
-    assert r.stderr.splitlines()[0].endswith(f"the weights file {weights}: pass it, make archive BANK=... WEIGHTS=FILE")
+    assert r.stderr.splitlines()[0].endswith(
+        f"the weights file {weights}: pass it, make archive BANK=... WEIGHTS=FILE"
+    )
     assert not (tmp_path / "store" / "hint.mar").exists()
     assert not list((tmp_path / "src").glob(f"{WEIGHTS}*")), "nothing staged"
 
@@ -207,7 +224,9 @@ def test_safetensors_weights_are_staged_and_found_as_safetensors(tmp_path):
 
     src = tmp_path / "w.safetensors"
     save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(src))
-    bank = SimpleNamespace(id="0123456789ab", meta={"weights": f"file {src} (7 classes)", "weights_sha256": sha256(src)})
+    bank = SimpleNamespace(
+        id="0123456789ab", meta={"weights": f"file {src} (7 classes)", "weights_sha256": sha256(src)}
+    )
     staged = stage_weights(bank, src, tmp_path / "dest")
     assert staged == tmp_path / "dest" / f"{WEIGHTS}.safetensors" and sha256(staged) == sha256(src)
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [staged.name], "no temporary file left"

@@ -75,10 +75,21 @@ def build_archives(
             config = store / f".{name}-config.yaml"
             config.write_text(text)
         cmd = [
-            str(BIN / "torch-model-archiver"), "--force", "--model-name", name, "--version", _version(),
-            "--handler", str(REPO / "handlers" / handler), "--config-file", str(config),
-            "--extra-files", ",".join(str(p) for p in [*extra, src]), "--export-path", str(store),
-        ]  # fmt: skip
+            str(BIN / "torch-model-archiver"),
+            "--force",
+            "--model-name",
+            name,
+            "--version",
+            _version(),
+            "--handler",
+            str(REPO / "handlers" / handler),
+            "--config-file",
+            str(config),
+            "--extra-files",
+            ",".join(str(p) for p in [*extra, src]),
+            "--export-path",
+            str(store),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         out[name] = store / f"{name}.mar"
         if batch_size is not None:
@@ -118,8 +129,12 @@ class LocalTorchServe(Endpoints):
 
     def env(self) -> dict:
         env = dict(os.environ)
-        env.update(TMPDIR=str(self.tmp), TEMP=str(self.sock_dir), LOG_LOCATION=str(self.logs),
-                   METRICS_LOCATION=str(self.logs))  # fmt: skip
+        env.update(
+            TMPDIR=str(self.tmp),
+            TEMP=str(self.sock_dir),
+            LOG_LOCATION=str(self.logs),
+            METRICS_LOCATION=str(self.logs),
+        )
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -155,9 +170,13 @@ class LocalTorchServe(Endpoints):
         with open(self.logs / "torchserve.out", "ab") as out:
             subprocess.run(
                 [str(BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(self.config)],
-                cwd=self.workdir, env=self.env(), check=True, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env(),
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         self.started = True
         try:
             self.wait_ready(timeout)
@@ -190,7 +209,9 @@ class LocalTorchServe(Endpoints):
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"no READY worker for {pending} after {timeout:.0f}s\n{self.log_tail()}")
             if pid is not None and not _alive(pid):
-                raise RuntimeError(f"TorchServe (pid {pid}) exited during start-up\n{self.log_tail(25, 'ts_log.log')}")
+                raise RuntimeError(
+                    f"TorchServe (pid {pid}) exited during start-up\n{self.log_tail(25, 'ts_log.log')}"
+                )
             try:
                 if "READY" in self.workers(pending[0]):
                     pending.pop(0)
@@ -212,9 +233,14 @@ class LocalTorchServe(Endpoints):
         pid = self.pid()
         with open(self.logs / "torchserve.out", "ab") as out:
             subprocess.run(
-                [str(BIN / "torchserve"), "--stop"], cwd=self.workdir, env=self.env(), stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60,
-            )  # fmt: skip
+                [str(BIN / "torchserve"), "--stop"],
+                cwd=self.workdir,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
         for _ in range(120):
             if pid is None or not _alive(pid):
                 break

@@ -45,8 +45,21 @@ def tiny_boxes(root: Path) -> Path:
 def run_evaluate_wsol(tmp: Path, bank: Path, data: Path, *extra: str) -> dict:
     """``offline evaluate-wsol`` on ``data`` with maps exported and 2 overlays; its results.json."""
     out = tmp / "out"
-    argv = ["evaluate-wsol", "--bank", str(bank), "--data", str(data), "--out", str(out),
-            "--export-npy", str(tmp / "npy"), "--overlays", "2", "--no-progress", *extra]  # fmt: skip
+    argv = [
+        "evaluate-wsol",
+        "--bank",
+        str(bank),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--export-npy",
+        str(tmp / "npy"),
+        "--overlays",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 0
     return json.loads((out / "results.json").read_text())
 
@@ -60,14 +73,26 @@ def random_bank(folder: Path, build: dict | None = None) -> Path:
     names = ["whole", "animal", "carnivore", "artifact"]
     g = torch.Generator().manual_seed(0)
     e, d = len(names), 112
-    concepts = [{"wnid": h.find(n).wnid, "name": n, "path": [h[a].name for a in h.path(h.find(n).wnid)], "f1": 0.5}
-                for n in names]
+    concepts = [
+        {"wnid": h.find(n).wnid, "name": n, "path": [h[a].name for a in h.path(h.find(n).wnid)], "f1": 0.5}
+        for n in names
+    ]
     for c in concepts:
         c["parent"] = h.group_parent(c["wnid"], [x["wnid"] for x in concepts])
-    meta = {"backbone": "efficientnet_lite0", "layer": "_blocks.10", "channels": d, **({"build": build} if build else {})}
+    meta = {
+        "backbone": "efficientnet_lite0",
+        "layer": "_blocks.10",
+        "channels": d,
+        **({"build": build} if build else {}),
+    }
     bank = ConceptBank(
-        weight=torch.randn(e, d, generator=g) * 0.1, bias=torch.zeros(e), phi=torch.rand(e, d, generator=g),
-        phi_se=torch.zeros(e, d), baseline=torch.zeros(d), n_permutations=torch.full((e,), 8), concepts=concepts,
+        weight=torch.randn(e, d, generator=g) * 0.1,
+        bias=torch.zeros(e),
+        phi=torch.rand(e, d, generator=g),
+        phi_se=torch.zeros(e, d),
+        baseline=torch.zeros(d),
+        n_permutations=torch.full((e,), 8),
+        concepts=concepts,
         meta=meta,
-    )  # fmt: skip
+    )
     return bank.save(folder)

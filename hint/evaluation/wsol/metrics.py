@@ -87,8 +87,9 @@ def resize_bbox(boxes: np.ndarray, image_size: tuple[int, int], resize_size: tup
     return gt_boxes_int(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale)
 
 
-def load_annotations(csv_path: str | Path, data_dir: str | Path | None = None,
-                     hierarchy: Hierarchy | None = None) -> list[Annotation]:  # fmt: skip
+def load_annotations(
+    csv_path: str | Path, data_dir: str | Path | None = None, hierarchy: Hierarchy | None = None
+) -> list[Annotation]:
     """Rows of ``file,wnid,label_index,...,width,height,...,boxes_xyxy``; files relative to ``data_dir``
     (or its ``images/`` folder, or the CSV's folder). ValueError on a bad row or a label that
     disagrees with the WNID; FileNotFoundError for a missing image."""
@@ -160,8 +161,15 @@ def threshold_mask(q: np.ndarray, threshold: float) -> np.ndarray:
 def _clip(rects: np.ndarray, width: int, height: int) -> np.ndarray:
     """(x, y, w, h) rects → x0 y0 x1 y1 with ``x1 = min(x + w, W - 1)``, ``y1 = min(y + h, H - 1)``."""
     r = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
-    return np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
-                     np.minimum(r[:, 1] + r[:, 3], height - 1)], 1)  # fmt: skip
+    return np.stack(
+        [
+            r[:, 0],
+            r[:, 1],
+            np.minimum(r[:, 0] + r[:, 2], width - 1),
+            np.minimum(r[:, 1] + r[:, 3], height - 1),
+        ],
+        1,
+    )
 
 
 def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,8 +264,13 @@ def select_threshold(iou_largest_selection: np.ndarray, delta: float = IOU_LOC) 
     return int(np.argmax(box_accuracy(iou_largest_selection, delta)))
 
 
-def localization_metrics(scores: MethodScores, correct: np.ndarray, selection: np.ndarray, test: np.ndarray,
-                         thresholds: np.ndarray = THRESHOLDS) -> dict:  # fmt: skip
+def localization_metrics(
+    scores: MethodScores,
+    correct: np.ndarray,
+    selection: np.ndarray,
+    test: np.ndarray,
+    thresholds: np.ndarray = THRESHOLDS,
+) -> dict:
     """All metrics of one method on the ``test`` indices, the operating threshold chosen on ``selection``."""
     k = select_threshold(scores.iou_largest[selection])
     t_big, t_all = scores.iou_largest[test], scores.iou_all[test]
@@ -279,8 +292,9 @@ def localization_metrics(scores: MethodScores, correct: np.ndarray, selection: n
     }
 
 
-def bootstrap_metrics(scores: MethodScores, correct: np.ndarray, test: np.ndarray, threshold_index: int,
-                      weights: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+def bootstrap_metrics(
+    scores: MethodScores, correct: np.ndarray, test: np.ndarray, threshold_index: int, weights: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each metric over the bootstrap resamples of the test images (``weights`` from
     :func:`hint._utils.stats.bootstrap_weights`; the operating threshold stays the one chosen on the selection split).
     Using the same weights for two methods gives paired differences."""
@@ -314,8 +328,13 @@ def export_scoremap(folder: str | Path, image_id: str, scoremap: np.ndarray) -> 
     return p
 
 
-def write_metadata(folder: str | Path, image_ids: list[str], labels: list[int], size: tuple[int, int],
-                   boxes: list[np.ndarray]) -> Path:  # fmt: skip
+def write_metadata(
+    folder: str | Path,
+    image_ids: list[str],
+    labels: list[int],
+    size: tuple[int, int],
+    boxes: list[np.ndarray],
+) -> Path:
     """One split's metadata in wsolevaluation's format (its ``data_loaders`` reads it): ``image_ids.txt``
     (``id``), ``class_labels.txt`` (``id,label``), ``image_sizes.txt`` (``id,W,H``) and
     ``localization.txt`` (``id,x0,y0,x1,y1``, one line per GT box, integers).
@@ -330,7 +349,9 @@ def write_metadata(folder: str | Path, image_ids: list[str], labels: list[int], 
     folder.mkdir(parents=True, exist_ok=True)
     w, h = size
     (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in image_ids))
-    (folder / "class_labels.txt").write_text("".join(f"{i},{int(c)}\n" for i, c in zip(image_ids, labels, strict=True)))
+    (folder / "class_labels.txt").write_text(
+        "".join(f"{i},{int(c)}\n" for i, c in zip(image_ids, labels, strict=True))
+    )
     (folder / "image_sizes.txt").write_text("".join(f"{i},{int(w)},{int(h)}\n" for i in image_ids))
     lines = []
     for i, bx in zip(image_ids, boxes, strict=True):

@@ -75,33 +75,61 @@ class EvalConfig:
 
     bank: Path = option(help="concept bank folder")
     data: Path = option(help="folder of the images (or of images/)")
-    annotations: Path | None = option(None, "CSV file,wnid,label_index,width,height,boxes_xyxy (default "
-                                      "DATA/annotations.csv)")  # fmt: skip
+    annotations: Path | None = option(
+        None, "CSV file,wnid,label_index,width,height,boxes_xyxy (default DATA/annotations.csv)"
+    )
     out: Path = option(Path("docs/wsol"), "results folder (default %(default)s)")
     limit: int | None = option(None, "first N images only")
     split_seed: int = option(0, "seed of the selection/test halves")
-    upsample: str = option("cubic", "how every map is resized to the network input (default %(default)s, as "
-                           "wsolevaluation)", choices=UPSAMPLING)  # fmt: skip
-    export_npy: Path | None = option(None, "save score maps (.npy) and wsolevaluation metadata", metavar="DIR")
-    export_methods: Sequence[str] = option(MAIN, "methods to export (default: %(default)s; 'all' for every one)",
-                                           metavar="METHOD")  # fmt: skip
+    upsample: str = option(
+        "cubic",
+        "how every map is resized to the network input (default %(default)s, as wsolevaluation)",
+        choices=UPSAMPLING,
+    )
+    export_npy: Path | None = option(
+        None, "save score maps (.npy) and wsolevaluation metadata", metavar="DIR"
+    )
+    export_methods: Sequence[str] = option(
+        MAIN, "methods to export (default: %(default)s; 'all' for every one)", metavar="METHOD"
+    )
     cache: Path | None = option(None, "step cache of the bank (default BANK/../.hint-cache)")
-    recompute_regions: bool = option(True, "never recompute the bank's step-1 table from its build data (then no "
-                                     "retrained rows without a cache)")  # fmt: skip
+    recompute_regions: bool = option(
+        True,
+        "never recompute the bank's step-1 table from its build data (then no "
+        "retrained rows without a cache)",
+    )
     percents: Sequence[int] = option((10, 20, 40, 80), "the (x%%) rows", nargs="*")
-    faithfulness_k: int | None = option(None, f"neurons kept (default: the bank's, or {BuildConfig.faithfulness_k})")
+    faithfulness_k: int | None = option(
+        None, f"neurons kept (default: the bank's, or {BuildConfig.faithfulness_k})"
+    )
     draws: int = option(5, "random neuron draws (seeds) in the faithfulness test")
-    step1_methods: Sequence[str] = option((), "also rows with classifiers trained on regions of these step-1 "
-                                          f"methods ({', '.join(METHODS)})", choices=METHODS, nargs="*",
-                                          metavar="METHOD")  # fmt: skip
-    layers: Sequence[str] = option((), "also rows with classifiers fit at these layers of the backbone "
-                                   "(python -m hint.backbones layers NAME)", metavar="LAYER")  # fmt: skip
-    fuse: Sequence[str] = option((), "also rows of fused maps: the mean of these layers' maps on the finest "
-                                 "grid, e.g. _blocks.15+_blocks.10", metavar="L1+L2")  # fmt: skip
-    whole_negatives: Sequence[str] = option((), "also HINT-whole rows (bank layer, --layers, --fuse) with the "
-                                            "whole classifier trained against these negative kinds only, in equal "
-                                            f"shares ({', '.join(SHARES)})", choices=SHARES,
-                                            metavar="KIND")  # fmt: skip
+    step1_methods: Sequence[str] = option(
+        (),
+        f"also rows with classifiers trained on regions of these step-1 methods ({', '.join(METHODS)})",
+        choices=METHODS,
+        nargs="*",
+        metavar="METHOD",
+    )
+    layers: Sequence[str] = option(
+        (),
+        "also rows with classifiers fit at these layers of the backbone "
+        "(python -m hint.backbones layers NAME)",
+        metavar="LAYER",
+    )
+    fuse: Sequence[str] = option(
+        (),
+        "also rows of fused maps: the mean of these layers' maps on the finest "
+        "grid, e.g. _blocks.15+_blocks.10",
+        metavar="L1+L2",
+    )
+    whole_negatives: Sequence[str] = option(
+        (),
+        "also HINT-whole rows (bank layer, --layers, --fuse) with the "
+        "whole classifier trained against these negative kinds only, in equal "
+        f"shares ({', '.join(SHARES)})",
+        choices=SHARES,
+        metavar="KIND",
+    )
     baselines: Sequence[str] = option(
         DEFAULT_BASELINES,
         f"rows from pytorch-grad-cam (PyPI grad-cam) at the CAM's layer for the ground-truth class, scored as CAM: "
@@ -109,17 +137,22 @@ class EvalConfig:
         f"each, about 85 s per 1300 images on 2 CPU cores; {', '.join(sorted(ONE_PASS_PER_CHANNEL))}: one forward "
         "pass per channel, 1280 per image on efficientnet_lite0, 40-110 s per image, so only when named; none: "
         "--baselines alone)",
-        choices=BASELINES, nargs="*", metavar="NAME",
-    )  # fmt: skip
+        choices=BASELINES,
+        nargs="*",
+        metavar="NAME",
+    )
     retrain: bool = option(True, "skip the (x%%) rows, the faithfulness test and --step1-methods")
     weights: str | None = option(None, "backbone weights file (default: the packaged ones)")
     batch_size: int = option(32, "images per forward pass")
     jobs: int = option(1, "processes scoring the maps (default %(default)s)")
     overlays: int = option(6, "test images in overlays.png (0: none)")
-    overlay_photos: bool = option(False, "draw the photographs under the heat maps (do not commit such figures "
-                                  "of licensed data)")  # fmt: skip
+    overlay_photos: bool = option(
+        False, "draw the photographs under the heat maps (do not commit such figures of licensed data)"
+    )
     progress: bool = option(True, "no progress bars")
-    served: bool = True  # the rows "HINT-whole (served)" / "HINT-ancestor (served)": the service's maps and boxes
+    served: bool = (
+        True  # the rows "HINT-whole (served)" / "HINT-ancestor (served)": the service's maps and boxes
+    )
     command: str = ""  # the command line, recorded in the report
 
     @property
@@ -209,8 +242,10 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     bank.check_backbone(bb.name, bb.layer, fwd.z.shape[1])
     for a, size in zip(anns, fwd.size, strict=True):
         if a.width and a.height and (a.width, a.height) != tuple(size):
-            raise ValueError(f"{a.path}: image is {size[0]}x{size[1]}, the CSV says {a.width}x{a.height} "
-                             "(boxes must be in the stored image's pixels)")  # fmt: skip
+            raise ValueError(
+                f"{a.path}: image is {size[0]}x{size[1]}, the CSV says {a.width}x{a.height} "
+                "(boxes must be in the stored image's pixels)"
+            )
     gt_boxes = [wsol.resize_bbox(a.boxes_float, size, (s, s)) for a, size in zip(anns, fwd.size, strict=True)]
     correct = fwd.pred == labels
 
@@ -221,7 +256,9 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     sets = {"bank": bank_set(bank)}
     retrain_info: dict = {"done": False, "reason": "disabled (--no-retrain)"}
     ctx = Context(cfg, bank, h, used, bb)
-    k_faith = cfg.faithfulness_k or BuildConfig.from_manifest(bank).faithfulness_k or BuildConfig.faithfulness_k
+    k_faith = (
+        cfg.faithfulness_k or BuildConfig.from_manifest(bank).faithfulness_k or BuildConfig.faithfulness_k
+    )
     extra: dict[str, dict] = {}
     if cfg.retrain:
         t = time.perf_counter()
@@ -232,8 +269,13 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
             sets.update({c.name: c for c in more})
             extra.update(info)
         timings["retrain"] = time.perf_counter() - t
-    methods = method_table(sets, cfg.percents, k_faith if retrain_info.get("done") else None, cfg.draws,
-                           has_cam=fwd.cam_gt is not None)  # fmt: skip
+    methods = method_table(
+        sets,
+        cfg.percents,
+        k_faith if retrain_info.get("done") else None,
+        cfg.draws,
+        has_cam=fwd.cam_gt is not None,
+    )
     raw = raw_maps(fwd, bank, sets, methods, whole, ancestors)
     served_info: dict = {}
     if cfg.served:
@@ -246,8 +288,10 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
         got = served(ex, anns, whole, ancestors, cfg.batch_size, cfg.progress, levels=levels)
         methods = {**{name: ("served", kind) for kind, name in SERVED.items()}, **methods}
         raw.update({name: got[kind].maps for kind, name in SERVED.items()})
-        served_info = {name: {"hits": box_hits(got[kind].boxes, anns), "present": got[kind].present}
-                       for kind, name in SERVED.items()}  # fmt: skip
+        served_info = {
+            name: {"hits": box_hits(got[kind].boxes, anns), "present": got[kind].present}
+            for kind, name in SERVED.items()
+        }
         served_info["levels"] = level_hits(got["ancestor"], anns)
         served_info["box_threshold"] = ex.box_threshold({})
         served_info["head"] = None if bank.head is None else bank.head.manifest()
@@ -265,7 +309,11 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
         items, at = list(methods.items()), list(methods).index(CAM_PRED) + 1
         methods = dict(items[:at] + [(m, (library_version(), "library")) for m in lib] + items[at:])
         raw.update(lib)
-        extra["baselines"] = {"library": library_version(), "layer": CAM_LAYERS[bb.name][0], "target": "ground-truth class"}
+        extra["baselines"] = {
+            "library": library_version(),
+            "layer": CAM_LAYERS[bb.name][0],
+            "target": "ground-truth class",
+        }
     if cfg.layers or cfg.fuse or cfg.whole_negatives:
         t = time.perf_counter()
         more, extra["layers"] = layer_rows(ctx, anns, whole, ancestors, raw, fwd.z)
@@ -275,46 +323,82 @@ def evaluate(cfg: EvalConfig, builders: Sequence[VariantBuilder] = ()) -> Evalua
     export = _export_set(cfg, methods)
 
     t = time.perf_counter()
-    keep = set(test[np.linspace(0, len(test) - 1, cfg.overlays).astype(int)].tolist()) if cfg.overlays else set()
+    keep = (
+        set(test[np.linspace(0, len(test) - 1, cfg.overlays).astype(int)].tolist()) if cfg.overlays else set()
+    )
     jobs = [(i, {m: raw[m][i] for m in methods}, gt_boxes[i], anns[i].image_id, i in keep) for i in range(n)]
     export_to = (cfg.export_npy, {m: slug(m) for m in export}) if cfg.export_npy else None
     scores, kept = score_all(jobs, list(methods), (s, s), cfg.upsample, export_to, cfg.jobs, cfg.progress)
     timings["scoring"] = time.perf_counter() - t
     if cfg.export_npy:
         for split, idx in (("val", selection), ("test", test)):  # wsolevaluation: val = train-fullsup
-            wsol.write_metadata(cfg.export_npy / "metadata" / "ILSVRC" / split, [anns[i].image_id for i in idx],
-                                labels[idx].tolist(), (s, s), [gt_boxes[i] for i in idx])  # fmt: skip
+            wsol.write_metadata(
+                cfg.export_npy / "metadata" / "ILSVRC" / split,
+                [anns[i].image_id for i in idx],
+                labels[idx].tolist(),
+                (s, s),
+                [gt_boxes[i] for i in idx],
+            )
 
     results = {m: wsol.localization_metrics(scores[m], correct, selection, test) for m in methods}
     timings["total"] = time.perf_counter() - t_start
     report = {
         "command": cfg.command,
-        "bank": {"path": str(cfg.bank), "id": bank.id, "sha256": bank.sha256, "backbone": bb.name,
-                 "layer": bb.layer, "concepts": len(bank.concepts), "whole": h[whole].name},
-        "data": {"annotations": str(ann_path), "images": n, "selection": int(len(selection)),
-                 "test": int(len(test)), "split_seed": cfg.split_seed,
-                 "gt_boxes": int(sum(len(b) for b in gt_boxes))},
-        "protocol": {"thresholds": "np.arange(0, 1, 0.01)", "iou_loc": wsol.IOU_LOC,
-                     "max_box_acc_v2_iou": list(wsol.IOU_THRESHOLDS), "eval_size": [s, s],
-                     "upsample": cfg.upsample, "map_size": list(raw["HINT-whole"].shape[1:]),
-                     "cam_map_size": list(raw["CAM"].shape[1:]) if "CAM" in raw else None,
-                     "class_conditional_maps": "ground-truth class (CAM, HINT-ancestor)",
-                     "score_map": f"{cfg.upsample} resize to {s}x{s} (the network input), then per-image min-max",
-                     "gt_boxes": f"wsolevaluation resize_bbox to {s}x{s}: int(coordinate * {s} / stored size)"},
-        "ancestors": {"fallback_to_whole": int(sum(a is None for a in found)),
-                      "counts": {h[w].name: int(c) for w, c in zip(*np.unique(ancestors, return_counts=True),
-                                                                    strict=True)}},
+        "bank": {
+            "path": str(cfg.bank),
+            "id": bank.id,
+            "sha256": bank.sha256,
+            "backbone": bb.name,
+            "layer": bb.layer,
+            "concepts": len(bank.concepts),
+            "whole": h[whole].name,
+        },
+        "data": {
+            "annotations": str(ann_path),
+            "images": n,
+            "selection": int(len(selection)),
+            "test": int(len(test)),
+            "split_seed": cfg.split_seed,
+            "gt_boxes": int(sum(len(b) for b in gt_boxes)),
+        },
+        "protocol": {
+            "thresholds": "np.arange(0, 1, 0.01)",
+            "iou_loc": wsol.IOU_LOC,
+            "max_box_acc_v2_iou": list(wsol.IOU_THRESHOLDS),
+            "eval_size": [s, s],
+            "upsample": cfg.upsample,
+            "map_size": list(raw["HINT-whole"].shape[1:]),
+            "cam_map_size": list(raw["CAM"].shape[1:]) if "CAM" in raw else None,
+            "class_conditional_maps": "ground-truth class (CAM, HINT-ancestor)",
+            "score_map": f"{cfg.upsample} resize to {s}x{s} (the network input), then per-image min-max",
+            "gt_boxes": f"wsolevaluation resize_bbox to {s}x{s}: int(coordinate * {s} / stored size)",
+        },
+        "ancestors": {
+            "fallback_to_whole": int(sum(a is None for a in found)),
+            "counts": {
+                h[w].name: int(c) for w, c in zip(*np.unique(ancestors, return_counts=True), strict=True)
+            },
+        },
         "retrain": retrain_info,
         "extra_variants": extra,
-        "variants": {v.name: {"rule": v.rule, "k": v.k, "mean_f1_used": _mean_f1(v, used)} for v in sets.values()},
+        "variants": {
+            v.name: {"rule": v.rule, "k": v.k, "mean_f1_used": _mean_f1(v, used)} for v in sets.values()
+        },
         "methods": {m: {"variant": methods[m][0], "map": methods[m][1], **results[m]} for m in methods},
         "bootstrap": bootstrap_report(scores, results, correct, test, cfg.split_seed),
         "served": served_report(served_info, scores, results, test, cfg.split_seed) if served_info else None,
-        "curves_test": {m: {"box_acc_largest_50": wsol.box_accuracy(scores[m].iou_largest[test]).round(5).tolist(),
-                            **{f"box_acc_all_{d}": wsol.box_accuracy(scores[m].iou_all[test], d / 100).round(5).tolist()
-                               for d in wsol.IOU_THRESHOLDS}} for m in methods},
+        "curves_test": {
+            m: {
+                "box_acc_largest_50": wsol.box_accuracy(scores[m].iou_largest[test]).round(5).tolist(),
+                **{
+                    f"box_acc_all_{d}": wsol.box_accuracy(scores[m].iou_all[test], d / 100).round(5).tolist()
+                    for d in wsol.IOU_THRESHOLDS
+                },
+            }
+            for m in methods
+        },
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-    }  # fmt: skip
+    }
     return Evaluation(report, anns, gt_boxes, fwd.pred, kept, h)
 
 
@@ -341,8 +425,10 @@ def _hooks(model: torch.nn.Module, names: dict[str, str]) -> Iterator[dict[str, 
     """Forward hooks keeping each module's output: ``names`` maps a key to a module name."""
     mods = dict(model.named_modules())
     keep: dict[str, torch.Tensor] = {}
-    handles = [mods[m].register_forward_hook(lambda _m, _i, o, k=k: keep.__setitem__(k, o.detach()))
-               for k, m in names.items()]  # fmt: skip
+    handles = [
+        mods[m].register_forward_hook(lambda _m, _i, o, k=k: keep.__setitem__(k, o.detach()))
+        for k, m in names.items()
+    ]
     try:
         yield keep
     finally:
@@ -379,8 +465,13 @@ def forward_all(bb, anns: list[wsol.Annotation], batch_size: int = 32, progress:
             if cam_spec:
                 gts.append(cam(keep["f"], fc, torch.tensor([a.label for a in batch])))
                 preds_cam.append(cam(keep["f"], fc, pred))
-    return Forward(torch.cat(zs), torch.cat(gts).numpy() if gts else None,
-                   torch.cat(preds_cam).numpy() if preds_cam else None, torch.cat(preds).numpy(), sizes)  # fmt: skip
+    return Forward(
+        torch.cat(zs),
+        torch.cat(gts).numpy() if gts else None,
+        torch.cat(preds_cam).numpy() if preds_cam else None,
+        torch.cat(preds).numpy(),
+        sizes,
+    )
 
 
 def cam(features: torch.Tensor, fc_weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -416,11 +507,14 @@ def build_params(bank: ConceptBank) -> dict:
 def own_table_name(bank: ConceptBank, method: str | None = None, layer: str | None = None) -> str:
     """File name of a step-1 table this module computed for a bank (``method``: another step-1 method;
     ``layer``: another layer of the bank's backbone)."""
-    return f"regions-wsol-{bank.id}{'-' + method if method else ''}{'-at-' + layer if layer else ''}.safetensors"
+    return (
+        f"regions-wsol-{bank.id}{'-' + method if method else ''}{'-at-' + layer if layer else ''}.safetensors"
+    )
 
 
-def find_region_table(bank: ConceptBank, cache_dir: Path, method: str | None = None,
-                      layer: str | None = None) -> Path | None:  # fmt: skip
+def find_region_table(
+    bank: ConceptBank, cache_dir: Path, method: str | None = None, layer: str | None = None
+) -> Path | None:
     """The cached step-1 region table of a bank, or None.
 
     The build's table is the one whose metadata (its step-1 statistics: image count, seconds, top-1)
@@ -464,7 +558,9 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
     where = f"no cached step-1 region table of bank {bank.id} in {cfg.cache_dir}"
     if not cfg.recompute_regions:
         return None, f"{where} (recomputing is off: --no-recompute-regions)"
-    root = next((p for p in (Path(str(data)), cfg.bank.parent.parent / str(data)) if data and p.exists()), None)
+    root = next(
+        (p for p in (Path(str(data)), cfg.bank.parent.parent / str(data)) if data and p.exists()), None
+    )
     if root is None:
         return None, f"{where}, and the build data {data!r} is not here; pass --cache"
     from hint.build.datasets import discover
@@ -474,7 +570,9 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
     samples = samples[:total] if total else samples  # built with --limit
     use = method or BuildConfig.from_manifest(bank).method
     at = f" at {layer}" if layer else ""
-    _warn(f"step 1 ({use}{at}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)")
+    _warn(
+        f"step 1 ({use}{at}) on {len(samples)} images of {root} for the retrained variants (cached afterwards)"
+    )
     step1 = replace(build_config(bank, cfg.batch_size), method=use)
     table, stats = pipeline_region_table(backbone or ctx.backbone, samples, step1, cfg.progress)
     out = cfg.cache_dir / own_table_name(bank, method, layer)
@@ -486,8 +584,13 @@ def region_table(ctx: Context, method: str | None = None, backbone=None) -> tupl
 # ----------------------------------------------------------------------------------------- retraining
 
 
-def concept_sets(bank: ConceptBank, table: RegionTable, wnids: list[str], h: Hierarchy,
-                 shares: dict[str, float] | None = None) -> dict[str, ConceptSamples]:  # fmt: skip
+def concept_sets(
+    bank: ConceptBank,
+    table: RegionTable,
+    wnids: list[str],
+    h: Hierarchy,
+    shares: dict[str, float] | None = None,
+) -> dict[str, ConceptSamples]:
     """Each concept's training samples, rebuilt as the bank build does: the manifest's group parent and
     build's positives cap and seed (``shares``: other negative shares)."""
     b = BuildConfig.from_manifest(bank)
@@ -503,17 +606,39 @@ def fit(bank: ConceptBank, s: ConceptSamples, neurons: torch.Tensor | None = Non
     loss weights when both have them), on CPU; held-out F1 is NaN when the build trained on every image."""
     b = BuildConfig.from_manifest(bank)
     # a build with cross-validated metrics (folds) fits each probe on every image
-    return train_classifier(s.x, s.y, s.image, neurons=neurons, test_fraction=0.0 if b.folds else b.test_fraction,
-                            seed=b.seed, l2=b.l2, sample_weight=getattr(s, "weight", None))  # fmt: skip
+    return train_classifier(
+        s.x,
+        s.y,
+        s.image,
+        neurons=neurons,
+        test_fraction=0.0 if b.folds else b.test_fraction,
+        seed=b.seed,
+        l2=b.l2,
+        sample_weight=getattr(s, "weight", None),
+    )
 
 
 def bank_set(bank: ConceptBank) -> ClassifierSet:
-    return ClassifierSet("bank", "bank", bank.weight.shape[1], bank.weight.clone(), bank.bias.clone(),
-                         {c["wnid"]: c.get("f1", float("nan")) for c in bank.concepts}, "bank")  # fmt: skip
+    return ClassifierSet(
+        "bank",
+        "bank",
+        bank.weight.shape[1],
+        bank.weight.clone(),
+        bank.bias.clone(),
+        {c["wnid"]: c.get("f1", float("nan")) for c in bank.concepts},
+        "bank",
+    )
 
 
-def retrain(name: str, rule: str, k: int, bank: ConceptBank, sets: dict[str, ConceptSamples], seed: int = 0,
-            role: str = "extra") -> ClassifierSet:  # fmt: skip
+def retrain(
+    name: str,
+    rule: str,
+    k: int,
+    bank: ConceptBank,
+    sets: dict[str, ConceptSamples],
+    seed: int = 0,
+    role: str = "extra",
+) -> ClassifierSet:
     """Classifiers of the concepts in ``sets`` retrained on k neurons chosen by ``rule``
     (:func:`hint.build.faithfulness.select_neurons`; ``all``: every neuron); other rows are 0."""
     weight, bias, f1 = torch.zeros_like(bank.weight), torch.zeros_like(bank.bias), {}
@@ -539,7 +664,9 @@ def reproduction_check(bank: ConceptBank, sets: dict[str, ConceptSamples], n: in
     return out
 
 
-def retrained_sets(ctx: Context, percents: Sequence[int], k_faith: int, draws: int) -> tuple[list[ClassifierSet], dict]:
+def retrained_sets(
+    ctx: Context, percents: Sequence[int], k_faith: int, draws: int
+) -> tuple[list[ClassifierSet], dict]:
     """The (x%) and faithfulness classifier sets on the bank's own samples, and what was done (or why not)."""
     table, where = region_table(ctx)
     if table is None:
@@ -550,19 +677,37 @@ def retrained_sets(ctx: Context, percents: Sequence[int], k_faith: int, draws: i
     check = reproduction_check(bank, sets)
     d = bank.weight.shape[1]
     if max(check.values()) > 1e-3:  # then the (x%) rows are compared with a (100%) row of the same samples
-        _warn(f"classifiers retrained on all neurons differ from the bank's (relative max |Δα| "
-              f"{max(check.values()):.2g}): another table or other sampling/training code; adding (100%) rows")  # fmt: skip
+        _warn(
+            f"classifiers retrained on all neurons differ from the bank's (relative max |Δα| "
+            f"{max(check.values()):.2g}): another table or other sampling/training code; adding (100%) rows"
+        )
         percents = [*percents, 100] if 100 not in percents else list(percents)
-    jobs = [(f"shapley {x}%", "all" if x == 100 else "shapley", max(1, round(x / 100 * d)), 0, "percent")
-            for x in percents]  # fmt: skip
-    jobs += [(f"shapley top-{k_faith}", "shapley", k_faith, 0, "faithfulness"),
-             (f"|α| top-{k_faith}", "weight", k_faith, 0, "faithfulness")]  # fmt: skip
+    jobs = [
+        (f"shapley {x}%", "all" if x == 100 else "shapley", max(1, round(x / 100 * d)), 0, "percent")
+        for x in percents
+    ]
+    jobs += [
+        (f"shapley top-{k_faith}", "shapley", k_faith, 0, "faithfulness"),
+        (f"|α| top-{k_faith}", "weight", k_faith, 0, "faithfulness"),
+    ]
     jobs += [(f"random top-{k_faith} s{s}", "random", k_faith, s, "faithfulness") for s in range(draws)]
-    out = [retrain(name, rule, k, bank, sets, seed, role)
-           for name, rule, k, seed, role in tqdm(jobs, desc="retraining classifiers", disable=not ctx.cfg.progress)]  # fmt: skip
-    info = {"done": True, "table": where, "concepts": [bank.concepts[bank.index(w)]["name"] for w in ctx.used],
-            "reproduction_rel_max_abs_diff": check, "k_faith": k_faith, "draws": draws,
-            "percents": list(percents), "faithfulness": True, "neurons": d}  # fmt: skip
+    out = [
+        retrain(name, rule, k, bank, sets, seed, role)
+        for name, rule, k, seed, role in tqdm(
+            jobs, desc="retraining classifiers", disable=not ctx.cfg.progress
+        )
+    ]
+    info = {
+        "done": True,
+        "table": where,
+        "concepts": [bank.concepts[bank.index(w)]["name"] for w in ctx.used],
+        "reproduction_rel_max_abs_diff": check,
+        "k_faith": k_faith,
+        "draws": draws,
+        "percents": list(percents),
+        "faithfulness": True,
+        "neurons": d,
+    }
     return out, info
 
 
@@ -579,8 +724,11 @@ def step1_builder(methods: Sequence[str]) -> VariantBuilder:
                 continue
             sets = concept_sets(ctx.bank, table, ctx.used, ctx.hierarchy)
             out.append(retrain(f"step 1: {m}", "all", ctx.bank.weight.shape[1], ctx.bank, sets))
-            info[f"step 1: {m}"] = {"done": True, "table": where,
-                                    "foreground_fraction": round(float(table.foreground.float().mean()), 4)}
+            info[f"step 1: {m}"] = {
+                "done": True,
+                "table": where,
+                "foreground_fraction": round(float(table.foreground.float().mean()), 4),
+            }
         return out, info
 
     return build
@@ -595,9 +743,13 @@ def check_layers(bb, layers: Sequence[str], groups: Sequence[str]) -> None:
     for g in groups:
         if len(set(g.split("+"))) < 2:
             raise ValueError(f"--fuse {g}: give two or more layers joined by '+', e.g. _blocks.15+_blocks.10")
-    unknown = [x for x in dict.fromkeys([*layers, *(x for g in groups for x in g.split("+"))]) if x not in names]
+    unknown = [
+        x for x in dict.fromkeys([*layers, *(x for g in groups for x in g.split("+"))]) if x not in names
+    ]
     if unknown:
-        raise ValueError(f"{bb.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {bb.name})")
+        raise ValueError(
+            f"{bb.name} has no layer {', '.join(unknown)} (python -m hint.backbones layers {bb.name})"
+        )
 
 
 def fuse(maps: Sequence[np.ndarray]) -> np.ndarray:
@@ -606,8 +758,15 @@ def fuse(maps: Sequence[np.ndarray]) -> np.ndarray:
     return head.fuse([torch.from_numpy(np.asarray(m, np.float32)) for m in maps]).numpy()
 
 
-def concept_maps(bb, anns: list[wsol.Annotation], weight: torch.Tensor, bias: torch.Tensor,
-                 rows: Sequence[torch.Tensor], batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:  # fmt: skip
+def concept_maps(
+    bb,
+    anns: list[wsol.Annotation],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    rows: Sequence[torch.Tensor],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[np.ndarray]:
     """One forward pass: for each ``r`` of ``rows``, (N, h, w) maps σ(αᵀz + b) at ``bb``'s layer, image n
     with classifier ``r[n]``."""
     out: list[list[torch.Tensor]] = [[] for _ in rows]
@@ -633,8 +792,14 @@ def _fit_all(bank: ConceptBank, sets: dict[str, ConceptSamples], desc: str, prog
     return torch.stack([f.weight for f in fits]), torch.tensor([float(f.bias) for f in fits])
 
 
-def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors: list[str],
-               raw: dict[str, np.ndarray], z: torch.Tensor) -> tuple[dict[str, tuple[str, str, np.ndarray]], dict]:  # fmt: skip
+def layer_rows(
+    ctx: Context,
+    anns: list[wsol.Annotation],
+    whole: str,
+    ancestors: list[str],
+    raw: dict[str, np.ndarray],
+    z: torch.Tensor,
+) -> tuple[dict[str, tuple[str, str, np.ndarray]], dict]:
     """Rows ``HINT-whole [layer L]`` and ``HINT-ancestor [layer L]`` for each layer of ``ctx.cfg.layers``,
     ``[fused L1+L2…]`` for each group of ``ctx.cfg.fuse`` (the mean of the group's maps on its finest grid,
     :func:`fuse`) and, with ``ctx.cfg.whole_negatives``, the same ``HINT-whole`` rows (and one on the bank's
@@ -659,7 +824,11 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
         bb = None if layer == own else get_backbone(bank.meta["backbone"], layer, cfg.weights)
         if bb is None:
             maps[layer] = {"whole": raw["HINT-whole"], "ancestor": raw["HINT-ancestor"]}
-            info[layer] = {"done": True, "classifiers": "the bank's", "map_size": list(raw["HINT-whole"].shape[1:])}
+            info[layer] = {
+                "done": True,
+                "classifiers": "the bank's",
+                "map_size": list(raw["HINT-whole"].shape[1:]),
+            }
             if not neg:
                 continue
         table, where = region_table(ctx, None, bb)
@@ -670,30 +839,50 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
         keys, weight, bias = [], torch.zeros(0, table.dim), torch.zeros(0)
         if bb is not None:  # every concept in use, fit at this layer
             keys = ["whole", "ancestor"]
-            weight, bias = _fit_all(bank, concept_sets(bank, table, used, ctx.hierarchy), f"classifiers at {layer}",
-                                    cfg.progress)  # fmt: skip
+            weight, bias = _fit_all(
+                bank, concept_sets(bank, table, used, ctx.hierarchy), f"classifiers at {layer}", cfg.progress
+            )
         if neg:  # and `whole` against the chosen negatives only
-            w, b = _fit_all(bank, concept_sets(bank, table, [whole], ctx.hierarchy, shares), negatives_tag(neg), False)
+            w, b = _fit_all(
+                bank, concept_sets(bank, table, [whole], ctx.hierarchy, shares), negatives_tag(neg), False
+            )
             keys.append("whole_neg")
             weight, bias = torch.cat([weight, w]), torch.cat([bias, b])
         if bb is None:
             maps[layer]["whole_neg"] = probe_map(z.float(), weight[0], bias[0]).numpy()
         else:
             rowsets = {"whole": 0, "ancestor": rows, "whole_neg": len(weight) - 1}
-            rowsets = [torch.full((len(anns),), r) if isinstance(r, int) else r for r in map(rowsets.get, keys)]
-            maps[layer] = dict(zip(keys, concept_maps(bb, anns, weight, bias, rowsets, cfg.batch_size, cfg.progress),
-                                   strict=True))  # fmt: skip
-            info[layer] = {"done": True, "table": where, "neurons": table.dim,
-                           "map_size": list(maps[layer]["whole"].shape[1:]),
-                           "foreground_fraction": round(float(table.foreground.float().mean()), 4)}  # fmt: skip
+            rowsets = [
+                torch.full((len(anns),), r) if isinstance(r, int) else r for r in map(rowsets.get, keys)
+            ]
+            maps[layer] = dict(
+                zip(
+                    keys,
+                    concept_maps(bb, anns, weight, bias, rowsets, cfg.batch_size, cfg.progress),
+                    strict=True,
+                )
+            )
+            info[layer] = {
+                "done": True,
+                "table": where,
+                "neurons": table.dim,
+                "map_size": list(maps[layer]["whole"].shape[1:]),
+                "foreground_fraction": round(float(table.foreground.float().mean()), 4),
+            }
         if neg:
             info[layer]["whole_shares"] = shares
     out: dict[str, tuple[str, str, np.ndarray]] = {}
-    kinds = [("whole", "whole", ""), ("ancestor", "ancestor", ""), ("whole_neg", "whole", f", {negatives_tag(neg)}")]
+    kinds = [
+        ("whole", "whole", ""),
+        ("ancestor", "ancestor", ""),
+        ("whole_neg", "whole", f", {negatives_tag(neg)}"),
+    ]
     if "whole_neg" in maps.get(own, {}):
         out[f"HINT-whole [{negatives_tag(neg)}]"] = (negatives_tag(neg), "whole", maps[own]["whole_neg"])
-    for name, layers in [*((f"layer {x}", [x]) for x in dict.fromkeys(cfg.layers) if x != own),
-                         *(("fused " + "+".join(g), g) for g in groups)]:  # fmt: skip
+    for name, layers in [
+        *((f"layer {x}", [x]) for x in dict.fromkeys(cfg.layers) if x != own),
+        *(("fused " + "+".join(g), g) for g in groups),
+    ]:
         for key, kind, tag in kinds:
             if all(key in maps.get(x, {}) for x in layers):
                 out[f"HINT-{kind} [{name}{tag}]"] = (name + tag, kind, fuse([maps[x][key] for x in layers]))
@@ -703,8 +892,13 @@ def layer_rows(ctx: Context, anns: list[wsol.Annotation], whole: str, ancestors:
 # ------------------------------------------------------------------------------------- maps, scoring
 
 
-def method_table(sets: dict[str, ClassifierSet], percents: Sequence[int], k_faith: int | None, draws: int,
-                 has_cam: bool = True) -> dict[str, tuple[str, str]]:  # fmt: skip
+def method_table(
+    sets: dict[str, ClassifierSet],
+    percents: Sequence[int],
+    k_faith: int | None,
+    draws: int,
+    has_cam: bool = True,
+) -> dict[str, tuple[str, str]]:
     """Method name → (classifier set, map kind ``whole``/``ancestor``/``cam``/``cam_pred``), report order."""
     m = {"HINT-whole": ("bank", "whole"), "HINT-ancestor": ("bank", "ancestor")}
     if has_cam:
@@ -718,14 +912,24 @@ def method_table(sets: dict[str, ClassifierSet], percents: Sequence[int], k_fait
         m[f"HINT-ancestor [{name}]"] = (name, "ancestor")
     if k_faith:
         for kind in ("whole", "ancestor"):
-            for v in (f"shapley top-{k_faith}", f"|α| top-{k_faith}", *(f"random top-{k_faith} s{s}" for s in range(draws))):
+            for v in (
+                f"shapley top-{k_faith}",
+                f"|α| top-{k_faith}",
+                *(f"random top-{k_faith} s{s}" for s in range(draws)),
+            ):
                 if v in sets:
                     m[f"{kind} · {v}"] = (v, kind)
     return m
 
 
-def raw_maps(fwd: Forward, bank: ConceptBank, sets: dict[str, ClassifierSet], methods: dict[str, tuple[str, str]],
-             whole: str, ancestors: list[str]) -> dict[str, np.ndarray]:  # fmt: skip
+def raw_maps(
+    fwd: Forward,
+    bank: ConceptBank,
+    sets: dict[str, ClassifierSet],
+    methods: dict[str, tuple[str, str]],
+    whole: str,
+    ancestors: list[str],
+) -> dict[str, np.ndarray]:
     """Method → (N, h, w) low-resolution maps: concept maps σ(αᵀz + b), or the CAM."""
     z = fwd.z.float()
     iw = bank.index(whole)
@@ -758,8 +962,15 @@ def _score_chunk(chunk: list, size: tuple[int, int], upsample: str, export_to) -
     return out
 
 
-def score_all(jobs: list, methods: list[str], size: tuple[int, int], upsample: str, export_to=None,
-              workers: int = 1, progress: bool = False) -> tuple[dict[str, wsol.MethodScores], dict]:  # fmt: skip
+def score_all(
+    jobs: list,
+    methods: list[str],
+    size: tuple[int, int],
+    upsample: str,
+    export_to=None,
+    workers: int = 1,
+    progress: bool = False,
+) -> tuple[dict[str, wsol.MethodScores], dict]:
     """Score the maps of every image (in ``workers`` processes when > 1): MethodScores per method."""
     scores = {m: wsol.MethodScores.empty(len(jobs)) for m in methods}
     kept: dict[int, dict] = {}
@@ -803,8 +1014,10 @@ def _export_set(cfg: EvalConfig, methods: dict) -> set[str]:
 
 def slug(method: str) -> str:
     """A folder name for a method (``HINT-whole (20%)`` → ``HINT-whole_20pct``)."""
-    keep = "".join(c if c.isalnum() or c in "-_" else "_"
-                   for c in method.replace("%", "pct").replace("|α|", "abs_alpha").replace("++", "pp"))  # fmt: skip
+    keep = "".join(
+        c if c.isalnum() or c in "-_" else "_"
+        for c in method.replace("%", "pct").replace("|α|", "abs_alpha").replace("++", "pp")
+    )
     return "_".join(filter(None, keep.split("_")))
 
 
@@ -816,19 +1029,32 @@ def _mean_f1(v: ClassifierSet, used: list[str]) -> float | None:
 # ------------------------------------------------------------------------------------------ bootstrap
 
 
-def bootstrap_report(scores: dict[str, wsol.MethodScores], results: dict, correct: np.ndarray, test: np.ndarray,
-                     seed: int, draws: int = 1000) -> dict:  # fmt: skip
+def bootstrap_report(
+    scores: dict[str, wsol.MethodScores],
+    results: dict,
+    correct: np.ndarray,
+    test: np.ndarray,
+    seed: int,
+    draws: int = 1000,
+) -> dict:
     """95% bootstrap intervals over the test images of each row's metrics, the paired differences
     row − CAM (same resamples), and the faithfulness differences (Shapley − |α|, Shapley − random)."""
     weights = bootstrap_weights(len(test), draws, seed)
     th = np.round(wsol.THRESHOLDS, 4)
-    samples = {m: wsol.bootstrap_metrics(scores[m], correct, test, int(np.argmin(np.abs(th - results[m]["threshold"]))),
-                                         weights) for m in results}  # fmt: skip
+    samples = {
+        m: wsol.bootstrap_metrics(
+            scores[m], correct, test, int(np.argmin(np.abs(th - results[m]["threshold"]))), weights
+        )
+        for m in results
+    }
     main = [m for m in samples if "·" not in m]
     out: dict = {"draws": draws, "ci95": {m: {k: wsol.ci95(samples[m][k]) for k in samples[m]} for m in main}}
     if "CAM" in samples:
-        out["minus_cam_ci95"] = {m: {k: wsol.ci95(v - samples["CAM"][k]) for k, v in samples[m].items()}
-                                 for m in main if m != "CAM"}  # fmt: skip
+        out["minus_cam_ci95"] = {
+            m: {k: wsol.ci95(v - samples["CAM"][k]) for k, v in samples[m].items()}
+            for m in main
+            if m != "CAM"
+        }
     faith = {}
     for kind in ("whole", "ancestor"):
         shap = [m for m in samples if m.startswith(f"{kind} · shapley top-")]
@@ -838,15 +1064,23 @@ def bootstrap_report(scores: dict[str, wsol.MethodScores], results: dict, correc
             continue
         s, a = samples[shap[0]], samples[alpha[0]]
         r = {k: np.mean([samples[m][k] for m in rand], 0) for k in s}
-        faith[f"HINT-{kind}"] = {"shapley_minus_alpha": {k: wsol.ci95(s[k] - a[k]) for k in s},
-                                 "shapley_minus_random": {k: wsol.ci95(s[k] - r[k]) for k in s}}  # fmt: skip
+        faith[f"HINT-{kind}"] = {
+            "shapley_minus_alpha": {k: wsol.ci95(s[k] - a[k]) for k in s},
+            "shapley_minus_random": {k: wsol.ci95(s[k] - r[k]) for k in s},
+        }
     if faith:
         out["faithfulness_ci95"] = faith
     return out
 
 
-def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dict, test: np.ndarray, seed: int,
-                  draws: int = 1000) -> dict:  # fmt: skip
+def served_report(
+    info: dict,
+    scores: dict[str, wsol.MethodScores],
+    results: dict,
+    test: np.ndarray,
+    seed: int,
+    draws: int = 1000,
+) -> dict:
     """The served boxes on the test half: box accuracy (IoU >= 0.5 with a GT box, as the service drew
     them), its 95% bootstrap interval and the paired difference to CAM's GT-known Loc (same resamples),
     the share of images where the concept is marked present, the box threshold and the head."""
@@ -860,8 +1094,11 @@ def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dic
     for name in SERVED.values():
         hits = info[name]["hits"][test].astype(np.float64)
         boot = weights @ hits / len(test)
-        row = {"box_acc": round(float(hits.mean()), 4), "box_acc_ci95": wsol.ci95(boot),
-               "present": round(float(info[name]["present"][test].mean()), 4)}  # fmt: skip
+        row = {
+            "box_acc": round(float(hits.mean()), 4),
+            "box_acc_ci95": wsol.ci95(boot),
+            "present": round(float(info[name]["present"][test].mean()), 4),
+        }
         if cam is not None:
             row["minus_cam_gt_known_ci95"] = wsol.ci95(boot - weights @ cam.astype(np.float64) / len(test))
         out["rows"][name] = row
@@ -870,9 +1107,15 @@ def served_report(info: dict, scores: dict[str, wsol.MethodScores], results: dic
     has = np.array([len(x) > 0 for x in lv])
     share = np.array([x.mean() if len(x) else 0.0 for x in lv])
     boot = (weights * has) @ share / np.maximum(weights @ has, 1)
-    row = {"box_acc": round(float(share[has].mean()), 4) if has.any() else None, "box_acc_ci95": wsol.ci95(boot),
-           "images": int(has.sum()), "pairs": int(sum(len(x) for x in lv))}  # fmt: skip
+    row = {
+        "box_acc": round(float(share[has].mean()), 4) if has.any() else None,
+        "box_acc_ci95": wsol.ci95(boot),
+        "images": int(has.sum()),
+        "pairs": int(sum(len(x) for x in lv)),
+    }
     if cam is not None:
-        row["minus_cam_gt_known_ci95"] = wsol.ci95(boot - (weights * has) @ cam / np.maximum(weights @ has, 1))
+        row["minus_cam_gt_known_ci95"] = wsol.ci95(
+            boot - (weights * has) @ cam / np.maximum(weights @ has, 1)
+        )
     out["paper_levels"] = row
     return out

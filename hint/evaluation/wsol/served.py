@@ -35,13 +35,26 @@ class Served:
 
 def request_options(wnids: list[str], box_threshold: float | None = None) -> dict:
     """The request the evaluation sends for one image: its concepts, maps, a box for each, no neurons."""
-    return {"concepts": wnids, "return_maps": True, "all_boxes": True, "image_neurons": False, "top_k": 0,
-            "box_threshold": box_threshold}  # fmt: skip
+    return {
+        "concepts": wnids,
+        "return_maps": True,
+        "all_boxes": True,
+        "image_neurons": False,
+        "top_k": 0,
+        "box_threshold": box_threshold,
+    }
 
 
-def served(explainer: Explainer, anns: list[wsol.Annotation], whole: str, ancestors: list[str],
-           batch_size: int = 32, progress: bool = False, box_threshold: float | None = None,
-           levels: list[list[str]] | None = None) -> dict[str, Served]:  # fmt: skip
+def served(
+    explainer: Explainer,
+    anns: list[wsol.Annotation],
+    whole: str,
+    ancestors: list[str],
+    batch_size: int = 32,
+    progress: bool = False,
+    box_threshold: float | None = None,
+    levels: list[list[str]] | None = None,
+) -> dict[str, Served]:
     """The served maps and boxes of ``whole`` and of each image's ancestor concept (``ancestors[n]``),
     from :meth:`Explainer.answer` in batches (one request per image, as the handler batches them); with
     ``levels[n]``, the boxes of those concepts too (the same request), in ``Served.levels`` of ``ancestor``."""
@@ -54,8 +67,13 @@ def served(explainer: Explainer, anns: list[wsol.Annotation], whole: str, ancest
         batch = anns[s : s + batch_size]
         ims = [load_rgb(a.path) for a in batch]
         sizes += [im.size for im in ims]
-        opts = [request_options(list(dict.fromkeys([whole, ancestors[s + i], *(levels[s + i] if levels else [])])),
-                                box_threshold) for i in range(len(batch))]  # fmt: skip
+        opts = [
+            request_options(
+                list(dict.fromkeys([whole, ancestors[s + i], *(levels[s + i] if levels else [])])),
+                box_threshold,
+            )
+            for i in range(len(batch))
+        ]
         with torch.no_grad():
             answers = explainer.answer(ims, [im.size for im in ims], opts)
         for n, a in enumerate(answers):
@@ -66,14 +84,24 @@ def served(explainer: Explainer, anns: list[wsol.Annotation], whole: str, ancest
                 out[kind]["maps"].append(np.asarray(c["map"], np.float32))
                 out[kind]["boxes"].append(c["box"])
                 out[kind]["present"].append(bool(c["present"]))
-    return {k: Served(np.stack(v["maps"]), v["boxes"], np.array(v["present"]), sizes, extra if k == "ancestor" else [])
-            for k, v in out.items()}  # fmt: skip
+    return {
+        k: Served(
+            np.stack(v["maps"]), v["boxes"], np.array(v["present"]), sizes, extra if k == "ancestor" else []
+        )
+        for k, v in out.items()
+    }
 
 
-def box_hits(boxes: list[list[int] | None], anns: list[wsol.Annotation], delta: float = wsol.IOU_LOC) -> np.ndarray:
+def box_hits(
+    boxes: list[list[int] | None], anns: list[wsol.Annotation], delta: float = wsol.IOU_LOC
+) -> np.ndarray:
     """(N,) bool: the served box overlaps a GT box (stored pixels) with IoU >= ``delta``; no box: a miss."""
-    return np.array([b is not None and float(wsol.multiple_iou(b, a.boxes_float).max()) >= delta
-                     for b, a in zip(boxes, anns, strict=True)])
+    return np.array(
+        [
+            b is not None and float(wsol.multiple_iou(b, a.boxes_float).max()) >= delta
+            for b, a in zip(boxes, anns, strict=True)
+        ]
+    )
 
 
 def level_hits(got: Served, anns: list[wsol.Annotation], delta: float = wsol.IOU_LOC) -> list[np.ndarray]:
@@ -81,8 +109,9 @@ def level_hits(got: Served, anns: list[wsol.Annotation], delta: float = wsol.IOU
     return [box_hits(list(lv.values()), [a] * len(lv), delta) for lv, a in zip(got.levels, anns, strict=True)]
 
 
-def threshold_curves(got: dict[str, Served], anns: list[wsol.Annotation], size: int,
-                     upsample: str = "cubic") -> dict[str, np.ndarray]:  # fmt: skip
+def threshold_curves(
+    got: dict[str, Served], anns: list[wsol.Annotation], size: int, upsample: str = "cubic"
+) -> dict[str, np.ndarray]:
     """Per served kind, (N, T) IoU of the largest-contour box at each wsolevaluation threshold
     (:data:`hint.evaluation.wsol.metrics.THRESHOLDS`), the maps scored as the protocol scores them (S × S, GT boxes resized)."""
     out = {}
@@ -99,19 +128,33 @@ def best_threshold(curves: list[np.ndarray]) -> dict:
     """The threshold with the best GT-known box accuracy over the pooled rows of ``curves`` (each (N, T))."""
     acc = wsol.box_accuracy(np.concatenate(curves))
     k = int(np.argmax(acc))
-    return {"box_threshold": round(float(wsol.THRESHOLDS[k]), 4), "selection_box_acc": round(float(acc[k]), 4)}
+    return {
+        "box_threshold": round(float(wsol.THRESHOLDS[k]), 4),
+        "selection_box_acc": round(float(acc[k]), 4),
+    }
 
 
-def calibrate(explainer: Explainer, anns: list[wsol.Annotation], whole: str, ancestors: list[str],
-              selection: np.ndarray, size: int, upsample: str = "cubic", batch_size: int = 32,
-              progress: bool = False) -> dict:  # fmt: skip
+def calibrate(
+    explainer: Explainer,
+    anns: list[wsol.Annotation],
+    whole: str,
+    ancestors: list[str],
+    selection: np.ndarray,
+    size: int,
+    upsample: str = "cubic",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict:
     """The box threshold of the head, chosen on the ``selection`` images only: the protocol's threshold
     with the best GT-known box accuracy of the served maps, ``whole`` and ancestor images pooled.
     Returns ``{"box_threshold", "selection_box_acc", "images", "rule"}`` (and each kind's best alone)."""
     sel = [anns[i] for i in selection]
     got = served(explainer, sel, whole, [ancestors[i] for i in selection], batch_size, progress)
     curves = threshold_curves(got, sel, size, upsample)
-    return {**best_threshold(list(curves.values())), "images": int(len(sel)),
-            "alone": {k: best_threshold([c]) for k, c in curves.items()},
-            "rule": "best GT-known box accuracy of the served whole and ancestor maps on the WSOL dev set's "
-                    "selection half (wsolevaluation's thresholds)"}  # fmt: skip
+    return {
+        **best_threshold(list(curves.values())),
+        "images": int(len(sel)),
+        "alone": {k: best_threshold([c]) for k, c in curves.items()},
+        "rule": "best GT-known box accuracy of the served whole and ancestor maps on the WSOL dev set's "
+        "selection half (wsolevaluation's thresholds)",
+    }
