@@ -512,10 +512,9 @@ def test_cam_is_made_for_the_ground_truth_class(tiny_boxes, tmp_path):
     assert np.abs(gt - pred).max() > 0.05
 
 
-def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path):
-    """No cached table: step 1 runs again on the bank's build data (here the tiny set), is cached, and
-    the (x%), faithfulness and ``--step1-methods`` rows appear; a second run reuses the cache."""
-    build = {
+def _tiny_build(data: Path) -> dict:
+    """Build parameters of a bank built on the tiny box set ``data`` (step 1 is then recomputed from it)."""
+    return {
         "method": "guided",
         "threshold": 0.5,
         "quantile": 0.99,
@@ -523,11 +522,16 @@ def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path
         "test_fraction": 0.2,
         "l2": 1e-3,
         "seed": 0,
-        "data": str(tiny_boxes),
+        "data": str(data),
         "n_images": 6,
         "unreadable": 0,
     }
-    bank = random_bank(tmp_path / "bank", build)
+
+
+def test_retrained_rows_recompute_step1_from_the_build_data(tiny_boxes, tmp_path):
+    """No cached table: step 1 runs again on the bank's build data (here the tiny set), is cached, and
+    the (x%), faithfulness and ``--step1-methods`` rows appear; a second run reuses the cache."""
+    bank = random_bank(tmp_path / "bank", _tiny_build(tiny_boxes))
     cache = tmp_path / "cache"
     args = ("--percents", "20", "--draws", "1", "--faithfulness-k", "10", "--cache", str(cache))
     rep = run_evaluate_wsol(tmp_path, bank, tiny_boxes, *args, "--step1-methods", "gradient")
@@ -561,19 +565,7 @@ def test_layer_and_fused_rows(tiny_boxes, tmp_path):
     """``--layers``/``--fuse``/``--whole-negatives``: classifiers fit at another layer on that layer's step-1
     table (recomputed from the build data, cached under the layer's name), its maps at its own grid, the
     fused rows, and HINT-whole rows with ``whole`` trained against background regions only."""
-    build = {
-        "method": "guided",
-        "threshold": 0.5,
-        "quantile": 0.99,
-        "max_positives": 4000,
-        "test_fraction": 0.2,
-        "l2": 1e-3,
-        "seed": 0,
-        "data": str(tiny_boxes),
-        "n_images": 6,
-        "unreadable": 0,
-    }
-    bank = random_bank(tmp_path / "bank", build)
+    bank = random_bank(tmp_path / "bank", _tiny_build(tiny_boxes))
     cache = tmp_path / "cache"
     rep = run_evaluate_wsol(
         tmp_path,

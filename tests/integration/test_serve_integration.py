@@ -230,22 +230,19 @@ def test_explanations_route_answers_as_predictions(ts, photo):
         assert_same_answer(doc2, doc, where=name)
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
+def _png(width: int, height: int, depth: int, idat: bytes) -> bytes:
+    """An RGB PNG of the given header and compressed data (its rows need not match the header)."""
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-        + chunk(b"IEND", b"")
-    )
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    return _png(width, height, 8, zlib.compress(b"\0" * 4096))
 
 
 def test_malformed_requests_get_4xx_then_a_valid_one_works(ts, photo):
@@ -331,21 +328,7 @@ def _early_eoi_jpeg() -> bytes:
 
 
 def _png16(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 70_000))
-        + chunk(b"IEND", b"")
-    )
+    return _png(width, height, 16, zlib.compress(b"\0" * 70_000))
 
 
 def hostile(photo: Image.Image) -> list[tuple[str, dict, int | None]]:
